@@ -1,0 +1,81 @@
+"""newsletter: self-hosted newsletter signups with double opt-in and proof of consent."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from . import config as settings
+from .extensions import csrf, db, migrate
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _resource_dir(name: str) -> Path:
+    """templates/ and migrations/ live at the top of the source tree and inside the installed package."""
+    packaged = PACKAGE_DIR / name
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parent / name
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app from NEWSLETTER_* variables; `config` overrides them (tests)."""
+    instance_path = os.environ.get("NEWSLETTER_INSTANCE_PATH") or os.path.abspath("instance")
+    app = Flask(__name__, instance_path=instance_path, template_folder=str(_resource_dir("templates")))
+    app.config.from_mapping(settings.load(Path(instance_path)))
+    if config:
+        app.config.update(config)
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", _engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_resource_dir("migrations")), render_as_batch=True)
+    csrf.init_app(app)
+
+    from . import errors
+    from .api import blueprint as api_blueprint
+    from .public import blueprint as public_blueprint
+
+    app.register_blueprint(public_blueprint)
+    app.register_blueprint(api_blueprint)
+    errors.register(app)
+
+    from .cli import register_commands
+
+    register_commands(app)
+    if app.config["NEWSLETTER_OUTBOX_IN_PROCESS"]:
+        from . import outbox
+
+        outbox.attach_drainer(app, outbox.InProcessDrainer(app).start())
+    return app
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Many threads of one process write to one file: wait for the lock instead of failing.
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {"pool_pre_ping": True}
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        # Let SQLAlchemy, not the driver, begin transactions, so we can begin them IMMEDIATE below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.close()
+
+
+@event.listens_for(Engine, "begin")
+def _sqlite_begin(connection: Any) -> None:
+    if connection.dialect.name == "sqlite":
+        # Take the write lock at the start: two deferred transactions upgrading to write would deadlock.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,172 @@
+"""The `newsletter` command: a Flask CLI group with the service's own commands."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+from sqlalchemy import func, select
+
+from .config import ConfigError
+from .extensions import db
+from .models import Newsletter, Subscription
+
+
+def _create_app() -> Flask:
+    from . import create_app
+
+    try:
+        return create_app()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False,
+             load_dotenv=False)
+def main() -> None:
+    """Self-hosted newsletter signups with double opt-in."""
+
+
+def register_commands(app: Flask) -> None:
+    app.cli.add_command(newsletters)
+    app.cli.add_command(worker)
+    app.cli.add_command(serve)
+
+
+@click.group()
+def newsletters() -> None:
+    """Add and list newsletters."""
+
+
+@newsletters.command("add")
+@click.argument("slug")
+@click.option("--name", required=True, help="The name readers see.")
+@click.option("--description", default="", help="One or two sentences for the signup form.")
+@click.option("--author", default=None, help="Who writes it, if one person does.")
+@click.option("--sender", default=None, help="From: header for its emails (default NEWSLETTER_MAIL_FROM).")
+@click.option("--welcome/--no-welcome", default=True, show_default=True, help="Send a welcome email on confirmation.")
+@with_appcontext
+def add_newsletter(slug: str, name: str, description: str, author: str | None, sender: str | None,
+                   welcome: bool) -> None:
+    """Add the newsletter SLUG (the short name used in URLs and the API)."""
+    from . import catalog
+
+    try:
+        newsletter = catalog.add_newsletter(db.session, slug, name=name, description=description, author=author,
+                                            sender=sender, send_welcome=welcome)
+    except catalog.CatalogError as error:
+        raise click.ClickException(str(error)) from None
+    db.session.commit()
+    click.echo(f"Added {newsletter.slug}: {newsletter.name}")
+
+
+@newsletters.command("list")
+@with_appcontext
+def list_newsletters() -> None:
+    """Each newsletter with its number of pending, confirmed and unsubscribed readers."""
+    counts: dict[int, dict[str, int]] = {}
+    for newsletter_id, status, number in db.session.execute(
+        select(Subscription.newsletter_id, Subscription.status, func.count()).group_by(
+            Subscription.newsletter_id, Subscription.status)
+    ):
+        counts.setdefault(newsletter_id, {})[status] = number
+    rows = db.session.scalars(select(Newsletter).order_by(Newsletter.slug)).all()
+    if not rows:
+        click.echo("No newsletters yet. Add one: newsletter newsletters add daily --name 'The Daily Briefing'")
+        return
+    width = max(len(n.slug) for n in rows)
+    click.echo(f"{'slug':<{width}}  {'pending':>8} {'confirmed':>9} {'unsubscribed':>12}  name")
+    for newsletter in rows:
+        count = counts.get(newsletter.id, {})
+        state = "" if newsletter.is_active else "  (archived)"
+        click.echo(f"{newsletter.slug:<{width}}  {count.get('pending', 0):>8} {count.get('confirmed', 0):>9} "
+                   f"{count.get('unsubscribed', 0):>12}  {newsletter.name}{state}")
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Send what is due, then exit.")
+@click.option("--poll", default=2.0, show_default=True, help="Seconds between looks at the outbox.")
+@with_appcontext
+def worker(once: bool, poll: float) -> None:
+    """Send the outbox's emails; run several on PostgreSQL to send faster."""
+    from . import outbox
+    from .mailer import transport_for
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    transport = transport_for(app.config)
+    stopping = threading.Event()
+    if not once:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stopping.set())
+        click.echo(f"Worker sending via {_describe_transport(app)}; Ctrl-C to stop.", err=True)
+    total = outbox.DrainResult()
+    try:
+        while True:
+            result = outbox.drain(db.session, transport, app.config)
+            total.sent += result.sent
+            total.retrying += result.retrying
+            total.failed += result.failed
+            if once or stopping.wait(poll):
+                break
+    finally:
+        transport.close()
+        db.session.remove()
+    if once:
+        click.echo(f"sent {total.sent}, will retry {total.retrying}, failed {total.failed}", err=True)
+
+
+def _describe_transport(app: Flask) -> str:
+    url = app.config["NEWSLETTER_SMTP_URL"]
+    if url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        return f"SMTP {parts.hostname}:{parts.port or ''}"
+    return f"files in {app.config['NEWSLETTER_MAIL_DIR']}"
+
+
+EXAMPLES: list[dict[str, Any]] = [
+    {"slug": "daily-briefing", "name": "The Daily Briefing",
+     "description": "The day's most important stories, every weekday morning.", "author": None},
+    {"slug": "weekly-explainer", "name": "The Weekly Explainer",
+     "description": "One big story, explained in depth, every Sunday.", "author": "Olena Kovalenko"},
+]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@with_appcontext
+def serve(host: str, port: int) -> None:
+    """Run everything in one process: upgrade the database, seed examples, serve, send mail."""
+    from flask_migrate import upgrade
+    from werkzeug.serving import run_simple
+
+    from . import catalog, outbox
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    upgrade()
+    if db.session.scalar(select(func.count()).select_from(Newsletter)) == 0:
+        for example in EXAMPLES:
+            catalog.add_newsletter(db.session, **example)
+        db.session.commit()
+        click.echo("Added two example newsletters: daily-briefing and weekly-explainer.")
+    db.session.remove()
+    outbox.attach_drainer(app, outbox.InProcessDrainer(app).start())
+    mail = _describe_transport(app)
+    if not app.config["NEWSLETTER_SMTP_URL"]:
+        Path(app.config["NEWSLETTER_MAIL_DIR"]).mkdir(parents=True, exist_ok=True)
+    click.echo(f"Signup page: http://{host}:{port}/subscribe")
+    click.echo(f"Emails are sent as {mail}")
+    run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

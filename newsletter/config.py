@@ -1,0 +1,131 @@
+"""Settings read once from NEWSLETTER_* environment variables, with defaults and validation."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DAY = 24 * 60 * 60
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _duration(name: str, raw: str | None, default: int) -> int:
+    """Seconds from '600', '10m', '12h' or '7d'."""
+    if raw is None or raw.strip() == "":
+        return default
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", raw)
+    if not match:
+        raise ConfigError(f"{name}={raw!r} is not a duration: use seconds or a number ending in s, m, h or d")
+    number, unit = int(match[1]), match[2] or "s"
+    return number * {"s": 1, "m": 60, "h": 3600, "d": DAY}[unit]
+
+
+def _integer(name: str, raw: str | None, default: int) -> int:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _flag(name: str, raw: str | None, default: bool) -> bool:
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not on/off (use 1/0, true/false, yes/no or on/off)")
+
+
+def _secret_key(instance_path: Path, raw: str | None, production: bool) -> str:
+    if raw:
+        return raw
+    if production:
+        raise ConfigError(
+            "NEWSLETTER_SECRET_KEY is not set. In production every signed link depends on it: "
+            "set it to a long random value, e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+        )
+    # A development key generated once and kept, so links survive a restart.
+    key_file = instance_path / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return key
+
+
+def _database_url(raw: str | None, instance_path: Path) -> str:
+    if not raw:
+        return f"sqlite:///{instance_path / 'newsletter.sqlite3'}"
+    if raw.startswith("postgres://") or raw.startswith("postgresql://"):
+        # Heroku-style URLs: SQLAlchemy needs the driver named to pick psycopg 3.
+        return "postgresql+psycopg://" + raw.split("://", 1)[1]
+    return raw
+
+
+def _public_url(raw: str | None) -> str:
+    url = (raw or "http://127.0.0.1:5000").rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"NEWSLETTER_PUBLIC_URL={raw!r} must be an absolute http(s) URL such as https://news.example.org")
+    return url
+
+
+def _smtp_url(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+        raise ConfigError(f"NEWSLETTER_SMTP_URL must look like smtp://user:pass@host:587?tls=starttls or smtps://host:465, not {raw!r}")
+    return raw
+
+
+def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Flask config keys built from the NEWSLETTER_* variables in `environ` (default: os.environ)."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        return env.get(f"NEWSLETTER_{name}")
+
+    production = (get("ENV") or "development").strip().lower() == "production"
+    fallbacks = [key.strip() for key in (get("SECRET_KEY_FALLBACKS") or "").split(",") if key.strip()]
+    return {
+        "NEWSLETTER_PRODUCTION": production,
+        "SQLALCHEMY_DATABASE_URI": _database_url(get("DATABASE_URL"), instance_path),
+        "SECRET_KEY": _secret_key(instance_path, get("SECRET_KEY"), production),
+        "SECRET_KEY_FALLBACKS": fallbacks,
+        "NEWSLETTER_PUBLIC_URL": _public_url(get("PUBLIC_URL")),
+        "NEWSLETTER_SMTP_URL": _smtp_url(get("SMTP_URL")),
+        "NEWSLETTER_SMTP_TIMEOUT": _duration("NEWSLETTER_SMTP_TIMEOUT", get("SMTP_TIMEOUT"), 30),
+        "NEWSLETTER_MAIL_DIR": get("MAIL_DIR") or str(instance_path / "mail"),
+        "NEWSLETTER_MAIL_FROM": get("MAIL_FROM") or "Newsletters <newsletters@localhost>",
+        "NEWSLETTER_UNSUBSCRIBE_MAILTO": get("UNSUBSCRIBE_MAILTO"),
+        "NEWSLETTER_CONFIRM_MAX_AGE": _duration("NEWSLETTER_CONFIRM_MAX_AGE", get("CONFIRM_MAX_AGE"), 7 * DAY),
+        "NEWSLETTER_CONFIRM_RESEND_INTERVAL": _duration(
+            "NEWSLETTER_CONFIRM_RESEND_INTERVAL", get("CONFIRM_RESEND_INTERVAL"), 5 * 60
+        ),
+        "NEWSLETTER_CHECK_DELIVERABILITY": _flag("NEWSLETTER_CHECK_DELIVERABILITY", get("CHECK_DELIVERABILITY"), False),
+        "NEWSLETTER_DNS_TIMEOUT": _duration("NEWSLETTER_DNS_TIMEOUT", get("DNS_TIMEOUT"), 3),
+        "MAX_CONTENT_LENGTH": _integer("NEWSLETTER_MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 64 * 1024),
+        "NEWSLETTER_MAX_NEWSLETTERS_PER_SIGNUP": 50,
+        "NEWSLETTER_RECORD_IP": _flag("NEWSLETTER_RECORD_IP", get("RECORD_IP"), True),
+        "NEWSLETTER_OUTBOX_MAX_ATTEMPTS": _integer("NEWSLETTER_OUTBOX_MAX_ATTEMPTS", get("OUTBOX_MAX_ATTEMPTS"), 8),
+        "NEWSLETTER_OUTBOX_RETRY_BASE": _duration("NEWSLETTER_OUTBOX_RETRY_BASE", get("OUTBOX_RETRY_BASE"), 30),
+        "NEWSLETTER_OUTBOX_IN_PROCESS": _flag("NEWSLETTER_OUTBOX_IN_PROCESS", get("OUTBOX_IN_PROCESS"), False),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": production,
+        "WTF_CSRF_TIME_LIMIT": None,
+    }

@@ -1,0 +1,163 @@
+"""The domain's tables: Newsletter, Reader, Subscription, ConsentEvent, OutboxMessage."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .extensions import db
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python on every backend (SQLite keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+SUBSCRIPTION_STATUSES = ("pending", "confirmed", "unsubscribed")
+OUTBOX_STATUSES = ("pending", "sent", "failed")
+
+
+class Newsletter(db.Model):
+    __tablename__ = "newsletters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str | None] = mapped_column(String(200))
+    sender: Mapped[str | None] = mapped_column(String(320))
+    send_welcome: Mapped[bool] = mapped_column(Boolean, default=True)
+    welcome_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (CheckConstraint("slug <> ''", name="slug_not_empty"),)
+
+    @property
+    def is_active(self) -> bool:
+        return self.archived_at is None
+
+    def __repr__(self) -> str:
+        return f"<Newsletter {self.slug}>"
+
+
+class Reader(db.Model):
+    __tablename__ = "readers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # email-validator's normalized form: the domain lowercased and IDNA-normalized.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmation_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    subscriptions: Mapped[list[Subscription]] = relationship(back_populates="reader")
+
+    def __repr__(self) -> str:
+        return f"<Reader {self.id}>"
+
+
+class Subscription(db.Model):
+    __tablename__ = "subscriptions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reader_id: Mapped[int] = mapped_column(ForeignKey("readers.id", ondelete="CASCADE"))
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletters.id", ondelete="RESTRICT"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    pending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    reader: Mapped[Reader] = relationship(back_populates="subscriptions")
+    newsletter: Mapped[Newsletter] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("reader_id", "newsletter_id", name="uq_subscriptions_reader_newsletter"),
+        CheckConstraint("status IN ('pending', 'confirmed', 'unsubscribed')", name="status_known"),
+    )
+
+    def __repr__(self) -> str:
+        return f"<Subscription reader={self.reader_id} newsletter={self.newsletter_id} {self.status}>"
+
+
+class ConsentEvent(db.Model):
+    """Append-only proof of every change to a reader's consent."""
+
+    __tablename__ = "consent_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reader_id: Mapped[int] = mapped_column(ForeignKey("readers.id", ondelete="CASCADE"), index=True)
+    newsletter_id: Mapped[int | None] = mapped_column(ForeignKey("newsletters.id", ondelete="RESTRICT"))
+    # signup_requested, confirmed, unsubscribed, resubscribed
+    action: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # hosted-form, api, email-link, one-click, preferences, cli …
+    source: Mapped[str] = mapped_column(String(32))
+    page_url: Mapped[str | None] = mapped_column(String(2048))
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    wording: Mapped[str | None] = mapped_column(Text)
+
+
+class OutboxMessage(db.Model):
+    """An email to send, written in the same transaction as the change that causes it."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    reader_id: Mapped[int | None] = mapped_column(ForeignKey("readers.id", ondelete="SET NULL"), index=True)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    mail_from: Mapped[str] = mapped_column(String(400))
+    to_address: Mapped[str] = mapped_column(String(320))
+    to_name: Mapped[str | None] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(400))
+    body_text: Mapped[str] = mapped_column(Text)
+    body_html: Mapped[str] = mapped_column(Text)
+    headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status_known"),
+        Index("ix_outbox_messages_due", "status", "next_attempt_at"),
+    )

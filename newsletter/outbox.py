@@ -1,0 +1,215 @@
+"""The transactional outbox: enqueue in the caller's transaction; claim, send and retry due messages."""
+
+from __future__ import annotations
+
+import email.policy
+import logging
+import smtplib
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
+from typing import Any
+
+from flask import Flask, current_app
+from flask_sqlalchemy.session import Session as FlaskSession
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
+
+from .mailer import PermanentFailure, Transport, transport_for
+from .models import OutboxMessage, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = timedelta(hours=1)
+# Long List-Unsubscribe URLs must stay whole: fold only where RFC 5322 demands it, never encode them.
+MESSAGE_POLICY = email.policy.SMTP.clone(max_line_length=998)
+
+
+def enqueue(
+    session: Session,
+    *,
+    kind: str,
+    to_address: str,
+    subject: str,
+    body_text: str,
+    body_html: str,
+    mail_from: str,
+    reader_id: int | None = None,
+    to_name: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> OutboxMessage:
+    """Add a message to the outbox; it is sent only if the caller's transaction commits."""
+    domain = Address(addr_spec=_address_of(mail_from)).domain or "localhost"
+    message = OutboxMessage(
+        kind=kind,
+        reader_id=reader_id,
+        message_id=make_msgid(idstring="newsletter", domain=domain),
+        mail_from=mail_from,
+        to_address=to_address,
+        to_name=to_name,
+        subject=subject,
+        body_text=body_text,
+        body_html=body_html,
+        headers=headers or {},
+        next_attempt_at=utcnow(),
+    )
+    session.add(message)
+    return message
+
+
+def _address_of(header_value: str) -> str:
+    return parseaddr(header_value)[1] or "newsletters@localhost"
+
+
+def as_email(row: OutboxMessage) -> EmailMessage:
+    """The EmailMessage for an outbox row; the same Message-ID on every attempt."""
+    message = EmailMessage(policy=MESSAGE_POLICY)
+    message["Subject"] = row.subject
+    message["From"] = row.mail_from
+    # Address() quotes the display name and refuses CR/LF: no header injection through names.
+    # Built from parts, it also takes internationalized local parts (sent with SMTPUTF8).
+    username, _, domain = row.to_address.rpartition("@")
+    message["To"] = Address(display_name=row.to_name or "", username=username, domain=domain)
+    message["Date"] = format_datetime(row.created_at)
+    message["Message-ID"] = row.message_id
+    for name, value in row.headers.items():
+        message[name] = value
+    message.set_content(row.body_text)
+    message.add_alternative(row.body_html, subtype="html")
+    return message
+
+
+@dataclass
+class DrainResult:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    stopped_by_error: str | None = None
+
+
+def _backoff(attempts: int, base_seconds: int) -> timedelta:
+    return min(timedelta(seconds=base_seconds * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+def send_next(session: Session, transport: Transport, config: dict[str, Any], result: DrainResult) -> bool:
+    """Claim one due message, send it and record the outcome; False when nothing is due.
+
+    Each message is its own transaction: the row stays locked (FOR UPDATE SKIP LOCKED on
+    PostgreSQL) while it is sent, so another worker skips it instead of sending it twice.
+    """
+    now = utcnow()
+    row = session.scalars(
+        select(OutboxMessage)
+        .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+    if row is None:
+        session.rollback()
+        return False
+    row.attempts += 1
+    try:
+        transport.send(as_email(row))
+    except (PermanentFailure, smtplib.SMTPNotSupportedError, ValueError) as error:
+        # Refused for good (5xx), or a message this server can't take (e.g. no SMTPUTF8): no retry.
+        row.status, row.last_error = "failed", f"{type(error).__name__}: {error}"
+        result.failed += 1
+        log.warning("outbox message %s failed for good: %s", row.id, error)
+    except (OSError, smtplib.SMTPException) as error:
+        row.last_error = f"{type(error).__name__}: {error}"
+        if row.attempts >= config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"]:
+            row.status = "failed"
+            result.failed += 1
+            log.warning("outbox message %s failed after %s attempts: %s", row.id, row.attempts, error)
+        else:
+            row.next_attempt_at = now + _backoff(row.attempts, config["NEWSLETTER_OUTBOX_RETRY_BASE"])
+            result.retrying += 1
+            log.info("outbox message %s will be retried at %s: %s", row.id, row.next_attempt_at, error)
+        result.stopped_by_error = row.last_error
+    else:
+        row.status, row.sent_at, row.last_error = "sent", utcnow(), None
+        result.sent += 1
+    session.commit()
+    return result.stopped_by_error is None
+
+
+def drain(session: Session, transport: Transport, config: dict[str, Any], limit: int | None = None) -> DrainResult:
+    """Send due messages until none is due, the server fails, or `limit` were handled."""
+    result = DrainResult()
+    handled = 0
+    while limit is None or handled < limit:
+        if not send_next(session, transport, config, result):
+            break
+        handled += 1
+    return result
+
+
+def counts(session: Session) -> dict[str, int]:
+    """How many outbox messages are in each status."""
+    rows = session.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status))
+    return {status: number for status, number in rows}
+
+
+class InProcessDrainer:
+    """A background thread that sends the outbox in the web process: the embedded default.
+
+    It wakes when a transaction that enqueued mail commits, and polls now and then for retries.
+    """
+
+    def __init__(self, app: Flask, poll_seconds: float = 5.0) -> None:
+        self.app = app
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-drainer", daemon=True)
+
+    def start(self) -> InProcessDrainer:
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from .extensions import db
+
+        with self.app.app_context():
+            transport = transport_for(self.app.config)
+            while not self._stop.is_set():
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+                try:
+                    drain(db.session, transport, self.app.config)
+                    transport.close()
+                except Exception:
+                    log.exception("the in-process outbox drainer hit an error; it will try again")
+                    db.session.rollback()
+                finally:
+                    db.session.remove()
+
+
+def attach_drainer(app: Flask, drainer: InProcessDrainer) -> None:
+    app.extensions["newsletter.drainer"] = drainer
+
+
+@event.listens_for(FlaskSession, "after_flush")
+def _note_enqueued(session: Session, flush_context: Any) -> None:
+    if any(isinstance(obj, OutboxMessage) for obj in session.new):
+        session.info["outbox_enqueued"] = True
+
+
+@event.listens_for(FlaskSession, "after_commit")
+def _wake_drainer(session: Session) -> None:
+    if session.info.pop("outbox_enqueued", False):
+        drainer = current_app.extensions.get("newsletter.drainer")
+        if drainer is not None:
+            drainer.wake()

@@ -1,0 +1,53 @@
+"""The hosted signup and preferences forms."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask_wtf import FlaskForm
+from wtforms import EmailField, SelectMultipleField, StringField, ValidationError, widgets
+from wtforms.validators import InputRequired, Length
+
+from .. import addresses
+from ..subscriptions import check_name
+
+
+class NewsletterChoices(SelectMultipleField):
+    widget = widgets.ListWidget(prefix_label=False)
+    option_widget = widgets.CheckboxInput()
+
+
+class SignupForm(FlaskForm):
+    email = EmailField("Email address", validators=[InputRequired("Enter your email address."), Length(max=320)])
+    name = StringField("Name (optional)")
+    # The domain names unknown or archived newsletters itself, in the same words as the API.
+    newsletters = NewsletterChoices("Newsletters", validate_choice=False)
+
+    normalized_email: str = ""
+
+    def validate_email(self, field: EmailField) -> None:
+        try:
+            self.normalized_email = addresses.normalize(
+                field.data or "",
+                check_deliverability=current_app.config["NEWSLETTER_CHECK_DELIVERABILITY"],
+                timeout=current_app.config["NEWSLETTER_DNS_TIMEOUT"],
+            )
+        except addresses.InvalidAddress as error:
+            raise ValidationError(str(error)) from None
+
+    def validate_name(self, field: StringField) -> None:
+        try:
+            field.data = check_name(field.data)
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
+
+    def validate_newsletters(self, field: NewsletterChoices) -> None:
+        if not field.data:
+            raise ValidationError("Choose at least one newsletter.")
+
+
+class ConfirmForm(FlaskForm):
+    """Only the CSRF token: the signed link says what to confirm."""
+
+
+class PreferencesForm(FlaskForm):
+    newsletters = NewsletterChoices("Newsletters", validate_choice=False, coerce=int)

@@ -1,0 +1,276 @@
+"""The domain: sign up, confirm, unsubscribe and set preferences. No Flask request in here.
+
+Every function takes a session and plain values, changes rows, records a ConsentEvent for each
+change and leaves the commit to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from . import emails
+from .models import ConsentEvent, Newsletter, Reader, Subscription, utcnow
+
+
+class SignupRejected(Exception):
+    """The signup can't be taken; `errors` maps each field to what is wrong with it."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+class UnknownReader(Exception):
+    """A signed link names a reader that no longer exists (e.g. erased)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a change came from, kept in its ConsentEvent as proof."""
+
+    channel: str
+    page_url: str | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+    wording: str | None = None
+
+
+@dataclass
+class SignupResult:
+    reader: Reader
+    newsletters: list[Newsletter]
+    confirmation_queued: bool
+
+
+@dataclass
+class ConfirmResult:
+    reader: Reader
+    confirmed: list[Newsletter] = field(default_factory=list)
+    already_confirmed: list[Newsletter] = field(default_factory=list)
+    # Unsubscribed (or signed up again) after the link was sent: the link no longer counts for them.
+    lapsed: list[Newsletter] = field(default_factory=list)
+
+
+def consent_wording(newsletters: Iterable[Newsletter]) -> str:
+    """The sentence a signup form shows next to its button, kept as proof of what was agreed to."""
+    names = ", ".join(newsletter.name for newsletter in newsletters)
+    return f"Send me {names} by email. I can unsubscribe at any time from a link in every email."
+
+
+def check_name(name: str | None) -> str | None:
+    """The reader's name, stripped, or ValueError saying why it can't be stored."""
+    if name is None:
+        return None
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise ValueError("A name must be one line of text, without control characters.")
+    name = name.strip()
+    if len(name) > 200:
+        raise ValueError("A name can be at most 200 characters long.")
+    return name or None
+
+
+def find_newsletters(session: Session, slugs: Iterable[str]) -> list[Newsletter]:
+    """The active newsletters named by `slugs`, in that order, or SignupRejected naming each problem."""
+    wanted = list(dict.fromkeys(slugs))
+    if not wanted:
+        raise SignupRejected({"newsletters": ["Choose at least one newsletter."]})
+    found = {n.slug: n for n in session.scalars(select(Newsletter).where(Newsletter.slug.in_(wanted)))}
+    problems = []
+    for slug in wanted:
+        newsletter = found.get(slug)
+        if newsletter is None:
+            problems.append(f"There is no newsletter called {slug!r}.")
+        elif not newsletter.is_active:
+            problems.append(f"{newsletter.name} ({slug!r}) is archived and takes no new readers.")
+    if problems:
+        raise SignupRejected({"newsletters": problems})
+    return [found[slug] for slug in wanted]
+
+
+def _insert_ignoring_duplicates(session: Session, model: Any, values: dict[str, Any], unique: list[str]) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=unique))
+
+
+def _locked_reader(session: Session, reader_id: int) -> Reader | None:
+    return session.scalars(
+        select(Reader).where(Reader.id == reader_id).with_for_update().execution_options(populate_existing=True)
+    ).first()
+
+
+def _record(session: Session, reader: Reader, newsletter: Newsletter | None, action: str, source: Source,
+            when: datetime) -> None:
+    session.add(ConsentEvent(
+        reader_id=reader.id,
+        newsletter_id=newsletter.id if newsletter else None,
+        action=action,
+        occurred_at=when,
+        source=source.channel,
+        page_url=source.page_url,
+        ip_address=source.ip_address,
+        user_agent=source.user_agent,
+        wording=source.wording,
+    ))
+
+
+def sign_up(
+    session: Session,
+    address: str,
+    newsletters: list[Newsletter],
+    *,
+    source: Source,
+    config: Mapping[str, Any],
+    name: str | None = None,
+) -> SignupResult:
+    """Make the reader's subscriptions to `newsletters` (from find_newsletters) pending; queue one confirmation.
+
+    The outcome looks the same to the caller whether the address is new, pending or confirmed.
+    A confirmed reader gets no mail; any reader gets at most one confirmation per resend interval.
+    """
+    now = utcnow()
+    # Concurrent signups of one address meet here: one INSERT wins, the others wait on the row lock.
+    _insert_ignoring_duplicates(session, Reader, {"email": address, "name": name, "created_at": now}, ["email"])
+    reader_id = session.scalars(select(Reader.id).where(Reader.email == address)).one()
+    reader = _locked_reader(session, reader_id)
+    assert reader is not None
+    if name and not reader.name:
+        reader.name = name
+
+    existing = {
+        s.newsletter_id: s
+        for s in session.scalars(select(Subscription).where(Subscription.reader_id == reader.id))
+    }
+    for newsletter in newsletters:
+        subscription = existing.get(newsletter.id)
+        if subscription is None:
+            subscription = Subscription(reader_id=reader.id, newsletter_id=newsletter.id, status="pending",
+                                        created_at=now, pending_since=now)
+            session.add(subscription)
+            existing[newsletter.id] = subscription
+        elif subscription.status == "unsubscribed":
+            subscription.status, subscription.pending_since = "pending", now
+        else:
+            continue
+        _record(session, reader, newsletter, "signup_requested", source, now)
+    session.flush()
+
+    interval = timedelta(seconds=config["NEWSLETTER_CONFIRM_RESEND_INTERVAL"])
+    recently_sent = reader.confirmation_sent_at is not None and now - reader.confirmation_sent_at < interval
+    pending = pending_newsletters(session, reader)
+    queued = bool(pending) and not recently_sent
+    if queued:
+        emails.enqueue_confirmation(session, reader, pending, config)
+        reader.confirmation_sent_at = now
+    return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=queued)
+
+
+def pending_newsletters(session: Session, reader: Reader) -> list[Newsletter]:
+    """The active newsletters the reader asked for and has not confirmed yet."""
+    return list(session.scalars(
+        select(Newsletter)
+        .join(Subscription, Subscription.newsletter_id == Newsletter.id)
+        .where(Subscription.reader_id == reader.id, Subscription.status == "pending",
+               Newsletter.archived_at.is_(None))
+        .order_by(Newsletter.name)
+    ))
+
+
+def subscriptions_of(session: Session, reader_id: int, newsletter_ids: Iterable[int] | None = None
+                     ) -> list[tuple[Newsletter, Subscription | None]]:
+    """(newsletter, subscription or None) pairs: the given newsletters, or all active ones plus the reader's."""
+    query = select(Newsletter, Subscription).outerjoin(
+        Subscription, (Subscription.newsletter_id == Newsletter.id) & (Subscription.reader_id == reader_id)
+    )
+    if newsletter_ids is not None:
+        query = query.where(Newsletter.id.in_(list(newsletter_ids)))
+    else:
+        query = query.where(Newsletter.archived_at.is_(None) | Subscription.id.is_not(None))
+    return [(newsletter, subscription) for newsletter, subscription in session.execute(query.order_by(Newsletter.name))]
+
+
+def get_reader(session: Session, reader_id: int) -> Reader:
+    """The reader a signed link names, or UnknownReader."""
+    reader = session.get(Reader, reader_id)
+    if reader is None:
+        raise UnknownReader(reader_id)
+    return reader
+
+
+def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, issued_at: datetime,
+            source: Source, config: Mapping[str, Any]) -> ConfirmResult:
+    """Confirm the pending subscriptions a confirmation link was issued for."""
+    reader = _locked_reader(session, reader_id)
+    if reader is None:
+        raise UnknownReader(reader_id)
+    result = ConfirmResult(reader=reader)
+    now = utcnow()
+    # Token times have whole seconds: compare with pending_since cut to the second.
+    issued_at = issued_at.replace(microsecond=0)
+    for newsletter, subscription in subscriptions_of(session, reader.id, newsletter_ids):
+        if subscription is None:
+            result.lapsed.append(newsletter)
+        elif subscription.status == "confirmed":
+            result.already_confirmed.append(newsletter)
+        elif (subscription.status == "pending" and newsletter.is_active
+              and subscription.pending_since is not None
+              and issued_at >= subscription.pending_since.replace(microsecond=0)):
+            subscription.status, subscription.confirmed_at = "confirmed", now
+            _record(session, reader, newsletter, "confirmed", source, now)
+            result.confirmed.append(newsletter)
+            if newsletter.send_welcome:
+                emails.enqueue_welcome(session, reader, newsletter, config)
+        else:
+            result.lapsed.append(newsletter)
+    return result
+
+
+def unsubscribe(session: Session, reader_id: int, newsletter_id: int | None, *, source: Source) -> list[Newsletter]:
+    """Unsubscribe from one newsletter, or from all when newsletter_id is None; the newsletters left."""
+    reader = _locked_reader(session, reader_id)
+    if reader is None:
+        raise UnknownReader(reader_id)
+    now = utcnow()
+    left = []
+    ids = None if newsletter_id is None else [newsletter_id]
+    for newsletter, subscription in subscriptions_of(session, reader.id, ids):
+        if subscription is not None and subscription.status in ("pending", "confirmed"):
+            subscription.status, subscription.unsubscribed_at = "unsubscribed", now
+            _record(session, reader, newsletter, "unsubscribed", source, now)
+            left.append(newsletter)
+    return left
+
+
+def set_preferences(session: Session, reader_id: int, wanted_ids: Iterable[int], *, source: Source
+                    ) -> tuple[list[Newsletter], list[Newsletter]]:
+    """Make the reader's subscriptions match `wanted_ids`; (joined, left).
+
+    The preferences link reached the reader's mailbox, so joining from it needs no further confirmation.
+    """
+    reader = _locked_reader(session, reader_id)
+    if reader is None:
+        raise UnknownReader(reader_id)
+    wanted = set(wanted_ids)
+    now = utcnow()
+    joined, left = [], []
+    for newsletter, subscription in subscriptions_of(session, reader.id):
+        if newsletter.id in wanted and newsletter.is_active:
+            if subscription is None:
+                subscription = Subscription(reader_id=reader.id, newsletter_id=newsletter.id, created_at=now)
+                session.add(subscription)
+            if subscription.status != "confirmed":
+                subscription.status, subscription.pending_since, subscription.confirmed_at = "confirmed", now, now
+                _record(session, reader, newsletter, "confirmed", source, now)
+                joined.append(newsletter)
+        elif newsletter.id not in wanted and subscription is not None and subscription.status != "unsubscribed":
+            subscription.status, subscription.unsubscribed_at = "unsubscribed", now
+            _record(session, reader, newsletter, "unsubscribed", source, now)
+            left.append(newsletter)
+    return joined, left
