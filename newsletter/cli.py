@@ -38,6 +38,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(newsletters)
     app.cli.add_command(worker)
     app.cli.add_command(serve)
+    app.cli.add_command(unsubscribe_mail)
 
 
 @click.group()
@@ -120,6 +121,29 @@ def worker(once: bool, poll: float) -> None:
         db.session.remove()
     if once:
         click.echo(f"sent {total.sent}, will retry {total.retrying}, failed {total.failed}", err=True)
+
+
+@click.command("unsubscribe-mail")
+@click.argument("message", type=click.File("rb"), default="-")
+@with_appcontext
+def unsubscribe_mail(message: Any) -> None:
+    """Unsubscribe the reader named by a reply to the List-Unsubscribe mailto (MESSAGE file or stdin).
+
+    Point the unsubscribe mailbox's delivery at this command (e.g. a pipe alias or a fetchmail mda).
+    """
+    from . import emails, subscriptions, tokens
+    from .subscriptions import Source
+
+    token = emails.token_from_unsubscribe_reply(message.read())
+    if token is None:
+        raise click.ClickException("No unsubscribe token in the subject: expected 'unsubscribe <token>'.")
+    try:
+        reader_id, newsletter_id = tokens.read_unsubscribe(token)
+        left = subscriptions.unsubscribe(db.session, reader_id, newsletter_id, source=Source(channel="mailto"))
+    except (tokens.InvalidToken, subscriptions.UnknownReader):
+        raise click.ClickException("The unsubscribe token is not valid.") from None
+    db.session.commit()
+    click.echo(f"Unsubscribed reader {reader_id} from {', '.join(n.slug for n in left) or 'nothing (already out)'}")
 
 
 def _describe_transport(app: Flask) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from email import policy
+from email.parser import BytesParser
 from email.utils import parseaddr
 from typing import Any
 from urllib.parse import quote
@@ -63,3 +65,12 @@ def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
         subject=f"Welcome to {newsletter.name}", body_text=text, body_html=html,
         mail_from=newsletter.sender or config["NEWSLETTER_MAIL_FROM"], headers=headers,
     )
+
+
+def token_from_unsubscribe_reply(raw: bytes) -> str | None:
+    """The unsubscribe token in the subject of a mail sent to the List-Unsubscribe mailto, if any."""
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    words = str(message.get("Subject", "")).split()
+    if len(words) == 2 and words[0].lower() == "unsubscribe":
+        return words[1]
+    return None

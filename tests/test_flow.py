@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qs
 
 import requests
 
@@ -87,3 +88,27 @@ def test_hosted_form_signup_and_preferences(app, live_server, smtp):
     assert "Joined: The Weekly Explainer" in saved.text and "Left: The Daily Briefing" in saved.text
     rows = dict(query(app, "SELECT n.slug, s.status FROM subscriptions s JOIN newsletters n ON n.id = s.newsletter_id"))
     assert rows == {"daily-briefing": "unsubscribed", "weekly-explainer": "confirmed"}
+
+
+def test_mailto_unsubscribe_reply(app, client, drain, smtp, runner):
+    client.post("/api/v1/subscriptions", json={"email": "reply@example.org", "newsletters": ["daily-briefing"]})
+    drain()
+    confirm_url = link_in(smtp.inbox.wait_for(1)[0], "/confirm/")
+    path = confirm_url.split("://", 1)[1].split("/", 1)[1]
+    page = client.get(f"/{path}")
+    client.post(f"/{path}", data={"csrf_token": csrf_token(page.get_data(as_text=True))})
+    drain()
+    welcome = smtp.inbox.wait_for(2)[1]
+    mailto = re.search(r"<mailto:([^>]+)>", welcome["List-Unsubscribe"]).group(1)
+    address, _, query_string = mailto.partition("?")
+    subject = parse_qs(query_string)["subject"][0]
+    reply = f"From: reply@example.org\r\nTo: {address}\r\nSubject: {subject}\r\n\r\n".encode()
+
+    result = runner.invoke(args=["unsubscribe-mail"], input=reply)
+    assert result.exit_code == 0, result.output
+    assert "daily-briefing" in result.output
+    assert query(app, "SELECT status FROM subscriptions") == [("unsubscribed",)]
+    assert query(app, "SELECT source FROM consent_events WHERE action = 'unsubscribed'") == [("mailto",)]
+
+    forged = runner.invoke(args=["unsubscribe-mail"], input=reply.replace(subject[-4:].encode(), b"AAAA"))
+    assert forged.exit_code != 0 and "not valid" in forged.output
