@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -176,6 +177,8 @@ def serve(host: str, port: int) -> None:
     from . import catalog, outbox
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not os.environ.get("NEWSLETTER_PUBLIC_URL"):
+        app.config["NEWSLETTER_PUBLIC_URL"] = f"http://{host}:{port}"
     upgrade()
     if db.session.scalar(select(func.count()).select_from(Newsletter)) == 0:
         for example in EXAMPLES:
