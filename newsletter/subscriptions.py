@@ -204,31 +204,45 @@ def get_reader(session: Session, reader_id: int) -> Reader:
     return reader
 
 
+def _sort_for_confirmation(session: Session, reader: Reader, newsletter_ids: Iterable[int], issued_at: datetime
+                           ) -> tuple[ConfirmResult, list[Subscription]]:
+    """What a confirmation link issued at `issued_at` would do: (result, the subscriptions it confirms)."""
+    result = ConfirmResult(reader=reader)
+    to_confirm = []
+    # Token times have whole seconds: compare with pending_since cut to the second.
+    issued_at = issued_at.replace(microsecond=0)
+    for newsletter, subscription in subscriptions_of(session, reader.id, newsletter_ids):
+        if subscription is not None and subscription.status == "confirmed":
+            result.already_confirmed.append(newsletter)
+        elif (subscription is not None and subscription.status == "pending" and newsletter.is_active
+              and subscription.pending_since is not None
+              and issued_at >= subscription.pending_since.replace(microsecond=0)):
+            result.confirmed.append(newsletter)
+            to_confirm.append(subscription)
+        else:
+            result.lapsed.append(newsletter)
+    return result, to_confirm
+
+
+def preview_confirmation(session: Session, reader_id: int, newsletter_ids: Iterable[int], *,
+                         issued_at: datetime) -> ConfirmResult:
+    """What confirm() would do, changing nothing: `confirmed` lists what it would confirm."""
+    return _sort_for_confirmation(session, get_reader(session, reader_id), newsletter_ids, issued_at)[0]
+
+
 def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, issued_at: datetime,
             source: Source, config: Mapping[str, Any]) -> ConfirmResult:
     """Confirm the pending subscriptions a confirmation link was issued for."""
     reader = _locked_reader(session, reader_id)
     if reader is None:
         raise UnknownReader(reader_id)
-    result = ConfirmResult(reader=reader)
+    result, to_confirm = _sort_for_confirmation(session, reader, newsletter_ids, issued_at)
     now = utcnow()
-    # Token times have whole seconds: compare with pending_since cut to the second.
-    issued_at = issued_at.replace(microsecond=0)
-    for newsletter, subscription in subscriptions_of(session, reader.id, newsletter_ids):
-        if subscription is None:
-            result.lapsed.append(newsletter)
-        elif subscription.status == "confirmed":
-            result.already_confirmed.append(newsletter)
-        elif (subscription.status == "pending" and newsletter.is_active
-              and subscription.pending_since is not None
-              and issued_at >= subscription.pending_since.replace(microsecond=0)):
-            subscription.status, subscription.confirmed_at = "confirmed", now
-            _record(session, reader, newsletter, "confirmed", source, now)
-            result.confirmed.append(newsletter)
-            if newsletter.send_welcome:
-                emails.enqueue_welcome(session, reader, newsletter, config)
-        else:
-            result.lapsed.append(newsletter)
+    for subscription in to_confirm:
+        subscription.status, subscription.confirmed_at = "confirmed", now
+        _record(session, reader, subscription.newsletter, "confirmed", source, now)
+        if subscription.newsletter.send_welcome:
+            emails.enqueue_welcome(session, reader, subscription.newsletter, config)
     return result
 
 

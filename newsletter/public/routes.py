@@ -65,17 +65,22 @@ def thanks() -> str:
 def confirm(token: str) -> str | tuple[str, int]:
     reader_id, newsletter_ids, issued_at = tokens.read_confirm(token, current_app.config["NEWSLETTER_CONFIRM_MAX_AGE"])
     form = ConfirmForm()
-    if request.method == "POST" and form.validate_on_submit():
-        result = subscriptions.confirm(
-            db.session, reader_id, newsletter_ids, issued_at=issued_at,
-            source=source("email-link"), config=current_app.config,
-        )
+    if form.validate_on_submit():
+        try:
+            result = subscriptions.confirm(
+                db.session, reader_id, newsletter_ids, issued_at=issued_at,
+                source=source("email-link"), config=current_app.config,
+            )
+        except subscriptions.UnknownReader:
+            raise tokens.InvalidToken("reader") from None
         db.session.commit()
         return render_template("public/confirmed.html", result=result)
     # GET must not confirm: mail scanners prefetch links.
-    reader = _reader_or_gone(reader_id)
-    pairs = subscriptions.subscriptions_of(db.session, reader.id, newsletter_ids)
-    return render_template("public/confirm.html", form=form, pairs=pairs, reader=reader)
+    try:
+        preview = subscriptions.preview_confirmation(db.session, reader_id, newsletter_ids, issued_at=issued_at)
+    except subscriptions.UnknownReader:
+        raise tokens.InvalidToken("reader") from None
+    return render_template("public/confirm.html", form=form, preview=preview)
 
 
 def _reader_or_gone(reader_id: int):
