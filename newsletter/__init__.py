@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from flask_babel import get_locale
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config as settings
-from .extensions import csrf, db, migrate
+from .extensions import babel, cors, csrf, db, limiter, migrate
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -41,14 +42,26 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_resource_dir("migrations")), render_as_batch=True)
     csrf.init_app(app)
+    limiter.init_app(app)
+    from .locale import select_locale
+
+    babel.init_app(app, locale_selector=select_locale,
+                   default_translation_directories=str(PACKAGE_DIR / "translations"))
+    app.context_processor(lambda: {"current_locale": str(get_locale() or "en")})
+    # Only allowed sites' scripts may read the API's answers (embed.js, the site's own front end).
+    cors.init_app(app, resources={r"/api/v1/*": {"origins": app.config["NEWSLETTER_ALLOWED_ORIGINS"]}},
+                  methods=["GET", "POST"], allow_headers=["Content-Type", "Accept-Language"], max_age=3600)
 
     from . import errors
     from .api import blueprint as api_blueprint
+    from .embed import blueprint as embed_blueprint
     from .public import blueprint as public_blueprint
 
     app.register_blueprint(public_blueprint)
+    app.register_blueprint(embed_blueprint)
     app.register_blueprint(api_blueprint)
     errors.register(app)
+    app.after_request(_no_framing_by_default)
 
     from .cli import register_commands
 
@@ -58,6 +71,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
         outbox.attach_drainer(app, outbox.InProcessDrainer(app).start())
     return app
+
+
+def _no_framing_by_default(response: Any) -> Any:
+    # Only the iframe form may be framed by other sites (it sets its own frame-ancestors).
+    if response.mimetype == "text/html":
+        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'self'")
+    return response
 
 
 def _engine_options(url: str) -> dict[str, Any]:

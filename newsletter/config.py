@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from limits import parse_many
+
 DAY = 24 * 60 * 60
 
 
@@ -92,6 +94,28 @@ def _smtp_url(raw: str | None) -> str | None:
     return raw
 
 
+def _origins(raw: str | None) -> list[str]:
+    origins = []
+    for item in (raw or "").split(","):
+        item = item.strip().rstrip("/").lower()
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path or parts.query:
+            raise ConfigError(f"NEWSLETTER_ALLOWED_ORIGINS: {item!r} is not an origin such as https://example-news.org")
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return origins
+
+
+def _rate(name: str, raw: str | None, default: str) -> str:
+    value = (raw or default).strip()
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a rate such as '10/minute;100/hour'") from None
+    return value
+
+
 def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """Flask config keys built from the NEWSLETTER_* variables in `environ` (default: os.environ)."""
     env = os.environ if environ is None else environ
@@ -100,13 +124,17 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         return env.get(f"NEWSLETTER_{name}")
 
     production = (get("ENV") or "development").strip().lower() == "production"
+    public_url = _public_url(get("PUBLIC_URL"))
+    # The iframe form keeps its CSRF token in the session: over https the cookie must be allowed in
+    # third-party frames (SameSite=None) and is partitioned per embedding site (CHIPS).
+    cross_site_cookie = public_url.startswith("https://")
     fallbacks = [key.strip() for key in (get("SECRET_KEY_FALLBACKS") or "").split(",") if key.strip()]
     return {
         "NEWSLETTER_PRODUCTION": production,
         "SQLALCHEMY_DATABASE_URI": _database_url(get("DATABASE_URL"), instance_path),
         "SECRET_KEY": _secret_key(instance_path, get("SECRET_KEY"), production),
         "SECRET_KEY_FALLBACKS": fallbacks,
-        "NEWSLETTER_PUBLIC_URL": _public_url(get("PUBLIC_URL")),
+        "NEWSLETTER_PUBLIC_URL": public_url,
         "NEWSLETTER_SMTP_URL": _smtp_url(get("SMTP_URL")),
         "NEWSLETTER_SMTP_TIMEOUT": _duration("NEWSLETTER_SMTP_TIMEOUT", get("SMTP_TIMEOUT"), 30),
         "NEWSLETTER_MAIL_DIR": get("MAIL_DIR") or str(instance_path / "mail"),
@@ -125,8 +153,17 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         "NEWSLETTER_OUTBOX_MAX_ATTEMPTS": _integer("NEWSLETTER_OUTBOX_MAX_ATTEMPTS", get("OUTBOX_MAX_ATTEMPTS"), 8),
         "NEWSLETTER_OUTBOX_RETRY_BASE": _duration("NEWSLETTER_OUTBOX_RETRY_BASE", get("OUTBOX_RETRY_BASE"), 30),
         "NEWSLETTER_OUTBOX_IN_PROCESS": _flag("NEWSLETTER_OUTBOX_IN_PROCESS", get("OUTBOX_IN_PROCESS"), False),
+        "NEWSLETTER_ALLOWED_ORIGINS": _origins(get("ALLOWED_ORIGINS")),
+        "NEWSLETTER_MIN_FILL_SECONDS": _integer("NEWSLETTER_MIN_FILL_SECONDS", get("MIN_FILL_SECONDS"), 2),
+        "NEWSLETTER_FORM_MAX_AGE": _duration("NEWSLETTER_FORM_MAX_AGE", get("FORM_MAX_AGE"), DAY),
+        "NEWSLETTER_RATE_LIMIT_IP": _rate("NEWSLETTER_RATE_LIMIT_IP", get("RATE_LIMIT_IP"), "20/minute;200/hour"),
+        "NEWSLETTER_RATE_LIMIT_EMAIL": _rate("NEWSLETTER_RATE_LIMIT_EMAIL", get("RATE_LIMIT_EMAIL"), "5/10minutes;20/day"),
+        "RATELIMIT_STORAGE_URI": get("REDIS_URL") or "memory://",
+        "RATELIMIT_ENABLED": _flag("NEWSLETTER_RATE_LIMITS", get("RATE_LIMITS"), True),
+        "RATELIMIT_HEADERS_ENABLED": True,
         "SESSION_COOKIE_HTTPONLY": True,
-        "SESSION_COOKIE_SAMESITE": "Lax",
-        "SESSION_COOKIE_SECURE": production,
+        "SESSION_COOKIE_SAMESITE": "None" if cross_site_cookie else "Lax",
+        "SESSION_COOKIE_SECURE": production or cross_site_cookie,
+        "SESSION_COOKIE_PARTITIONED": cross_site_cookie,
         "WTF_CSRF_TIME_LIMIT": None,
     }

@@ -23,6 +23,8 @@ def register(app: Flask) -> None:
         }.get(code, error.description)
         if _wants_json():
             return jsonify({"errors": {"request": [description]}}), code
+        if request.blueprint == "embed":
+            return render_template("embed/message.html", title=error.name, message=description), code
         return render_template("public/error.html", title=error.name, message=description), code
 
     @app.errorhandler(InvalidToken)

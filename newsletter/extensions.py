@@ -1,5 +1,9 @@
 """Flask extensions, created unbound and bound to the app in create_app()."""
 
+from flask_babel import Babel
+from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
@@ -23,3 +27,6 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 csrf = CSRFProtect()
+cors = CORS()
+limiter = Limiter(key_func=get_remote_address)
+babel = Babel()

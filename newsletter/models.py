@@ -126,9 +126,11 @@ class ConsentEvent(db.Model):
     # signup_requested, confirmed, unsubscribed, resubscribed
     action: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # hosted-form, api, email-link, one-click, preferences, cli …
+    # hosted-form, embed-form, embed-iframe, embed-script, api, email-link, one-click, preferences …
     source: Mapped[str] = mapped_column(String(32))
     page_url: Mapped[str | None] = mapped_column(String(2048))
+    # The id the embedding page gave its form, to tell apart several forms on one page.
+    form_id: Mapped[str | None] = mapped_column(String(200))
     ip_address: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     wording: Mapped[str | None] = mapped_column(Text)

@@ -37,6 +37,7 @@ class Source:
 
     channel: str
     page_url: str | None = None
+    form_id: str | None = None
     ip_address: str | None = None
     user_agent: str | None = None
     wording: str | None = None
@@ -115,6 +116,7 @@ def _record(session: Session, reader: Reader, newsletter: Newsletter | None, act
         occurred_at=when,
         source=source.channel,
         page_url=source.page_url,
+        form_id=source.form_id,
         ip_address=source.ip_address,
         user_agent=source.user_agent,
         wording=source.wording,

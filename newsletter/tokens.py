@@ -12,6 +12,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 CONFIRM = "newsletter.confirm"
 UNSUBSCRIBE = "newsletter.unsubscribe"
 PREFERENCES = "newsletter.preferences"
+FORM = "newsletter.form"
 
 
 class InvalidToken(Exception):

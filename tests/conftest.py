@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 from werkzeug.serving import make_server
 
 from newsletter import catalog, create_app, outbox
-from newsletter.extensions import db
+from newsletter.extensions import db, limiter
 from newsletter.mailer import transport_for
 
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL")
@@ -168,7 +168,12 @@ def app(database_url: str, smtp: SmtpServer, instance_dir: Path):
         "NEWSLETTER_SMTP_URL": smtp.url,
         "NEWSLETTER_SMTP_TIMEOUT": 5,
         "NEWSLETTER_OUTBOX_RETRY_BASE": 0,
+        # Tests that check the bot defences set these back; the rest act faster than people do.
+        "NEWSLETTER_MIN_FILL_SECONDS": 0,
+        "NEWSLETTER_RATE_LIMIT_IP": "10000/minute",
+        "NEWSLETTER_RATE_LIMIT_EMAIL": "10000/minute",
     })
+    limiter.reset()
     with app.app_context():
         catalog.add_newsletter(db.session, "daily-briefing", name="The Daily Briefing",
                                description="The day's news every morning.")
@@ -243,7 +248,18 @@ def link_in(message: EmailMessage, path: str) -> str:
 
 
 def csrf_token(html: str) -> str:
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html) or re.search(
-        r'id="csrf_token" name="csrf_token" type="hidden" value="([^"]+)"', html)
-    assert match, "no CSRF token in the page"
-    return match.group(1)
+    """The CSRF token of the first form in a page."""
+    field = re.search(r'<input[^>]*name="csrf_token"[^>]*>', html)
+    assert field, "no CSRF token in the page"
+    return re.search(r'value="([^"]+)"', field.group(0)).group(1)
+
+
+def hidden_fields(html: str) -> dict[str, str]:
+    """The hidden inputs of a page's form (CSRF and fill-time tokens…), as a browser would send them."""
+    fields = {}
+    for tag in re.findall(r'<input[^>]*type="hidden"[^>]*>', html):
+        name = re.search(r'name="([^"]+)"', tag)
+        value = re.search(r'value="([^"]*)"', tag)
+        if name:
+            fields[name.group(1)] = value.group(1) if value else ""
+    return fields

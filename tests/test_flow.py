@@ -7,7 +7,7 @@ from urllib.parse import parse_qs
 
 import requests
 
-from .conftest import csrf_token, link_in, query
+from .conftest import csrf_token, hidden_fields, link_in, query
 
 
 def test_signup_confirm_welcome_and_one_click_unsubscribe(app, live_server, smtp):
@@ -65,7 +65,7 @@ def test_hosted_form_signup_and_preferences(app, live_server, smtp):
     assert form.status_code == 200
     assert 'for="newsletter-daily-briefing"' in form.text
     sent = browser.post(f"{live_server}/subscribe", data={
-        "csrf_token": csrf_token(form.text), "email": "ü@example.com", "newsletters": ["daily-briefing"],
+        **hidden_fields(form.text), "email": "ü@example.com", "newsletters": ["daily-briefing"],
     }, timeout=10)
     assert sent.status_code == 200 and sent.url.endswith("/thanks")
     assert "We've sent you a confirmation email." in sent.text

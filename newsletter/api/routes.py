@@ -1,4 +1,4 @@
-"""POST /api/v1/subscriptions: the JSON signup."""
+"""The JSON API: POST /api/v1/subscriptions, and GET /api/v1/forms for embed.js."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from .. import addresses, subscriptions
+from .. import abuse, addresses, origins, subscriptions
 from ..extensions import db
-from ..provenance import request_source as source
+from ..provenance import request_source
+from ..ratelimits import signup_limits
 from . import blueprint
+
+SIGNUP_FIELDS = {"email", "newsletters", "name", "page_url", "form_id", "form_token", "embed", "lang",
+                 abuse.HONEYPOT_FIELD}
 
 
 class FieldErrors(Exception):
@@ -35,6 +39,19 @@ def _body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise FieldErrors({"body": ["The body must be a JSON object such as {\"email\": …, \"newsletters\": […]}."]})
     return body
+
+
+def _optional_text(body: dict[str, Any], field: str, limit: int, errors: dict[str, list[str]]) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        errors[field] = [f"The {field} must be a string."]
+        return None
+    if len(value) > limit:
+        errors[field] = [f"The {field} can be at most {limit} characters long."]
+        return None
+    return value
 
 
 def parse_signup(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
@@ -69,7 +86,12 @@ def parse_signup(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
         except ValueError as error:
             errors["name"] = [str(error)]
 
-    unknown = set(body) - {"email", "newsletters", "name"}
+    for field, size in (("page_url", 2048), ("form_id", 200), ("form_token", 500), ("lang", 35)):
+        _optional_text(body, field, size, errors)
+    if body.get("embed") not in (None, "script"):
+        errors["embed"] = ["The embed, when given, must be \"script\"."]
+
+    unknown = set(body) - SIGNUP_FIELDS
     if unknown:
         errors["body"] = [f"Unexpected field {field!r}." for field in sorted(unknown)]
     if errors:
@@ -78,11 +100,55 @@ def parse_signup(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
 
 
 @blueprint.post("/subscriptions")
+@signup_limits
 def create_subscription() -> tuple[Response, int]:
-    address, slugs, name = parse_signup(_body())
+    origins.cross_origin_post()
+    body = _body()
+    accepted = jsonify({"status": "pending"}), 202
+    if abuse.is_bot(body):
+        return accepted
+    address, slugs, name = parse_signup(body)
+    from_script = body.get("embed") == "script"
+    if from_script:
+        # Our own script always sends the token it was given; API clients of the site's server don't.
+        try:
+            abuse.check_fill_time(body.get("form_token"))
+        except abuse.TooFast:
+            raise FieldErrors({"form": ["That was quick! Please check your address and press Subscribe again."]})
     chosen = subscriptions.find_newsletters(db.session, slugs)
-    subscriptions.sign_up(db.session, address, chosen, name=name, config=current_app.config,
-                          source=source("api", subscriptions.consent_wording(chosen)))
+    source = request_source("embed-script" if from_script else "api", subscriptions.consent_wording(chosen),
+                            page_url=body.get("page_url"), form_id=body.get("form_id"))
+    subscriptions.sign_up(db.session, address, chosen, name=name, config=current_app.config, source=source)
     db.session.commit()
     # The same answer for new, pending and confirmed addresses: nobody learns who is subscribed.
-    return jsonify({"status": "pending"}), 202
+    return accepted
+
+
+@blueprint.get("/forms")
+def form_settings() -> Response:
+    """What embed.js needs to draw a form: the newsletters, a fill-time token and the wording."""
+    slugs = [slug.strip() for slug in request.args.get("newsletters", "").split(",") if slug.strip()]
+    offered = subscriptions.find_newsletters(db.session, slugs)
+    return jsonify({
+        "newsletters": [{"slug": n.slug, "name": n.name, "description": n.description, "author": n.author}
+                        for n in offered],
+        "form_token": abuse.form_token(),
+        "texts": embed_texts(),
+    })
+
+
+def embed_texts() -> dict[str, str]:
+    """The words of the script-embedded form, in the reader's language."""
+    return {
+        "email_label": "Enter your email to subscribe",
+        "required_hint": "indicates required",
+        "newsletters_legend": "Newsletters",
+        "by": "By",
+        "submit": "Subscribe",
+        "sending": "Sending…",
+        "thanks": "Thank you for signing up for this newsletter. We've sent you a confirmation email.",
+        "invalid_email": "Please, enter correct email address",
+        "choose": "Choose at least one newsletter.",
+        "failed": "Something went wrong. Please try again in a minute.",
+        "honeypot": "Leave this field empty",
+    }

@@ -1,10 +1,10 @@
-"""The hosted signup and preferences forms."""
+"""The signup form (hosted page, iframe and plain cross-origin form) and the preferences form."""
 
 from __future__ import annotations
 
 from flask import current_app
 from flask_wtf import FlaskForm
-from wtforms import EmailField, SelectMultipleField, StringField, ValidationError, widgets
+from wtforms import EmailField, HiddenField, SelectMultipleField, StringField, ValidationError, widgets
 from wtforms.validators import InputRequired, Length
 
 from .. import addresses
@@ -21,6 +21,14 @@ class SignupForm(FlaskForm):
     name = StringField("Name (optional)")
     # The domain names unknown or archived newsletters itself, in the same words as the API.
     newsletters = NewsletterChoices("Newsletters", validate_choice=False)
+    # Provenance and return trip, set by the embedding page or our own templates.
+    page_url = HiddenField(validators=[Length(max=2048)])
+    form_id = HiddenField(validators=[Length(max=200)])
+    return_to = HiddenField(validators=[Length(max=2048)])
+    # Signed time the form was shown: sent back too soon, it was not a person.
+    form_token = HiddenField()
+    # The honeypot (see abuse.HONEYPOT_FIELD): hidden from people and screen readers.
+    website = StringField("Leave this field empty")
 
     normalized_email: str = ""
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from flask import current_app, redirect, render_template, request, url_for
 from sqlalchemy import select
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
 
-from .. import subscriptions, tokens
+from .. import abuse, origins, subscriptions, tokens
 from ..extensions import csrf, db
 from ..models import Newsletter
 from ..provenance import request_source as source
+from ..ratelimits import signup_limits
 from . import blueprint
 from .forms import ConfirmForm, PreferencesForm, SignupForm
+from .intake import Outcome, take_signup
 
 
 def _active_newsletters() -> list[Newsletter]:
@@ -28,32 +30,35 @@ def index() -> Response:
 
 @blueprint.route("/subscribe", methods=["GET", "POST"])
 @blueprint.route("/subscribe/<slug>", methods=["GET", "POST"])
+@csrf.exempt  # the form checks its own CSRF token, except on a plain form from an allowed site
+@signup_limits
 def subscribe(slug: str | None = None) -> Response | str | tuple[str, int]:
+    """The hosted signup page; its POST also takes plain HTML forms embedded on allowed sites."""
     offered = _active_newsletters()
     if slug is not None:
         offered = [n for n in offered if n.slug == slug]
         if not offered:
             raise NotFound(f"There is no newsletter called {slug!r} taking signups.")
-    form = SignupForm()
+    # A plain form on an allowed site can't carry our CSRF token: its Origin stands in for it.
+    cross_origin = request.method == "POST" and origins.cross_origin_post()
+    form = SignupForm(meta={"csrf": False}) if cross_origin else SignupForm()
     form.newsletters.choices = [(n.slug, n.name) for n in offered]
-    if slug is not None and request.method == "GET":
-        form.newsletters.data = [slug]
-    if form.validate_on_submit():
-        try:
-            chosen = subscriptions.find_newsletters(db.session, form.newsletters.data)
-            subscriptions.sign_up(
-                db.session, form.normalized_email, chosen, name=form.name.data,
-                source=source("hosted-form", subscriptions.consent_wording(chosen)), config=current_app.config,
-            )
-        except subscriptions.SignupRejected as rejected:
-            db.session.rollback()
-            form.newsletters.errors = list(rejected.errors.get("newsletters", []))
-        else:
-            db.session.commit()
-            return redirect(url_for("public.thanks"), code=303)
-    status = 422 if form.errors else 200
+    too_fast = False
+    if request.method == "GET":
+        form.newsletters.data = [slug] if slug else []
+        form.return_to.data = request.args.get("return_to", "")
+    else:
+        return_to = form.return_to.data
+        if return_to and origins.safe_return_to(return_to) is None:
+            raise BadRequest("The form's return_to address is not on a site allowed to embed these forms.")
+        outcome = take_signup(form, "embed-form" if cross_origin else "hosted-form", check_fill_time=not cross_origin)
+        if outcome in (Outcome.SUBSCRIBED, Outcome.IGNORED):
+            return redirect(return_to or url_for("public.thanks"), code=303)
+        too_fast = outcome is Outcome.TOO_FAST
+    form.form_token.data = abuse.form_token()
+    status = 422 if form.errors or too_fast else 200
     return render_template("public/subscribe.html", form=form, offered=offered, single=slug is not None,
-                           wording=subscriptions.consent_wording(offered)), status
+                           too_fast=too_fast, wording=subscriptions.consent_wording(offered)), status
 
 
 @blueprint.get("/thanks")

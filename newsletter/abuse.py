@@ -1,0 +1,51 @@
+"""Bot defences of the signup forms: a honeypot field, a minimum fill time, rate-limit keys."""
+
+from __future__ import annotations
+
+from flask import current_app, request
+
+from . import tokens
+from .models import utcnow
+
+# A field people never see or fill; bots that fill every input give themselves away.
+HONEYPOT_FIELD = "website"
+
+
+class TooFast(Exception):
+    """The form was sent sooner after it was shown than a person could have filled it."""
+
+
+def form_token() -> str:
+    """A token stamped with the time the form was shown."""
+    return tokens.sign(tokens.FORM, {})
+
+
+def check_fill_time(token: str | None) -> None:
+    """TooFast unless `token` was issued at least NEWSLETTER_MIN_FILL_SECONDS ago (and not too long ago).
+
+    NEWSLETTER_MIN_FILL_SECONDS=0 turns the check off.
+    """
+    minimum = current_app.config["NEWSLETTER_MIN_FILL_SECONDS"]
+    if minimum <= 0:
+        return
+    if not token:
+        raise TooFast()
+    try:
+        signed = tokens.verify(tokens.FORM, token, max_age=current_app.config["NEWSLETTER_FORM_MAX_AGE"])
+    except tokens.InvalidToken:
+        raise TooFast() from None
+    if (utcnow() - signed.issued_at).total_seconds() < minimum:
+        raise TooFast()
+
+
+def is_bot(form_values: dict) -> bool:
+    """True when the honeypot field was filled in."""
+    value = form_values.get(HONEYPOT_FIELD)
+    return bool(value.strip()) if isinstance(value, str) else value not in (None, "", False)
+
+
+def submitted_email() -> str:
+    """The email of the submitted signup, roughly normalized, as the per-address rate-limit key."""
+    body = request.get_json(silent=True) if request.is_json else request.form
+    email = body.get("email") if isinstance(body, dict) else None
+    return email.strip().lower()[:320] if isinstance(email, str) else ""

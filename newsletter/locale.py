@@ -1,0 +1,21 @@
+"""The reader's language: the form's own `lang`, else the browser's Accept-Language; English by default."""
+
+from __future__ import annotations
+
+from flask import request
+
+LANGUAGES = ("en", "uk")
+
+
+def _primary(tag: object) -> str | None:
+    if not isinstance(tag, str) or not tag.strip():
+        return None
+    code = tag.strip().replace("_", "-").split("-")[0].lower()
+    return code if code in LANGUAGES else None
+
+
+def select_locale() -> str:
+    """The language to answer in, for Flask-Babel."""
+    body = request.get_json(silent=True) if request.is_json else None
+    explicit = request.args.get("lang") or request.form.get("lang") or (body.get("lang") if isinstance(body, dict) else None)
+    return _primary(explicit) or request.accept_languages.best_match(LANGUAGES) or "en"

@@ -1,0 +1,32 @@
+"""Rate limits on signups: per client IP and per submitted address, shared through Redis when configured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from flask import current_app
+
+from . import abuse
+from .extensions import limiter
+
+View = TypeVar("View", bound=Callable[..., object])
+
+
+def signup_limits(view: View) -> View:
+    """Limit POSTs to `view` per IP and per email address, counting every signup endpoint together."""
+    per_email = limiter.shared_limit(
+        lambda: current_app.config["NEWSLETTER_RATE_LIMIT_EMAIL"],
+        scope="signup-email",
+        key_func=abuse.submitted_email,
+        exempt_when=lambda: not abuse.submitted_email(),
+        methods=["POST"],
+        error_message="Too many signups for this email address. Please wait a few minutes and try again.",
+    )
+    per_ip = limiter.shared_limit(
+        lambda: current_app.config["NEWSLETTER_RATE_LIMIT_IP"],
+        scope="signup-ip",
+        methods=["POST"],
+        error_message="Too many signups from your network. Please wait a few minutes and try again.",
+    )
+    return per_ip(per_email(view))
