@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import render_template
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from sqlalchemy.orm import Session
 
 from . import outbox, tokens
@@ -41,8 +43,9 @@ def enqueue_confirmation(session: Session, reader: Reader, newsletters: list[New
     link = external_url("public.confirm", token=tokens.confirm_token(reader.id, [n.id for n in newsletters]))
     days = max(1, config["NEWSLETTER_CONFIRM_MAX_AGE"] // 86400)
     text, html = _render("confirm", reader=reader, newsletters=newsletters, link=link, days=days)
-    subject = (f"Confirm your subscription to {newsletters[0].name}" if len(newsletters) == 1
-               else f"Confirm your subscription to {len(newsletters)} newsletters")
+    subject = (_("Confirm your subscription to %(name)s", name=newsletters[0].name) if len(newsletters) == 1
+               else ngettext("Confirm your subscription to %(num)d newsletter",
+                             "Confirm your subscription to %(num)d newsletters", len(newsletters)))
     return outbox.enqueue(
         session, kind="confirmation", reader_id=reader.id, to_address=reader.email, to_name=reader.name,
         subject=subject, body_text=text, body_html=html, mail_from=config["NEWSLETTER_MAIL_FROM"],
@@ -62,7 +65,7 @@ def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
     text, html = _render("welcome", **context)
     return outbox.enqueue(
         session, kind="welcome", reader_id=reader.id, to_address=reader.email, to_name=reader.name,
-        subject=f"Welcome to {newsletter.name}", body_text=text, body_html=html,
+        subject=_("Welcome to %(name)s", name=newsletter.name), body_text=text, body_html=html,
         mail_from=newsletter.sender or config["NEWSLETTER_MAIL_FROM"], headers=headers,
     )
 

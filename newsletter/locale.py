@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from flask import request
+from flask import has_request_context, request
 
 LANGUAGES = ("en", "uk")
+
+
+def N_(message: str) -> str:  # noqa: N802 (gettext's own name for it)
+    """Marks `message` for pybabel to extract, unchanged: another library says it, we translate it when shown."""
+    return message
 
 
 def _primary(tag: object) -> str | None:
@@ -16,6 +21,9 @@ def _primary(tag: object) -> str | None:
 
 def select_locale() -> str:
     """The language to answer in, for Flask-Babel."""
+    if not has_request_context():
+        # The CLI and the outbox worker have no reader to ask: the default language.
+        return "en"
     body = request.get_json(silent=True) if request.is_json else None
     explicit = request.args.get("lang") or request.form.get("lang") or (body.get("lang") if isinstance(body, dict) else None)
     return _primary(explicit) or request.accept_languages.best_match(LANGUAGES) or "en"

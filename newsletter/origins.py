@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import current_app, request
+from flask_babel import gettext as _
 from werkzeug.exceptions import Forbidden
 
 
@@ -12,7 +13,8 @@ class ForeignOrigin(Forbidden):
     """A POST from a site that is not in NEWSLETTER_ALLOWED_ORIGINS."""
 
     def __init__(self, origin: str) -> None:
-        super().__init__(f"Signups from {origin} are not accepted: that site is not allowed to embed these forms.")
+        super().__init__(_("Signups from %(origin)s are not accepted: that site is not allowed to embed these forms.",
+                           origin=origin))
         self.origin = origin
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from flask import current_app
+from flask_babel import gettext as _
 
 from . import abuse
 from .extensions import limiter
@@ -21,12 +22,13 @@ def signup_limits(view: View) -> View:
         key_func=abuse.submitted_email,
         exempt_when=lambda: not abuse.submitted_email(),
         methods=["POST"],
-        error_message="Too many signups for this email address. Please wait a few minutes and try again.",
+        # Callables: the message is read per request, in that request's language.
+        error_message=lambda: _("Too many signups for this email address. Please wait a few minutes and try again."),
     )
     per_ip = limiter.shared_limit(
         lambda: current_app.config["NEWSLETTER_RATE_LIMIT_IP"],
         scope="signup-ip",
         methods=["POST"],
-        error_message="Too many signups from your network. Please wait a few minutes and try again.",
+        error_message=lambda: _("Too many signups from your network. Please wait a few minutes and try again."),
     )
     return per_ip(per_email(view))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from flask_babel import gettext as _
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -62,7 +63,7 @@ class ConfirmResult:
 def consent_wording(newsletters: Iterable[Newsletter]) -> str:
     """The sentence a signup form shows next to its button, kept as proof of what was agreed to."""
     names = ", ".join(newsletter.name for newsletter in newsletters)
-    return f"Send me {names} by email. I can unsubscribe at any time from a link in every email."
+    return _("Send me %(names)s by email. I can unsubscribe at any time from a link in every email.", names=names)
 
 
 def check_name(name: str | None) -> str | None:
@@ -70,10 +71,10 @@ def check_name(name: str | None) -> str | None:
     if name is None:
         return None
     if any(ord(char) < 32 or ord(char) == 127 for char in name):
-        raise ValueError("A name must be one line of text, without control characters.")
+        raise ValueError(_("A name must be one line of text, without control characters."))
     name = name.strip()
     if len(name) > 200:
-        raise ValueError("A name can be at most 200 characters long.")
+        raise ValueError(_("A name can be at most 200 characters long."))
     return name or None
 
 
@@ -81,15 +82,16 @@ def find_newsletters(session: Session, slugs: Iterable[str]) -> list[Newsletter]
     """The active newsletters named by `slugs`, in that order, or SignupRejected naming each problem."""
     wanted = list(dict.fromkeys(slugs))
     if not wanted:
-        raise SignupRejected({"newsletters": ["Choose at least one newsletter."]})
+        raise SignupRejected({"newsletters": [_("Choose at least one newsletter.")]})
     found = {n.slug: n for n in session.scalars(select(Newsletter).where(Newsletter.slug.in_(wanted)))}
     problems = []
     for slug in wanted:
         newsletter = found.get(slug)
         if newsletter is None:
-            problems.append(f"There is no newsletter called {slug!r}.")
+            problems.append(_("There is no newsletter called %(slug)r.", slug=slug))
         elif not newsletter.is_active:
-            problems.append(f"{newsletter.name} ({slug!r}) is archived and takes no new readers.")
+            problems.append(_("%(name)s (%(slug)r) is archived and takes no new readers.",
+                              name=newsletter.name, slug=slug))
     if problems:
         raise SignupRejected({"newsletters": problems})
     return [found[slug] for slug in wanted]

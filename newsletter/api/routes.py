@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app, jsonify, request
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from .. import abuse, addresses, origins, subscriptions
@@ -31,13 +33,13 @@ def field_errors(error: FieldErrors | subscriptions.SignupRejected) -> tuple[Res
 
 def _body() -> dict[str, Any]:
     if not request.is_json:
-        raise UnsupportedMediaType("Send the body as JSON, with Content-Type: application/json.")
+        raise UnsupportedMediaType(_("Send the body as JSON, with Content-Type: application/json."))
     try:
         body = request.get_json()
     except BadRequest:
-        raise FieldErrors({"body": ["The body is not valid JSON."]}) from None
+        raise FieldErrors({"body": [_("The body is not valid JSON.")]}) from None
     if not isinstance(body, dict):
-        raise FieldErrors({"body": ["The body must be a JSON object such as {\"email\": …, \"newsletters\": […]}."]})
+        raise FieldErrors({"body": [_("The body must be a JSON object such as {\"email\": …, \"newsletters\": […]}.")]})
     return body
 
 
@@ -46,10 +48,11 @@ def _optional_text(body: dict[str, Any], field: str, limit: int, errors: dict[st
     if value is None:
         return None
     if not isinstance(value, str):
-        errors[field] = [f"The {field} must be a string."]
+        errors[field] = [_("The %(field)s must be a string.", field=field)]
         return None
     if len(value) > limit:
-        errors[field] = [f"The {field} can be at most {limit} characters long."]
+        errors[field] = [ngettext("The %(field)s can be at most %(num)d character long.",
+                                   "The %(field)s can be at most %(num)d characters long.", limit, field=field)]
         return None
     return value
 
@@ -62,7 +65,7 @@ def parse_signup(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
 
     address = ""
     if not isinstance(email, str):
-        errors["email"] = ["Enter your email address." if email is None else "The email must be a string."]
+        errors["email"] = [_("Enter your email address.") if email is None else _("The email must be a string.")]
     else:
         try:
             address = addresses.normalize(email, check_deliverability=config["NEWSLETTER_CHECK_DELIVERABILITY"],
@@ -72,14 +75,15 @@ def parse_signup(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
 
     limit = config["NEWSLETTER_MAX_NEWSLETTERS_PER_SIGNUP"]
     if not isinstance(slugs, list) or not all(isinstance(slug, str) for slug in slugs):
-        errors["newsletters"] = ["Give the newsletters as a list of their names, e.g. [\"daily-briefing\"]."]
+        errors["newsletters"] = [_("Give the newsletters as a list of their names, e.g. [\"daily-briefing\"].")]
     elif not slugs:
-        errors["newsletters"] = ["Choose at least one newsletter."]
+        errors["newsletters"] = [_("Choose at least one newsletter.")]
     elif len(set(slugs)) > limit:
-        errors["newsletters"] = [f"At most {limit} newsletters can be chosen at once."]
+        errors["newsletters"] = [ngettext("At most %(num)d newsletter can be chosen at once.",
+                                          "At most %(num)d newsletters can be chosen at once.", limit)]
 
     if name is not None and not isinstance(name, str):
-        errors["name"] = ["The name must be a string."]
+        errors["name"] = [_("The name must be a string.")]
     else:
         try:
             name = subscriptions.check_name(name)
@@ -89,11 +93,11 @@ def parse_signup(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
     for field, size in (("page_url", 2048), ("form_id", 200), ("form_token", 500), ("lang", 35)):
         _optional_text(body, field, size, errors)
     if body.get("embed") not in (None, "script"):
-        errors["embed"] = ["The embed, when given, must be \"script\"."]
+        errors["embed"] = [_("The embed, when given, must be \"script\".")]
 
     unknown = set(body) - SIGNUP_FIELDS
     if unknown:
-        errors["body"] = [f"Unexpected field {field!r}." for field in sorted(unknown)]
+        errors["body"] = [_("Unexpected field %(field)r.", field=field) for field in sorted(unknown)]
     if errors:
         raise FieldErrors(errors)
     return address, slugs, name
@@ -114,7 +118,7 @@ def create_subscription() -> tuple[Response, int]:
         try:
             abuse.check_fill_time(body.get("form_token"))
         except abuse.TooFast:
-            raise FieldErrors({"form": ["That was quick! Please check your address and press Subscribe again."]})
+            raise FieldErrors({"form": [_("That was quick! Please check your address and press Subscribe again.")]})
     chosen = subscriptions.find_newsletters(db.session, slugs)
     source = request_source("embed-script" if from_script else "api", subscriptions.consent_wording(chosen),
                             page_url=body.get("page_url"), form_id=body.get("form_id"))
@@ -140,15 +144,17 @@ def form_settings() -> Response:
 def embed_texts() -> dict[str, str]:
     """The words of the script-embedded form, in the reader's language."""
     return {
-        "email_label": "Enter your email to subscribe",
-        "required_hint": "indicates required",
-        "newsletters_legend": "Newsletters",
-        "by": "By",
-        "submit": "Subscribe",
-        "sending": "Sending…",
-        "thanks": "Thank you for signing up for this newsletter. We've sent you a confirmation email.",
-        "invalid_email": "Please, enter correct email address",
-        "choose": "Choose at least one newsletter.",
-        "failed": "Something went wrong. Please try again in a minute.",
-        "honeypot": "Leave this field empty",
+        "email_label": _("Enter your email to subscribe"),
+        # TRANSLATORS: follows a red asterisk: "* indicates required".
+        "required_hint": _("indicates required"),
+        "newsletters_legend": _("Newsletters"),
+        # TRANSLATORS: before the author's name, after the newsletter's description: "By Olena Kovalenko."
+        "by": _("By"),
+        "submit": _("Subscribe"),
+        "sending": _("Sending…"),
+        "thanks": _("Thank you for signing up for this newsletter. We've sent you a confirmation email."),
+        "invalid_email": _("Please, enter correct email address"),
+        "choose": _("Choose at least one newsletter."),
+        "failed": _("Something went wrong. Please try again in a minute."),
+        "honeypot": _("Leave this field empty"),
     }

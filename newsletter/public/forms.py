@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import current_app
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, SelectMultipleField, StringField, ValidationError, widgets
 from wtforms.validators import InputRequired, Length
@@ -17,10 +18,11 @@ class NewsletterChoices(SelectMultipleField):
 
 
 class SignupForm(FlaskForm):
-    email = EmailField("Email address", validators=[InputRequired("Enter your email address."), Length(max=320)])
-    name = StringField("Name (optional)")
+    email = EmailField(_l("Email address"),
+                       validators=[InputRequired(_l("Enter your email address.")), Length(max=320)])
+    name = StringField(_l("Name (optional)"))
     # The domain names unknown or archived newsletters itself, in the same words as the API.
-    newsletters = NewsletterChoices("Newsletters", validate_choice=False)
+    newsletters = NewsletterChoices(_l("Newsletters"), validate_choice=False)
     # Provenance and return trip, set by the embedding page or our own templates.
     page_url = HiddenField(validators=[Length(max=2048)])
     form_id = HiddenField(validators=[Length(max=200)])
@@ -28,7 +30,7 @@ class SignupForm(FlaskForm):
     # Signed time the form was shown: sent back too soon, it was not a person.
     form_token = HiddenField()
     # The honeypot (see abuse.HONEYPOT_FIELD): hidden from people and screen readers.
-    website = StringField("Leave this field empty")
+    website = StringField(_l("Leave this field empty"))
 
     normalized_email: str = ""
 
@@ -50,7 +52,7 @@ class SignupForm(FlaskForm):
 
     def validate_newsletters(self, field: NewsletterChoices) -> None:
         if not field.data:
-            raise ValidationError("Choose at least one newsletter.")
+            raise ValidationError(_l("Choose at least one newsletter."))
 
 
 class ConfirmForm(FlaskForm):
@@ -58,4 +60,4 @@ class ConfirmForm(FlaskForm):
 
 
 class PreferencesForm(FlaskForm):
-    newsletters = NewsletterChoices("Newsletters", validate_choice=False, coerce=int)
+    newsletters = NewsletterChoices(_l("Newsletters"), validate_choice=False, coerce=int)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import current_app, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
@@ -38,7 +39,7 @@ def subscribe(slug: str | None = None) -> Response | str | tuple[str, int]:
     if slug is not None:
         offered = [n for n in offered if n.slug == slug]
         if not offered:
-            raise NotFound(f"There is no newsletter called {slug!r} taking signups.")
+            raise NotFound(_("There is no newsletter called %(slug)r taking signups.", slug=slug))
     # A plain form on an allowed site can't carry our CSRF token: its Origin stands in for it.
     cross_origin = request.method == "POST" and origins.cross_origin_post()
     form = SignupForm(meta={"csrf": False}) if cross_origin else SignupForm()
@@ -50,10 +51,11 @@ def subscribe(slug: str | None = None) -> Response | str | tuple[str, int]:
     else:
         return_to = form.return_to.data
         if return_to and origins.safe_return_to(return_to) is None:
-            raise BadRequest("The form's return_to address is not on a site allowed to embed these forms.")
+            raise BadRequest(_("The form's return_to address is not on a site allowed to embed these forms."))
         outcome = take_signup(form, "embed-form" if cross_origin else "hosted-form", check_fill_time=not cross_origin)
         if outcome in (Outcome.SUBSCRIBED, Outcome.IGNORED):
-            return redirect(return_to or url_for("public.thanks"), code=303)
+            # The thank-you page speaks the language the form was sent in.
+            return redirect(return_to or url_for("public.thanks", lang=request.values.get("lang") or None), code=303)
         too_fast = outcome is Outcome.TOO_FAST
     form.form_token.data = abuse.form_token()
     status = 422 if form.errors or too_fast else 200
