@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from flask_babel import get_locale
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -15,6 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config as settings
 from .extensions import babel, cors, csrf, db, limiter, migrate
+from .origins import frame_ancestors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -74,9 +75,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def _no_framing_by_default(response: Any) -> Any:
-    # Only the iframe form may be framed by other sites (it sets its own frame-ancestors).
+    # Only the iframe form (and its error pages) may be framed by the allowed sites.
     if response.mimetype == "text/html":
-        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'self'")
+        ancestors = frame_ancestors() if request.blueprint == "embed" else "'self'"
+        response.headers.setdefault("Content-Security-Policy", f"frame-ancestors {ancestors}")
     return response
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from flask import current_app, request
 
 from . import tokens
@@ -45,7 +48,13 @@ def is_bot(form_values: dict) -> bool:
 
 
 def submitted_email() -> str:
-    """The email of the submitted signup, roughly normalized, as the per-address rate-limit key."""
+    """The per-address rate-limit key of the submitted signup: a keyed hash of the roughly normalized email.
+
+    Hashed so that the rate-limit store (Redis) never holds readers' addresses.
+    """
     body = request.get_json(silent=True) if request.is_json else request.form
     email = body.get("email") if isinstance(body, dict) else None
-    return email.strip().lower()[:320] if isinstance(email, str) else ""
+    if not isinstance(email, str) or not email.strip():
+        return ""
+    key = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(key, email.strip().lower()[:320].encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:32]

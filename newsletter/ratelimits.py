@@ -31,4 +31,5 @@ def signup_limits(view: View) -> View:
         methods=["POST"],
         error_message=lambda: _("Too many signups from your network. Please wait a few minutes and try again."),
     )
-    return per_ip(per_email(view))
+    # Registered first, checked first: a request already refused per IP doesn't use up an address's budget.
+    return per_email(per_ip(view))
