@@ -43,17 +43,25 @@ def is_allowed(origin: str | None) -> bool:
     return origin is not None and origin in allowed_origins()
 
 
+def _posting_origin() -> str | None:
+    # Browsers send Origin with every POST; the Referer is the fallback of older ones.
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return origin_of(request.referrer)
+    return None if origin == "null" else origin.lower()
+
+
+def posted_from_own_page() -> bool:
+    """True when the browser says this POST comes from a page of ours (e.g. the iframe form)."""
+    return _posting_origin() == own_origin()
+
+
 def cross_origin_post() -> bool:
     """True for a POST from an allowed other site; False for our own pages or no browser origin at all.
 
     Raises ForeignOrigin for a POST that a browser says comes from any other site.
     """
-    # Browsers send Origin with every POST; the Referer is the fallback of older ones.
-    origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
-        origin = origin_of(request.referrer) if origin is None else None
-    else:
-        origin = origin.lower()
+    origin = _posting_origin()
     if origin is None or origin == own_origin():
         return False
     if is_allowed(origin):

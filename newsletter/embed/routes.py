@@ -36,17 +36,21 @@ def single(slug: str) -> Response | str | tuple[str, int]:
     return frame([slug])
 
 
-def frame(slugs: list[str]) -> tuple[str, int, dict[str, str]]:
+def frame(slugs: list[str]) -> tuple[str, int]:
     try:
         offered = subscriptions.find_newsletters(db.session, slugs)
     except subscriptions.SignupRejected as rejected:
         raise NotFound(" ".join(rejected.errors["newsletters"])) from None
-    form = SignupForm()
+    # Several iframes on one article start several sessions at once on a first visit, and only one
+    # session cookie survives: a browser-stated Origin of our own stands in for the session's CSRF token.
+    own_page = request.method == "POST" and origins.posted_from_own_page()
+    form = SignupForm(meta={"csrf": False}) if own_page else SignupForm()
     form.newsletters.choices = [(n.slug, n.name) for n in offered]
     outcome = None
     if request.method == "GET":
         form.newsletters.data = [offered[0].slug] if len(offered) == 1 else []
-        form.page_url.data = request.args.get("page", "")[:2048]
+        # The article: named by the snippet, else the frame's Referer (often only the site's origin).
+        form.page_url.data = (request.args.get("page") or request.referrer or "")[:2048]
         form.form_id.data = request.args.get("form_id", "")[:200]
     else:
         outcome = take_signup(form, "embed-iframe", check_fill_time=True)
