@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flask import Flask, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 
 from .tokens import ExpiredToken, InvalidToken
 
@@ -16,14 +17,21 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response | str, int]:
         code = error.code or 500
-        description = {
-            413: f"The request is too large: at most {app.config['MAX_CONTENT_LENGTH']} bytes are accepted.",
-            405: "This address does not take that kind of request.",
-            404: "There is nothing at this address.",
-        }.get(code, error.description)
+        description = error.description
+        if description == type(error).description:  # werkzeug's generic wording: say it plainly
+            description = {
+                413: f"The request is too large: at most {app.config['MAX_CONTENT_LENGTH']} bytes are accepted.",
+                405: "This address does not take that kind of request.",
+                404: "There is nothing at this address.",
+            }.get(code, description)
         if _wants_json():
             return jsonify({"errors": {"request": [description]}}), code
         return render_template("public/error.html", title=error.name, message=description), code
+
+    @app.errorhandler(CSRFError)
+    def stale_form(error: CSRFError) -> tuple[Response | str, int]:
+        return http_error(BadRequest(
+            "This form was open too long or came from another site. Please go back, reload the page and send it again."))
 
     @app.errorhandler(InvalidToken)
     def bad_link(error: InvalidToken) -> tuple[str, int]:
