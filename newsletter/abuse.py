@@ -8,6 +8,7 @@ import hmac
 from flask import current_app, request
 
 from . import tokens
+from .request_body import json_object
 from .models import utcnow
 
 # A field people never see or fill; bots that fill every input give themselves away.
@@ -52,8 +53,8 @@ def submitted_email() -> str:
 
     Hashed so that the rate-limit store (Redis) never holds readers' addresses.
     """
-    body = request.get_json(silent=True) if request.is_json else request.form
-    email = body.get("email") if isinstance(body, dict) else None
+    body = json_object() if request.is_json else request.form
+    email = body.get("email") if body is not None else None
     if not isinstance(email, str) or not email.strip():
         return ""
     key = current_app.config["SECRET_KEY"].encode()

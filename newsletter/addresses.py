@@ -63,6 +63,8 @@ def normalize(text: str, *, check_deliverability: bool = False, timeout: int = 3
             check_deliverability=check_deliverability,
             timeout=timeout,
             allow_display_name=False,
+            # Also enforce RFC 5321's 64-character limit on the part before the @: servers refuse longer ones.
+            strict=True,
         )
     except EmailNotValidError as error:
         raise InvalidAddress(_(str(error))) from None

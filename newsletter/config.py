@@ -160,7 +160,8 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         "NEWSLETTER_RATE_LIMIT_EMAIL": _rate("NEWSLETTER_RATE_LIMIT_EMAIL", get("RATE_LIMIT_EMAIL"), "5/10minutes;20/day"),
         "RATELIMIT_STORAGE_URI": get("REDIS_URL") or "memory://",
         "RATELIMIT_ENABLED": _flag("NEWSLETTER_RATE_LIMITS", get("RATE_LIMITS"), True),
-        "RATELIMIT_HEADERS_ENABLED": True,
+        # Off: a per-address "remaining" count would tell anyone how often an address was signed up.
+        "RATELIMIT_HEADERS_ENABLED": False,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "None" if cross_site_cookie else "Lax",
         "SESSION_COOKIE_SECURE": production or cross_site_cookie,

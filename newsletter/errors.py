@@ -6,9 +6,10 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
-from werkzeug.exceptions import HTTPException, InternalServerError
+from flask_limiter.errors import RateLimitExceeded
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 
-from .locale import N_
 from .tokens import ExpiredToken, InvalidToken
 
 # Werkzeug's names of the errors a reader may meet, as page titles in the reader's language.
@@ -23,17 +24,6 @@ TITLES = {
     500: _l("Internal Server Error"),
 }
 
-# Flask-WTF's CSRF reasons, English in its code: catalogued here, looked up when shown.
-CSRF_REASONS = (
-    N_("The CSRF token is missing."),
-    N_("The CSRF session token is missing."),
-    N_("The CSRF token has expired."),
-    N_("The CSRF token is invalid."),
-    N_("The CSRF tokens do not match."),
-    N_("The referrer header is missing."),
-    N_("The referrer does not match the host."),
-)
-
 
 def _wants_json() -> bool:
     return request.path.startswith("/api/")
@@ -41,23 +31,32 @@ def _wants_json() -> bool:
 
 def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> tuple[Response | str, int]:
+    def http_error(error: HTTPException) -> tuple[Response | str, int, dict[str, str]]:
         code = error.code or 500
         limit = app.config["MAX_CONTENT_LENGTH"]
-        description = {
-            413: ngettext("The request is too large: at most %(num)d byte is accepted.",
-                          "The request is too large: at most %(num)d bytes are accepted.", limit),
-            405: _("This address does not take that kind of request."),
-            404: _("There is nothing at this address."),
-        }.get(code, error.description)
-        if description in CSRF_REASONS:
-            description = _(description)
+        description = error.description
+        if description == type(error).description:  # werkzeug's generic wording: say it plainly
+            description = {
+                413: ngettext("The request is too large: at most %(num)d byte is accepted.",
+                              "The request is too large: at most %(num)d bytes are accepted.", limit),
+                405: _("This address does not take that kind of request."),
+                404: _("There is nothing at this address."),
+            }.get(code, description)
         title = str(TITLES.get(code, error.name))
+        headers = {}
+        if isinstance(error, RateLimitExceeded):
+            # The window of the limit hit: by then the request is sure to be taken again.
+            headers["Retry-After"] = str(error.limit.limit.get_expiry())
         if _wants_json():
-            return jsonify({"errors": {"request": [description]}}), code
+            return jsonify({"errors": {"request": [description]}}), code, headers
         if request.blueprint == "embed":
-            return render_template("embed/message.html", title=title, message=description), code
-        return render_template("public/error.html", title=title, message=description), code
+            return render_template("embed/message.html", title=title, message=description), code, headers
+        return render_template("public/error.html", title=title, message=description), code, headers
+
+    @app.errorhandler(CSRFError)
+    def stale_form(error: CSRFError) -> tuple[Response | str, int]:
+        return http_error(BadRequest(_(
+            "This form was open too long or came from another site. Please go back, reload the page and send it again.")))
 
     @app.errorhandler(InvalidToken)
     def bad_link(error: InvalidToken) -> tuple[str, int]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from flask import has_request_context, request
+from werkzeug.exceptions import HTTPException
+
+from .request_body import json_object
 
 LANGUAGES = ("en", "uk")
 
@@ -24,6 +27,10 @@ def select_locale() -> str:
     if not has_request_context():
         # The CLI and the outbox worker have no reader to ask: the default language.
         return "en"
-    body = request.get_json(silent=True) if request.is_json else None
-    explicit = request.args.get("lang") or request.form.get("lang") or (body.get("lang") if isinstance(body, dict) else None)
+    try:
+        body = json_object()
+        form_lang = request.form.get("lang")
+    except HTTPException:  # e.g. a body over the size limit, while its 413 page is being made
+        body, form_lang = None, None
+    explicit = request.args.get("lang") or form_lang or (body.get("lang") if body else None)
     return _primary(explicit) or request.accept_languages.best_match(LANGUAGES) or "en"

@@ -94,11 +94,22 @@ def _backoff(attempts: int, base_seconds: int) -> timedelta:
     return min(timedelta(seconds=base_seconds * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
 
 
-def send_next(session: Session, transport: Transport, config: dict[str, Any], result: DrainResult) -> bool:
-    """Claim one due message, send it and record the outcome; False when nothing is due.
+# Errors about one message (4xx for this recipient or sender); any other error means the server is away.
+MESSAGE_ERRORS = (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError)
 
-    Each message is its own transaction: the row stays locked (FOR UPDATE SKIP LOCKED on
-    PostgreSQL) while it is sent, so another worker skips it instead of sending it twice.
+
+def _lease(config: dict[str, Any]) -> timedelta:
+    # Long enough for connect + send with every SMTP timeout used up; a crashed sender's message is due again after it.
+    return timedelta(seconds=4 * config["NEWSLETTER_SMTP_TIMEOUT"] + 60)
+
+
+def send_next(session: Session, transport: Transport, config: dict[str, Any], result: DrainResult) -> bool:
+    """Claim one due message, send it and record the outcome; False when nothing is due or the server is away.
+
+    Claiming is a short transaction of its own (FOR UPDATE SKIP LOCKED on PostgreSQL) that leases the
+    message by moving its next attempt past the send: other workers skip it, and no transaction (or
+    SQLite's write lock) stays open while SMTP talks. If the sender dies, the lease runs out and the
+    message is sent again, with the same Message-ID.
     """
     now = utcnow()
     row = session.scalars(
@@ -111,30 +122,46 @@ def send_next(session: Session, transport: Transport, config: dict[str, Any], re
     if row is None:
         session.rollback()
         return False
+    row_id = row.id
     row.attempts += 1
+    row.next_attempt_at = now + _lease(config)
     try:
-        transport.send(as_email(row))
-    except (PermanentFailure, smtplib.SMTPNotSupportedError, ValueError) as error:
-        # Refused for good (5xx), or a message this server can't take (e.g. no SMTPUTF8): no retry.
-        row.status, row.last_error = "failed", f"{type(error).__name__}: {error}"
-        result.failed += 1
-        log.warning("outbox message %s failed for good: %s", row.id, error)
-    except (OSError, smtplib.SMTPException) as error:
-        row.last_error = f"{type(error).__name__}: {error}"
-        if row.attempts >= config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"]:
-            row.status = "failed"
-            result.failed += 1
-            log.warning("outbox message %s failed after %s attempts: %s", row.id, row.attempts, error)
-        else:
-            row.next_attempt_at = now + _backoff(row.attempts, config["NEWSLETTER_OUTBOX_RETRY_BASE"])
-            result.retrying += 1
-            log.info("outbox message %s will be retried at %s: %s", row.id, row.next_attempt_at, error)
-        result.stopped_by_error = row.last_error
-    else:
-        row.status, row.sent_at, row.last_error = "sent", utcnow(), None
-        result.sent += 1
+        message: EmailMessage | None = as_email(row)
+        build_error = None
+    except ValueError as error:
+        message, build_error = None, error
+    session.commit()
+
+    error: Exception | None = build_error
+    if message is not None:
+        try:
+            transport.send(message)
+        except (PermanentFailure, OSError, smtplib.SMTPException, ValueError) as send_error:
+            error = send_error
+    _record_outcome(session, session.get(OutboxMessage, row_id), error, config, result)
     session.commit()
     return result.stopped_by_error is None
+
+
+def _record_outcome(session: Session, row: OutboxMessage, error: Exception | None, config: dict[str, Any],
+                    result: DrainResult) -> None:
+    if error is None:
+        row.status, row.sent_at, row.last_error = "sent", utcnow(), None
+        result.sent += 1
+        return
+    row.last_error = f"{type(error).__name__}: {error}"
+    permanent = isinstance(error, (PermanentFailure, smtplib.SMTPNotSupportedError, ValueError))
+    if permanent or row.attempts >= config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"]:
+        # Refused for good (5xx), a message this server can't take (e.g. no SMTPUTF8), or out of tries.
+        row.status = "failed"
+        result.failed += 1
+        log.warning("outbox message %s failed after %s attempts: %s", row.id, row.attempts, row.last_error)
+        return
+    row.next_attempt_at = utcnow() + _backoff(row.attempts, config["NEWSLETTER_OUTBOX_RETRY_BASE"])
+    result.retrying += 1
+    log.info("outbox message %s will be retried at %s: %s", row.id, row.next_attempt_at, row.last_error)
+    if not isinstance(error, MESSAGE_ERRORS):
+        result.stopped_by_error = row.last_error
 
 
 def drain(session: Session, transport: Transport, config: dict[str, Any], limit: int | None = None) -> DrainResult:

@@ -6,6 +6,7 @@ change and leaves the commit to the caller.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import emails
+from .catalog import SLUG
 from .models import ConsentEvent, Newsletter, Reader, Subscription, utcnow
 
 
@@ -70,7 +72,7 @@ def check_name(name: str | None) -> str | None:
     """The reader's name, stripped, or ValueError saying why it can't be stored."""
     if name is None:
         return None
-    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+    if any(unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") for char in name):
         raise ValueError(_("A name must be one line of text, without control characters."))
     name = name.strip()
     if len(name) > 200:
@@ -83,7 +85,9 @@ def find_newsletters(session: Session, slugs: Iterable[str]) -> list[Newsletter]
     wanted = list(dict.fromkeys(slugs))
     if not wanted:
         raise SignupRejected({"newsletters": [_("Choose at least one newsletter.")]})
-    found = {n.slug: n for n in session.scalars(select(Newsletter).where(Newsletter.slug.in_(wanted)))}
+    # Text that can't be a slug (NUL bytes, lone surrogates…) never reaches the database.
+    plausible = [slug for slug in wanted if SLUG.fullmatch(slug)]
+    found = {n.slug: n for n in session.scalars(select(Newsletter).where(Newsletter.slug.in_(plausible)))}
     problems = []
     for slug in wanted:
         newsletter = found.get(slug)

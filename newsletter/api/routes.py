@@ -36,7 +36,7 @@ def _body() -> dict[str, Any]:
         raise UnsupportedMediaType(_("Send the body as JSON, with Content-Type: application/json."))
     try:
         body = request.get_json()
-    except BadRequest:
+    except (BadRequest, RecursionError):
         raise FieldErrors({"body": [_("The body is not valid JSON.")]}) from None
     if not isinstance(body, dict):
         raise FieldErrors({"body": [_("The body must be a JSON object such as {\"email\": …, \"newsletters\": […]}.")]})

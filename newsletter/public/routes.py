@@ -103,7 +103,8 @@ def unsubscribe(token: str) -> str | tuple[str, int]:
     reader_id, newsletter_id = tokens.read_unsubscribe(token)
     reader = _reader_or_gone(reader_id)
     newsletter = db.session.get(Newsletter, newsletter_id)
-    if request.method == "GET":
+    # Only a POST unsubscribes: link checkers and mail scanners send GET and HEAD.
+    if request.method != "POST":
         return render_template("public/unsubscribe.html", reader=reader, newsletter=newsletter, token=token)
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
     everything = request.form.get("scope") == "all"

@@ -1,0 +1,134 @@
+"""Many requests and many workers at once: one reader and one email per address, each message sent once."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from newsletter import outbox
+from newsletter.extensions import db
+
+from .conftest import SECRET, query
+
+SIGNUPS = 20
+MESSAGES = 500
+SUMMARY = re.compile(r"^sent (\d+), will retry (\d+), failed (\d+)$", re.MULTILINE)
+
+
+def wait_until(condition, what: str, timeout: float = 15) -> None:
+    """Poll `condition` until it holds; fail naming `what` if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_simultaneous_signups_of_one_address_make_one_reader_and_one_email(app, live_server, smtp):
+    # The same person, typed with the domain in different cases: one normalized address.
+    spellings = ["Same.Reader@example.com", "Same.Reader@Example.COM"]
+    barrier = threading.Barrier(SIGNUPS)
+
+    def sign_up(number: int) -> requests.Response:
+        barrier.wait(timeout=30)
+        return requests.post(f"{live_server}/api/v1/subscriptions", json={
+            "email": spellings[number % 2], "newsletters": ["daily-briefing", "weekly-explainer"],
+        }, timeout=60)
+
+    with ThreadPoolExecutor(SIGNUPS) as pool:
+        answers = list(pool.map(sign_up, range(SIGNUPS)))
+
+    assert [answer.status_code for answer in answers] == [202] * SIGNUPS, [a.text for a in answers]
+    assert all(answer.json() == {"status": "pending"} for answer in answers)
+
+    # Every answer is in, so every transaction has committed: what is stored now is final.
+    assert query(app, "SELECT email FROM readers") == [("Same.Reader@example.com",)]
+    subscriptions = query(app, "SELECT n.slug, s.status FROM subscriptions s "
+                               "JOIN newsletters n ON n.id = s.newsletter_id ORDER BY n.slug")
+    assert subscriptions == [("daily-briefing", "pending"), ("weekly-explainer", "pending")]
+    # Only the signup that created the subscriptions changed anything worth recording.
+    assert query(app, "SELECT count(*) FROM consent_events WHERE action = 'signup_requested'") == [(2,)]
+    rows = query(app, "SELECT kind, to_address, message_id FROM outbox_messages")
+    assert [(kind, to) for kind, to, _ in rows] == [("confirmation", "Same.Reader@example.com")]
+
+    # The in-process drainer sends it; once the row says sent, the server has it (250 comes first).
+    wait_until(lambda: query(app, "SELECT status FROM outbox_messages") == [("sent",)], "the confirmation to be sent")
+    assert len(smtp.inbox.messages) == 1
+    [confirmation] = smtp.inbox.messages
+    assert confirmation["Message-ID"] == rows[0][2]
+    assert confirmation["Subject"] == "Confirm your subscription to 2 newsletters"
+
+
+def _worker_env(app, smtp, instance: Path) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("NEWSLETTER_", "FLASK_"))}
+    env.update({
+        "NEWSLETTER_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "NEWSLETTER_SMTP_URL": smtp.url,
+        "NEWSLETTER_SECRET_KEY": SECRET,
+        "NEWSLETTER_INSTANCE_PATH": str(instance),
+    })
+    return env
+
+
+def test_two_workers_send_each_message_exactly_once(app, smtp, tmp_path):
+    if "sqlite" in app.config["SQLALCHEMY_DATABASE_URI"]:
+        pytest.skip("several `newsletter worker` processes need PostgreSQL (FOR UPDATE SKIP LOCKED); "
+                    "on SQLite the product documents a single in-process drainer")
+    with app.app_context():
+        for number in range(MESSAGES):
+            outbox.enqueue(
+                db.session, kind="confirmation", to_address=f"reader{number}@example.org",
+                subject=f"Message {number}", body_text=f"Message number {number}.",
+                body_html=f"<p>Message number {number}.</p>", mail_from=app.config["NEWSLETTER_MAIL_FROM"],
+            )
+        db.session.commit()
+        db.session.remove()
+    stored = dict(query(app, "SELECT message_id, to_address FROM outbox_messages"))
+    assert len(stored) == MESSAGES
+
+    # A few milliseconds per message at the server keeps both workers busy at the same time.
+    smtp.inbox.delay = 0.004
+    script = Path(sys.executable).with_name("newsletter")
+    env = _worker_env(app, smtp, tmp_path)
+    logs = [tmp_path / f"worker{number}.log" for number in (1, 2)]
+    workers = []
+    for log in logs:
+        with log.open("wb") as stream:
+            workers.append(subprocess.Popen([str(script), "worker", "--once"], env=env, cwd=tmp_path,
+                                            stdout=stream, stderr=subprocess.STDOUT))
+    try:
+        codes = [worker.wait(timeout=120) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0], outputs
+
+    summaries = []
+    for output in outputs:
+        match = SUMMARY.search(output)
+        assert match, f"no 'sent N, …' summary in:\n{output}"
+        summaries.append(tuple(int(number) for number in match.groups()))
+    assert sum(sent for sent, _, _ in summaries) == MESSAGES, summaries
+    assert all(retrying == 0 and failed == 0 for _, retrying, failed in summaries), summaries
+    if not all(sent for sent, _, _ in summaries):
+        print(f"one worker did all the work this time: {summaries}")
+
+    received = smtp.inbox.messages
+    assert len(received) == MESSAGES
+    message_ids = [message["Message-ID"] for message in received]
+    assert len(set(message_ids)) == MESSAGES
+    assert set(message_ids) == set(stored)
+    assert sorted(to for _, tos in smtp.inbox.envelopes for to in tos) == sorted(stored.values())
+    assert query(app, "SELECT status, attempts, count(*) FROM outbox_messages GROUP BY status, attempts") == [
+        ("sent", 1, MESSAGES)]
