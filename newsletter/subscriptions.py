@@ -101,10 +101,16 @@ def find_newsletters(session: Session, slugs: Iterable[str]) -> list[Newsletter]
     return [found[slug] for slug in wanted]
 
 
-def _insert_ignoring_duplicates(session: Session, model: Any, values: dict[str, Any], unique: list[str]) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=unique))
+def _upsert_locked_reader(session: Session, address: str, name: str | None, now: datetime) -> Reader:
+    """The reader with this address, created if new, its row locked until the transaction ends.
+
+    One statement: concurrent signups of one address meet here, one INSERT wins, the others wait
+    on the row lock that ON CONFLICT DO UPDATE takes, then see the winner's row.
+    """
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
+    statement = insert(Reader).values(email=address, name=name, created_at=now)
+    statement = statement.on_conflict_do_update(index_elements=["email"], set_={"email": statement.excluded.email})
+    return session.scalars(statement.returning(Reader), execution_options={"populate_existing": True}).one()
 
 
 def _locked_reader(session: Session, reader_id: int) -> Reader | None:
@@ -144,11 +150,7 @@ def sign_up(
     A confirmed reader gets no mail; any reader gets at most one confirmation per resend interval.
     """
     now = utcnow()
-    # Concurrent signups of one address meet here: one INSERT wins, the others wait on the row lock.
-    _insert_ignoring_duplicates(session, Reader, {"email": address, "name": name, "created_at": now}, ["email"])
-    reader_id = session.scalars(select(Reader.id).where(Reader.email == address)).one()
-    reader = _locked_reader(session, reader_id)
-    assert reader is not None
+    reader = _upsert_locked_reader(session, address, name, now)
     if name and not reader.name:
         reader.name = name
 
@@ -168,15 +170,20 @@ def sign_up(
         else:
             continue
         _record(session, reader, newsletter, "signup_requested", source, now)
-    session.flush()
 
     interval = timedelta(seconds=config["NEWSLETTER_CONFIRM_RESEND_INTERVAL"])
     recently_sent = reader.confirmation_sent_at is not None and now - reader.confirmation_sent_at < interval
-    pending = pending_newsletters(session, reader)
-    queued = bool(pending) and not recently_sent
-    if queued:
-        emails.enqueue_confirmation(session, reader, pending, config)
-        reader.confirmation_sent_at = now
+    queued = False
+    if not recently_sent and any(s.status == "pending" for s in existing.values()):
+        requested = {n.id for n in newsletters}
+        pending_elsewhere = any(s.status == "pending" and nid not in requested for nid, s in existing.items())
+        # Only a reader with other pending signups needs the database to list them all.
+        pending = pending_newsletters(session, reader) if pending_elsewhere else [
+            n for n in newsletters if existing[n.id].status == "pending"]
+        if pending:
+            emails.enqueue_confirmation(session, reader, pending, config)
+            reader.confirmation_sent_at = now
+            queued = True
     return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=queued)
 
 

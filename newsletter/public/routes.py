@@ -80,8 +80,10 @@ def confirm(token: str) -> str | tuple[str, int]:
             )
         except subscriptions.UnknownReader:
             raise tokens.InvalidToken("reader") from None
+        # Rendered before the commit, which would expire every object the page shows.
+        page = render_template("public/confirmed.html", result=result)
         db.session.commit()
-        return render_template("public/confirmed.html", result=result)
+        return page
     # GET must not confirm: mail scanners prefetch links.
     try:
         preview = subscriptions.preview_confirmation(db.session, reader_id, newsletter_ids, issued_at=issued_at)
@@ -115,9 +117,10 @@ def unsubscribe(token: str) -> str | tuple[str, int]:
         )
     except subscriptions.UnknownReader:
         raise tokens.InvalidToken("reader") from None
-    db.session.commit()
-    return render_template("public/unsubscribed.html", left=left, newsletter=newsletter, everything=everything,
+    page = render_template("public/unsubscribed.html", left=left, newsletter=newsletter, everything=everything,
                            preferences_token=tokens.preferences_token(reader_id))
+    db.session.commit()
+    return page
 
 
 @blueprint.route("/preferences/<token>", methods=["GET", "POST"])
