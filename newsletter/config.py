@@ -124,6 +124,10 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         return env.get(f"NEWSLETTER_{name}")
 
     production = (get("ENV") or "development").strip().lower() == "production"
+    secret_key = _secret_key(instance_path, get("SECRET_KEY"), production)
+    if production and not get("PUBLIC_URL"):
+        raise ConfigError("NEWSLETTER_PUBLIC_URL is not set. In production every email's links start with it: "
+                          "set it to the service's public address, e.g. https://newsletters.example-news.org")
     public_url = _public_url(get("PUBLIC_URL"))
     # The iframe form keeps its CSRF token in the session: over https the cookie must be allowed in
     # third-party frames (SameSite=None) and is partitioned per embedding site (CHIPS).
@@ -132,7 +136,7 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
     return {
         "NEWSLETTER_PRODUCTION": production,
         "SQLALCHEMY_DATABASE_URI": _database_url(get("DATABASE_URL"), instance_path),
-        "SECRET_KEY": _secret_key(instance_path, get("SECRET_KEY"), production),
+        "SECRET_KEY": secret_key,
         "SECRET_KEY_FALLBACKS": fallbacks,
         "NEWSLETTER_PUBLIC_URL": public_url,
         "NEWSLETTER_SMTP_URL": _smtp_url(get("SMTP_URL")),

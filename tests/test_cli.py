@@ -293,3 +293,14 @@ def test_serve_runs_everything_in_one_process(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=10)
+
+
+def test_production_without_public_url_refuses_to_start(tmp_path):
+    env = clean_env(NEWSLETTER_ENV="production", NEWSLETTER_INSTANCE_PATH=str(tmp_path),
+                    NEWSLETTER_SECRET_KEY="a-real-secret-key-for-this-test",
+                    NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    result = run_script("newsletters", "list", env=env, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "NEWSLETTER_PUBLIC_URL" in output
+    assert "Traceback" not in output
