@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config as settings
-from .extensions import babel, cors, csrf, db, limiter, migrate
+from .extensions import babel, cors, csrf, db, limiter, login_manager, migrate
 from .origins import frame_ancestors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -44,6 +44,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(_resource_dir("migrations")), render_as_batch=True)
     csrf.init_app(app)
     limiter.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "admin.login"
+    login_manager.login_message = "Log in to see that page."
+    login_manager.session_protection = "strong"
     from .locale import select_locale
 
     babel.init_app(app, locale_selector=select_locale,
@@ -54,6 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                   methods=["GET", "POST"], allow_headers=["Content-Type", "Accept-Language"], max_age=3600)
 
     from . import errors
+    from .admin import blueprint as admin_blueprint
     from .api import blueprint as api_blueprint
     from .embed import blueprint as embed_blueprint
     from .public import blueprint as public_blueprint
@@ -61,6 +66,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(public_blueprint)
     app.register_blueprint(embed_blueprint)
     app.register_blueprint(api_blueprint)
+    app.register_blueprint(admin_blueprint)
     errors.register(app)
     app.after_request(_no_framing_by_default)
 
@@ -72,6 +78,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
         outbox.attach_drainer(app, outbox.InProcessDrainer(app).start())
     return app
+
+
+@login_manager.user_loader
+def _load_admin(user_id: str) -> Any:
+    from .accounts import load_from_session
+
+    return load_from_session(db.session, user_id)
 
 
 def _no_framing_by_default(response: Any) -> Any:

@@ -3,6 +3,7 @@
 from flask_babel import Babel
 from flask_cors import CORS
 from flask_limiter import Limiter
+from flask_login import LoginManager
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -30,3 +31,4 @@ csrf = CSRFProtect()
 cors = CORS()
 limiter = Limiter(key_func=get_remote_address)
 babel = Babel()
+login_manager = LoginManager()

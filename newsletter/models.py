@@ -84,6 +84,10 @@ class Reader(db.Model):
     name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     confirmation_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # An admin blocked the address: signups from it are taken silently and change nothing.
+    blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Erased on request (GDPR): the email is replaced by a placeholder, the name and history's PII removed.
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     subscriptions: Mapped[list[Subscription]] = relationship(back_populates="reader")
 
@@ -108,6 +112,7 @@ class Subscription(db.Model):
 
     __table_args__ = (
         UniqueConstraint("reader_id", "newsletter_id", name="uq_subscriptions_reader_newsletter"),
+        Index("ix_subscriptions_newsletter_status", "newsletter_id", "status"),
         CheckConstraint("status IN ('pending', 'confirmed', 'unsubscribed')", name="status_known"),
     )
 
@@ -163,3 +168,74 @@ class OutboxMessage(db.Model):
         CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status_known"),
         Index("ix_outbox_messages_due", "status", "next_attempt_at"),
     )
+
+
+ROLES = ("admin", "viewer")
+
+
+class AdminUser(db.Model):
+    """An editor or operator who logs in to /admin. `viewer`s read and export; `admin`s also change."""
+
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="viewer")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Changes on every login and password change: old session cookies stop working.
+    session_nonce: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
+
+    # Flask-Login's user protocol.
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_nonce}"
+
+    @property
+    def can_change(self) -> bool:
+        return self.role == "admin"
+
+
+class ApiToken(db.Model):
+    """A bearer token for /api/v1: shown once, stored as a SHA-256 hash, revocable."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # The first characters, kept in clear so a list of tokens can tell them apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="admin")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("admin_users.id", ondelete="SET NULL"))
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
+
+
+class ExportRecord(db.Model):
+    """Every list export: who took which rows, when, through what."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # admin, api or cli; with the admin or token that asked.
+    channel: Mapped[str] = mapped_column(String(16))
+    admin_id: Mapped[int | None] = mapped_column(ForeignKey("admin_users.id", ondelete="SET NULL"))
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="SET NULL"))
+    newsletter_id: Mapped[int | None] = mapped_column(ForeignKey("newsletters.id", ondelete="SET NULL"))
+    format: Mapped[str] = mapped_column(String(8))
+    filters: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    row_count: Mapped[int | None] = mapped_column(Integer)

@@ -80,7 +80,8 @@ def postgres_url(instance_dir: Path) -> Iterator[str]:
     admin.dispose()
 
 
-TABLES = ["consent_events", "outbox_messages", "subscriptions", "readers", "newsletters"]
+TABLES = ["exports", "api_tokens", "admin_users", "consent_events", "outbox_messages", "subscriptions", "readers",
+          "newsletters"]
 
 
 @pytest.fixture(params=BACKENDS)
