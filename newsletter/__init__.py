@@ -12,9 +12,11 @@ from flask_babel import get_locale
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from . import config as settings
 from .extensions import babel, cors, csrf, db, limiter, login_manager, migrate
+from .models import MAX_ID
 from .origins import frame_ancestors
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -47,7 +49,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     login_manager.init_app(app)
     login_manager.login_view = "admin.login"
     login_manager.login_message = "Log in to see that page."
-    login_manager.session_protection = "strong"
+    # Off: Flask-Login's check rewrites any session without a login (e.g. one holding only a CSRF
+    # token) and so adds Set-Cookie to public answers, making them differ. Logins end instead through
+    # AdminUser.session_nonce, which changes at every login and password change.
+    login_manager.session_protection = None
     from .locale import select_locale
 
     babel.init_app(app, locale_selector=select_locale,
@@ -63,6 +68,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from .embed import blueprint as embed_blueprint
     from .public import blueprint as public_blueprint
 
+    app.url_map.converters["id"] = RowIdConverter
     app.register_blueprint(public_blueprint)
     app.register_blueprint(embed_blueprint)
     app.register_blueprint(api_blueprint)
@@ -93,6 +99,13 @@ def _no_framing_by_default(response: Any) -> Any:
         ancestors = frame_ancestors() if request.blueprint == "embed" else "'self'"
         response.headers.setdefault("Content-Security-Policy", f"frame-ancestors {ancestors}")
     return response
+
+
+class RowIdConverter(IntegerConverter):
+    """<id:name>: a positive integer that fits the id columns, so larger numbers are a 404, not a database error."""
+
+    def __init__(self, url_map: Any) -> None:
+        super().__init__(url_map, min=1, max=MAX_ID)
 
 
 def _engine_options(url: str) -> dict[str, Any]:

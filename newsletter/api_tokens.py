@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import ROLES, ApiToken, utcnow
+from .models import MAX_ID, ROLES, ApiToken, utcnow
 
 PREFIX = "nlt_"
 
@@ -44,7 +44,7 @@ def find_active(session: Session, secret: str) -> ApiToken | None:
 
 def revoke(session: Session, token_id: int) -> ApiToken | None:
     """Revoke a token (idempotent); None if there is no such token."""
-    token = session.get(ApiToken, token_id)
+    token = session.get(ApiToken, token_id) if 0 < token_id <= MAX_ID else None
     if token is not None and token.revoked_at is None:
         token.revoked_at = utcnow()
     return token

@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,9 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
+from .cli_export import export
+from .cli_privacy import purge_pending
+from .cli_tokens import tokens
 from .config import ConfigError
 from .extensions import db
 from .models import Newsletter, Subscription
@@ -41,11 +43,14 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(serve)
     app.cli.add_command(unsubscribe_mail)
     app.cli.add_command(admins)
+    app.cli.add_command(export)
+    app.cli.add_command(tokens)
+    app.cli.add_command(purge_pending)
 
 
 @click.group()
 def newsletters() -> None:
-    """Add and list newsletters."""
+    """Add, edit, archive and list newsletters."""
 
 
 @newsletters.command("add")
@@ -55,19 +60,76 @@ def newsletters() -> None:
 @click.option("--author", default=None, help="Who writes it, if one person does.")
 @click.option("--sender", default=None, help="From: header for its emails (default NEWSLETTER_MAIL_FROM).")
 @click.option("--welcome/--no-welcome", default=True, show_default=True, help="Send a welcome email on confirmation.")
+@click.option("--welcome-text", default=None, help="The welcome email's text (default: the description).")
 @with_appcontext
 def add_newsletter(slug: str, name: str, description: str, author: str | None, sender: str | None,
-                   welcome: bool) -> None:
+                   welcome: bool, welcome_text: str | None) -> None:
     """Add the newsletter SLUG (the short name used in URLs and the API)."""
     from . import catalog
 
     try:
         newsletter = catalog.add_newsletter(db.session, slug, name=name, description=description, author=author,
-                                            sender=sender, send_welcome=welcome)
+                                            sender=sender, send_welcome=welcome, welcome_text=welcome_text)
     except catalog.CatalogError as error:
         raise click.ClickException(str(error)) from None
     db.session.commit()
     click.echo(f"Added {newsletter.slug}: {newsletter.name}")
+
+
+@newsletters.command("edit")
+@click.argument("slug")
+@click.option("--name", default=None, help="The name readers see.")
+@click.option("--description", default=None, help="One or two sentences for the signup form.")
+@click.option("--author", default=None, help="Who writes it; '' for nobody in particular.")
+@click.option("--sender", default=None, help="From: header for its emails; '' for NEWSLETTER_MAIL_FROM.")
+@click.option("--welcome/--no-welcome", default=None, help="Send a welcome email on confirmation, or not.")
+@click.option("--welcome-text", default=None, help="The welcome email's text; '' to use the description.")
+@with_appcontext
+def edit_newsletter(slug: str, name: str | None, description: str | None, author: str | None, sender: str | None,
+                    welcome: bool | None, welcome_text: str | None) -> None:
+    """Change the fields of newsletter SLUG given as options (the slug itself never changes)."""
+    from . import catalog
+
+    try:
+        newsletter = catalog.get_newsletter(db.session, slug)
+        changed = catalog.edit_newsletter(newsletter, name=name, description=description, author=author,
+                                          sender=sender, send_welcome=welcome, welcome_text=welcome_text)
+    except catalog.CatalogError as error:
+        raise click.ClickException(str(error)) from None
+    db.session.commit()
+    click.echo(f"Changed {', '.join(changed)} of {slug}" if changed else f"Nothing to change in {slug}")
+
+
+@newsletters.command("archive")
+@click.argument("slug")
+@with_appcontext
+def archive_newsletter(slug: str) -> None:
+    """Stop newsletter SLUG taking signups; its readers and history stay."""
+    from . import catalog
+
+    try:
+        newsletter = catalog.get_newsletter(db.session, slug)
+    except catalog.CatalogError as error:
+        raise click.ClickException(str(error)) from None
+    done = catalog.archive(newsletter)
+    db.session.commit()
+    click.echo(f"Archived {slug}: it takes no new signups" if done else f"{slug} was archived already")
+
+
+@newsletters.command("unarchive")
+@click.argument("slug")
+@with_appcontext
+def unarchive_newsletter(slug: str) -> None:
+    """Let the archived newsletter SLUG take signups again."""
+    from . import catalog
+
+    try:
+        newsletter = catalog.get_newsletter(db.session, slug)
+    except catalog.CatalogError as error:
+        raise click.ClickException(str(error)) from None
+    done = catalog.unarchive(newsletter)
+    db.session.commit()
+    click.echo(f"{slug} is active again" if done else f"{slug} was active already")
 
 
 @newsletters.command("list")

@@ -38,6 +38,12 @@ def _integer(name: str, raw: str | None, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
 
 
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{name}={value} must be at least 1")
+    return value
+
+
 def _flag(name: str, raw: str | None, default: bool) -> bool:
     if raw is None or raw.strip() == "":
         return default
@@ -160,6 +166,9 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         "NEWSLETTER_ALLOWED_ORIGINS": _origins(get("ALLOWED_ORIGINS")),
         "NEWSLETTER_MIN_FILL_SECONDS": _integer("NEWSLETTER_MIN_FILL_SECONDS", get("MIN_FILL_SECONDS"), 2),
         "NEWSLETTER_FORM_MAX_AGE": _duration("NEWSLETTER_FORM_MAX_AGE", get("FORM_MAX_AGE"), DAY),
+        "NEWSLETTER_PENDING_RETENTION_DAYS": _positive(
+            "NEWSLETTER_PENDING_RETENTION_DAYS", _integer("NEWSLETTER_PENDING_RETENTION_DAYS",
+                                                          get("PENDING_RETENTION_DAYS"), 30)),
         "NEWSLETTER_RATE_LIMIT_IP": _rate("NEWSLETTER_RATE_LIMIT_IP", get("RATE_LIMIT_IP"), "20/minute;200/hour"),
         "NEWSLETTER_RATE_LIMIT_EMAIL": _rate("NEWSLETTER_RATE_LIMIT_EMAIL", get("RATE_LIMIT_EMAIL"), "5/10minutes;20/day"),
         "RATELIMIT_STORAGE_URI": get("REDIS_URL") or "memory://",

@@ -43,7 +43,8 @@ def register(app: Flask) -> None:
                 404: _("There is nothing at this address."),
             }.get(code, description)
         title = str(TITLES.get(code, error.name))
-        headers = {}
+        # The error's own headers (WWW-Authenticate on 401, Allow on 405) go with the answer we write.
+        headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
         if isinstance(error, RateLimitExceeded):
             # The window of the limit hit: by then the request is sure to be taken again.
             headers["Retry-After"] = str(error.limit.limit.get_expiry())

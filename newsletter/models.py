@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -48,6 +49,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 SUBSCRIPTION_STATUSES = ("pending", "confirmed", "unsubscribed")
+# The largest id an INTEGER primary key holds (PostgreSQL's int4): a larger one in a URL names nothing.
+MAX_ID = 2**31 - 1
 OUTBOX_STATUSES = ("pending", "sent", "failed")
 
 
@@ -128,7 +131,7 @@ class ConsentEvent(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     reader_id: Mapped[int] = mapped_column(ForeignKey("readers.id", ondelete="CASCADE"), index=True)
     newsletter_id: Mapped[int | None] = mapped_column(ForeignKey("newsletters.id", ondelete="RESTRICT"))
-    # signup_requested, confirmed, unsubscribed, resubscribed
+    # signup_requested, confirmed, unsubscribed, confirmation_resent, blocked, unblocked
     action: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # hosted-form, embed-form, embed-iframe, embed-script, api, email-link, one-click, preferences …
@@ -139,6 +142,14 @@ class ConsentEvent(db.Model):
     ip_address: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     wording: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_consent_events_action_time", "action", "occurred_at"),
+        # The export's "source" column: the first signup_requested event of a reader for a newsletter.
+        Index("ix_consent_events_first_signup", "reader_id", "newsletter_id", "id",
+              postgresql_include=["source"], postgresql_where=text("action = 'signup_requested'"),
+              sqlite_where=text("action = 'signup_requested'")),
+    )
 
 
 class OutboxMessage(db.Model):

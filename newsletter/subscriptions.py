@@ -1,4 +1,6 @@
-"""The domain: sign up, confirm, unsubscribe and set preferences. No Flask request in here.
+"""The domain: sign up, confirm, unsubscribe, set preferences, and the admin's actions on a reader.
+
+No Flask request in here.
 
 Every function takes a session and plain values, changes rows, records a ConsentEvent for each
 change and leaves the commit to the caller.
@@ -13,13 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask_babel import gettext as _
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import emails
 from .catalog import SLUG
-from .models import ConsentEvent, Newsletter, Reader, Subscription, utcnow
+from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, utcnow
 
 
 class SignupRejected(Exception):
@@ -32,6 +34,10 @@ class SignupRejected(Exception):
 
 class UnknownReader(Exception):
     """A signed link names a reader that no longer exists (e.g. erased)."""
+
+
+class ActionRefused(ValueError):
+    """An admin action can't be done on this reader now; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +120,10 @@ def _upsert_locked_reader(session: Session, address: str, name: str | None, now:
 
 
 def _locked_reader(session: Session, reader_id: int) -> Reader | None:
+    """The reader, row-locked; None if there is none or it was erased (its old links no longer work)."""
     return session.scalars(
-        select(Reader).where(Reader.id == reader_id).with_for_update().execution_options(populate_existing=True)
+        select(Reader).where(Reader.id == reader_id, Reader.erased_at.is_(None))
+        .with_for_update().execution_options(populate_existing=True)
     ).first()
 
 
@@ -151,6 +159,9 @@ def sign_up(
     """
     now = utcnow()
     reader = _upsert_locked_reader(session, address, name, now)
+    if reader.blocked_at is not None:
+        # Answered like any signup (no enumeration), but a blocked address changes and gets nothing.
+        return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
     if name and not reader.name:
         reader.name = name
 
@@ -291,6 +302,8 @@ def set_preferences(session: Session, reader_id: int, wanted_ids: Iterable[int],
     joined, left = [], []
     for newsletter, subscription in subscriptions_of(session, reader.id):
         if newsletter.id in wanted and newsletter.is_active:
+            if reader.blocked_at is not None:
+                continue  # a blocked address may leave, never join
             if subscription is None:
                 subscription = Subscription(reader_id=reader.id, newsletter_id=newsletter.id, created_at=now)
                 session.add(subscription)
@@ -303,3 +316,64 @@ def set_preferences(session: Session, reader_id: int, wanted_ids: Iterable[int],
             _record(session, reader, newsletter, "unsubscribed", source, now)
             left.append(newsletter)
     return joined, left
+
+
+def resend_confirmation(session: Session, reader_id: int, *, source: Source, config: Mapping[str, Any]
+                        ) -> list[Newsletter]:
+    """Queue a new confirmation email for every pending subscription, whatever the resend interval; the newsletters.
+
+    The send is recorded (confirmation_sent_at, and a `confirmation_resent` event per newsletter),
+    so the public resend interval counts from it. ActionRefused if nothing is pending or the reader
+    is blocked or erased.
+    """
+    reader = _locked_reader(session, reader_id)
+    if reader is None:
+        raise UnknownReader(reader_id)
+    if reader.blocked_at is not None:
+        raise ActionRefused("This address is blocked: it gets no email. Unblock it first.")
+    if reader.erased_at is not None:
+        raise ActionRefused("This reader was erased: there is no address to send to.")
+    pending = pending_newsletters(session, reader)
+    if not pending:
+        raise ActionRefused("This reader has no pending subscription to confirm.")
+    now = utcnow()
+    emails.enqueue_confirmation(session, reader, pending, config)
+    reader.confirmation_sent_at = now
+    for newsletter in pending:
+        _record(session, reader, newsletter, "confirmation_resent", source, now)
+    return pending
+
+
+def block(session: Session, reader_id: int, *, source: Source) -> list[Newsletter]:
+    """Block the address: unsubscribe it from everything, drop its unsent mail, ignore its future signups.
+
+    Returns the newsletters it left; ActionRefused if it is blocked already.
+    """
+    reader = _locked_reader(session, reader_id)
+    if reader is None:
+        raise UnknownReader(reader_id)
+    if reader.blocked_at is not None:
+        raise ActionRefused("This address is blocked already.")
+    now = utcnow()
+    left = unsubscribe(session, reader.id, None, source=source)
+    reader.blocked_at = now
+    _record(session, reader, None, "blocked", source, now)
+    # A worker that claimed a message first sends it; the rest never leave.
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.reader_id == reader.id, OutboxMessage.status == "pending")
+        .values(status="failed", last_error="Not sent: an admin blocked the address.")
+        .execution_options(synchronize_session=False)
+    )
+    return left
+
+
+def unblock(session: Session, reader_id: int, *, source: Source) -> None:
+    """Take signups from the address again (it stays unsubscribed until it signs up and confirms)."""
+    reader = _locked_reader(session, reader_id)
+    if reader is None:
+        raise UnknownReader(reader_id)
+    if reader.blocked_at is None:
+        raise ActionRefused("This address is not blocked.")
+    reader.blocked_at = None
+    _record(session, reader, None, "unblocked", source, utcnow())

@@ -13,6 +13,7 @@ CONFIRM = "newsletter.confirm"
 UNSUBSCRIBE = "newsletter.unsubscribe"
 PREFERENCES = "newsletter.preferences"
 FORM = "newsletter.form"
+CURSOR = "newsletter.api-cursor"
 
 
 class InvalidToken(Exception):
@@ -90,3 +91,13 @@ def read_unsubscribe(token: str) -> tuple[int, int]:
 def read_preferences(token: str) -> int:
     """The reader id from a preferences link."""
     return _integer(verify(PREFERENCES, token).payload.get("r"), PREFERENCES)
+
+
+def cursor_token(after_id: int) -> str:
+    """An opaque API page cursor: where the next page starts."""
+    return sign(CURSOR, {"a": after_id})
+
+
+def read_cursor(token: str) -> int:
+    """The id after which the page of a cursor starts; InvalidToken if it isn't one of ours."""
+    return _integer(verify(CURSOR, token).payload.get("a"), CURSOR)

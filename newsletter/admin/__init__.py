@@ -5,3 +5,6 @@ from flask import Blueprint
 blueprint = Blueprint("admin", __name__, url_prefix="/admin")
 
 from . import routes  # noqa: E402,F401
+from . import privacy, tokens  # noqa: E402,F401
+from . import dashboard, newsletters, readers  # noqa: E402,F401
+from . import exports  # noqa: E402,F401

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField
+from wtforms import BooleanField, EmailField, IntegerField, PasswordField, StringField, TextAreaField
 from wtforms.validators import InputRequired, Length
+from wtforms.widgets import HiddenInput
 
 
 class LoginForm(FlaskForm):
@@ -14,3 +15,32 @@ class LoginForm(FlaskForm):
 
 class ActionForm(FlaskForm):
     """Only the CSRF token: for buttons that POST an action."""
+
+
+class NewsletterForm(FlaskForm):
+    """Edit a newsletter; the catalog checks the values."""
+
+    name = StringField("Name", validators=[InputRequired("A newsletter needs a name."), Length(max=200)])
+    description = TextAreaField("Description", validators=[Length(max=2000)],
+                                description="One or two sentences shown on signup forms.")
+    author = StringField("Author", validators=[Length(max=200)], description="Optional: who writes it.")
+    sender = StringField("Sender", validators=[Length(max=320)],
+                         description="Optional From: of its emails, e.g. The Daily <daily@example.org>. "
+                                     "Empty: the service's default sender.")
+    send_welcome = BooleanField("Send a welcome email when a reader confirms")
+    welcome_text = TextAreaField("Welcome email text", validators=[Length(max=20000)],
+                                 description="Optional; empty uses the description. Blank lines separate paragraphs.")
+
+
+class NewNewsletterForm(NewsletterForm):
+    """Add a newsletter: its fields and the slug, which can't change afterwards."""
+
+    slug = StringField("Slug", validators=[InputRequired("A newsletter needs a slug."), Length(max=64)],
+                       description="Lowercase letters, digits and dashes; used in URLs and embeds. "
+                                   "It can't change later.")
+
+
+class UnsubscribeForm(FlaskForm):
+    """Unsubscribe a reader from one newsletter."""
+
+    newsletter_id = IntegerField(widget=HiddenInput(), validators=[InputRequired()])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import flash, redirect, render_template, request, session, url_for
-from flask_login import current_user, login_user, logout_user
+from flask_login import login_user, logout_user
 from werkzeug.wrappers import Response
 
 from .. import accounts
@@ -49,9 +49,3 @@ def logout() -> Response:
     session.clear()
     flash("You are logged out.")
     return redirect(url_for("admin.login"), code=303)
-
-
-@blueprint.get("/")
-@admin_view()
-def dashboard() -> str:
-    return render_template("admin/dashboard.html", admin=current_user)

@@ -9,3 +9,5 @@ blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(blueprint)
 
 from . import routes  # noqa: E402,F401
+from . import openapi, v1  # noqa: E402,F401
+from . import exports  # noqa: E402,F401

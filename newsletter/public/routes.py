@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 from flask import current_app, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
 
-from .. import abuse, origins, subscriptions, tokens
+from .. import abuse, origins, privacy, subscriptions, tokens
 from ..extensions import csrf, db
 from ..models import Newsletter
 from ..provenance import request_source as source
@@ -71,6 +73,7 @@ def thanks() -> str:
 @blueprint.route("/confirm/<token>", methods=["GET", "POST"])
 def confirm(token: str) -> str | tuple[str, int]:
     reader_id, newsletter_ids, issued_at = tokens.read_confirm(token, current_app.config["NEWSLETTER_CONFIRM_MAX_AGE"])
+    _reader_or_gone(reader_id)
     form = ConfirmForm()
     if form.validate_on_submit():
         try:
@@ -94,9 +97,13 @@ def confirm(token: str) -> str | tuple[str, int]:
 
 def _reader_or_gone(reader_id: int):
     try:
-        return subscriptions.get_reader(db.session, reader_id)
+        reader = subscriptions.get_reader(db.session, reader_id)
     except subscriptions.UnknownReader:
         raise tokens.InvalidToken("reader") from None
+    if reader.erased_at is not None:
+        # Erased on request: the links sent to the address are dead, like links to no one.
+        raise tokens.InvalidToken("reader")
+    return reader
 
 
 @blueprint.route("/unsubscribe/<token>", methods=["GET", "POST"])
@@ -135,3 +142,14 @@ def preferences(token: str) -> str | tuple[str, int]:
         db.session.commit()
     pairs = subscriptions.subscriptions_of(db.session, reader.id)
     return render_template("public/preferences.html", form=form, pairs=pairs, reader=reader, saved=saved)
+
+
+@blueprint.get("/preferences/<token>/data.json")
+def my_data(token: str) -> Response:
+    """Everything stored about the reader of a preferences link, as a JSON file (the right of access)."""
+    reader = _reader_or_gone(tokens.read_preferences(token))
+    data = privacy.export_reader(db.session, reader.id)
+    response = Response(json.dumps(data, ensure_ascii=False, indent=2) + "\n", mimetype="application/json")
+    response.headers["Content-Disposition"] = 'attachment; filename="my-newsletter-data.json"'
+    response.headers["Cache-Control"] = "no-store"
+    return response

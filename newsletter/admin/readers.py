@@ -1,0 +1,123 @@
+"""Admin views of readers: search, a reader's subscriptions and consent history, and actions on them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from werkzeug.exceptions import BadRequest, NotFound
+from werkzeug.wrappers import Response
+
+from .. import readers as reader_lookup
+from .. import subscriptions
+from ..authz import admin_view
+from ..extensions import db
+from ..models import Reader
+from ..provenance import request_source
+from ..subscriptions import Source
+from . import blueprint
+from .forms import UnsubscribeForm
+
+MAX_QUERY = 320
+
+
+def _reader(reader_id: int) -> Reader:
+    try:
+        return subscriptions.get_reader(db.session, reader_id)
+    except subscriptions.UnknownReader:
+        raise NotFound(f"There is no reader number {reader_id}.") from None
+
+
+def _admin_source(what: str) -> Source:
+    # The admin's page is no signup page: keep no page URL, but say who acted.
+    return replace(request_source("admin", f"{what} by {current_user.email} in the admin"), page_url=None)
+
+
+def _back_to(reader_id: int) -> Response:
+    return redirect(url_for("admin.reader", reader_id=reader_id), code=303)
+
+
+@blueprint.get("/readers")
+@admin_view()
+def readers() -> str:
+    fragment = request.args.get("q", "")
+    if len(fragment) > MAX_QUERY:
+        raise BadRequest(f"Search for at most {MAX_QUERY} characters of an address.")
+    page = request.args.get("page", 1, type=int)
+    results = reader_lookup.search(db.session, fragment, page=page)
+    return render_template("admin/readers.html", q=fragment.strip(), results=results)
+
+
+@blueprint.get("/readers/<id:reader_id>")
+@admin_view()
+def reader(reader_id: int) -> str:
+    item = _reader(reader_id)
+    return render_template(
+        "admin/reader.html", reader=item, subscriptions=reader_lookup.subscriptions(db.session, item.id),
+        history=reader_lookup.consent_history(db.session, item.id),
+    )
+
+
+def _act(reader_id: int, action: Callable[[], str]) -> Response:
+    """Run an admin action on a reader: commit and flash its outcome, or roll back and flash why not."""
+    _reader(reader_id)
+    try:
+        message = action()
+    except subscriptions.ActionRefused as refused:
+        db.session.rollback()
+        flash(str(refused))
+    else:
+        db.session.commit()
+        flash(message)
+    return _back_to(reader_id)
+
+
+@blueprint.post("/readers/<id:reader_id>/unsubscribe")
+@admin_view(change=True)
+def unsubscribe_reader(reader_id: int) -> Response:
+    form = UnsubscribeForm()
+    if not form.validate_on_submit():
+        raise BadRequest("Say which newsletter to unsubscribe the reader from (newsletter_id).")
+
+    def run() -> str:
+        left = subscriptions.unsubscribe(db.session, reader_id, form.newsletter_id.data,
+                                         source=_admin_source("Unsubscribed"))
+        if not left:
+            raise subscriptions.ActionRefused("The reader is not subscribed to that newsletter.")
+        return f"Unsubscribed from {left[0].name}."
+
+    return _act(reader_id, run)
+
+
+@blueprint.post("/readers/<id:reader_id>/resend")
+@admin_view(change=True)
+def resend_confirmation(reader_id: int) -> Response:
+    def run() -> str:
+        pending = subscriptions.resend_confirmation(
+            db.session, reader_id, source=_admin_source("Confirmation resent"), config=current_app.config)
+        return f"A new confirmation email is on its way for {', '.join(n.name for n in pending)}."
+
+    return _act(reader_id, run)
+
+
+@blueprint.post("/readers/<id:reader_id>/block")
+@admin_view(change=True)
+def block_reader(reader_id: int) -> Response:
+    def run() -> str:
+        left = subscriptions.block(db.session, reader_id, source=_admin_source("Blocked"))
+        also = f" Unsubscribed from {', '.join(n.name for n in left)}." if left else ""
+        return f"Blocked: signups from this address are ignored and it gets no email.{also}"
+
+    return _act(reader_id, run)
+
+
+@blueprint.post("/readers/<id:reader_id>/unblock")
+@admin_view(change=True)
+def unblock_reader(reader_id: int) -> Response:
+    def run() -> str:
+        subscriptions.unblock(db.session, reader_id, source=_admin_source("Unblocked"))
+        return "Unblocked: the address can sign up again (it stays unsubscribed until it does)."
+
+    return _act(reader_id, run)

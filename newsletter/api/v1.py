@@ -1,0 +1,198 @@
+"""The authenticated API: newsletters with counts, subscribers page by page, readers and their rights.
+
+Every view needs `Authorization: Bearer <token>`; the changing ones an `admin` token. Answers and
+errors are JSON, errors as {"errors": {"field": ["message", …]}} like the rest of /api.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response, g, jsonify, request
+
+from .. import privacy, subscribers, subscriptions, tokens
+from ..authz import token_required
+from ..extensions import db
+from ..models import SUBSCRIPTION_STATUSES, Newsletter, Reader, Subscription
+from ..provenance import request_source
+from ..subscriptions import Source, UnknownReader
+from . import blueprint
+from .routes import FieldErrors, _body
+
+DEFAULT_PAGE = 100
+MAX_SEARCH = 320
+
+
+class Missing(Exception):
+    """What the URL names doesn't exist: a 404 whose body says which part of the URL."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.errors = {field: [message]}
+
+
+@blueprint.errorhandler(Missing)
+def missing(error: Missing) -> tuple[Response, int]:
+    db.session.rollback()
+    return jsonify({"errors": error.errors}), 404
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _newsletter(slug: str) -> Newsletter:
+    newsletter = subscribers.find_newsletter(db.session, slug)
+    if newsletter is None:
+        raise Missing("newsletter", f"There is no newsletter called {slug!r}.")
+    return newsletter
+
+
+def _reader(reference: str) -> Reader:
+    try:
+        return privacy.find_reader(db.session, reference)
+    except UnknownReader:
+        raise Missing("reader", f"There is no reader with the id or address {reference!r}.") from None
+
+
+def _token_label() -> str:
+    # Kept in the consent history: which program acted (the API's "who", as the admin's email is there).
+    return f"the API token {g.api_token.name!r} ({g.api_token.prefix}…)"
+
+
+@blueprint.get("/newsletters")
+@token_required()
+def list_newsletters() -> Response:
+    return jsonify({"newsletters": [{
+        "slug": newsletter.slug,
+        "name": newsletter.name,
+        "description": newsletter.description,
+        "author": newsletter.author,
+        "active": newsletter.is_active,
+        "created_at": _iso(newsletter.created_at),
+        "counts": counts,
+    } for newsletter, counts in subscribers.newsletters_with_counts(db.session)]})
+
+
+def parse_page_query(args: Mapping[str, str]) -> tuple[str | None, str | None, int, int | None]:
+    """(status, search, limit, after id) from the query string, or FieldErrors naming each problem."""
+    errors: dict[str, list[str]] = {}
+    status = args.get("status") or None
+    if status is not None and status not in SUBSCRIPTION_STATUSES:
+        errors["status"] = [f"The status must be one of {', '.join(SUBSCRIPTION_STATUSES)}."]
+
+    search = (args.get("q") or "").strip() or None
+    if search is not None and len(search) > MAX_SEARCH:
+        errors["q"] = [f"The search can be at most {MAX_SEARCH} characters long."]
+    elif search is not None and "\x00" in search:
+        errors["q"] = ["The search can't contain NUL characters."]
+
+    limit = DEFAULT_PAGE
+    raw_limit = args.get("limit")
+    if raw_limit is not None:
+        if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= subscribers.MAX_PAGE):
+            errors["limit"] = [f"The limit must be a whole number from 1 to {subscribers.MAX_PAGE}."]
+        else:
+            limit = int(raw_limit)
+
+    after_id = None
+    cursor = args.get("cursor") or None
+    if cursor is not None:
+        try:
+            after_id = tokens.read_cursor(cursor[:500])
+        except tokens.InvalidToken:
+            errors["cursor"] = ["This cursor is not one this API gave out: use the next_cursor of the previous page."]
+    if errors:
+        raise FieldErrors(errors)
+    return status, search, limit, after_id
+
+
+def _subscriber(subscription: Subscription, reader: Reader) -> dict[str, Any]:
+    return {
+        "id": subscription.id,
+        "reader_id": reader.id,
+        "email": reader.email,
+        "name": reader.name,
+        "status": subscription.status,
+        "subscribed_at": _iso(subscription.created_at),
+        "pending_since": _iso(subscription.pending_since),
+        "confirmed_at": _iso(subscription.confirmed_at),
+        "unsubscribed_at": _iso(subscription.unsubscribed_at),
+    }
+
+
+@blueprint.get("/newsletters/<slug>/subscribers")
+@token_required()
+def list_subscribers(slug: str) -> Response:
+    newsletter = _newsletter(slug)
+    status, search, limit, after_id = parse_page_query(request.args)
+    page = subscribers.subscribers_page(db.session, newsletter, status=status, search=search, after_id=after_id,
+                                        limit=limit)
+    return jsonify({
+        "subscribers": [_subscriber(subscription, reader) for subscription, reader in page.rows],
+        "next_cursor": tokens.cursor_token(page.last_id) if page.has_more and page.last_id else None,
+    })
+
+
+@blueprint.get("/readers/<reader>")
+@token_required()
+def get_reader(reader: str) -> Response:
+    return jsonify(privacy.describe_reader(db.session, _reader(reader)))
+
+
+def parse_unsubscribe(body: dict[str, Any] | None) -> list[Newsletter] | None:
+    """The newsletters an unsubscribe body names; None for all of them (no body, or no "newsletters")."""
+    if body is None:
+        return None
+    errors: dict[str, list[str]] = {}
+    unknown = set(body) - {"newsletters"}
+    if unknown:
+        errors["body"] = [f"Unexpected field {field!r}." for field in sorted(unknown)]
+    slugs = body.get("newsletters")
+    chosen: list[Newsletter] = []
+    if slugs is not None:
+        if not isinstance(slugs, list) or not slugs or not all(isinstance(slug, str) for slug in slugs):
+            errors["newsletters"] = ['Give the newsletters as a non-empty list of their slugs, e.g. ["daily-briefing"], '
+                                     "or leave the field out to unsubscribe from all."]
+        else:
+            problems = []
+            for slug in dict.fromkeys(slugs):
+                newsletter = subscribers.find_newsletter(db.session, slug)
+                if newsletter is None:
+                    problems.append(f"There is no newsletter called {slug!r}.")
+                else:
+                    chosen.append(newsletter)
+            if problems:
+                errors["newsletters"] = problems
+    if errors:
+        raise FieldErrors(errors)
+    return chosen if slugs is not None else None
+
+
+@blueprint.post("/readers/<reader>/unsubscribe")
+@token_required(change=True)
+def unsubscribe_reader(reader: str) -> Response:
+    found = _reader(reader)
+    chosen = parse_unsubscribe(_body() if request.get_data() else None)
+    source = request_source("api", f"Unsubscribed with {_token_label()}")
+    left: list[Newsletter] = []
+    for newsletter_id in [None] if chosen is None else [n.id for n in chosen]:
+        left += subscriptions.unsubscribe(db.session, found.id, newsletter_id, source=source)
+    db.session.commit()
+    return jsonify({"unsubscribed": [n.slug for n in left], "reader": privacy.describe_reader(db.session, found)})
+
+
+@blueprint.delete("/readers/<reader>")
+@token_required(change=True)
+def erase_reader(reader: str) -> Response:
+    erased = privacy.erase_reader(db.session, _reader(reader).id,
+                                  source=Source(channel="api", wording=f"Erased with {_token_label()}"))
+    db.session.commit()
+    return jsonify(privacy.describe_reader(db.session, erased))
+
+
+@blueprint.get("/readers/<reader>/export")
+@token_required()
+def export_reader(reader: str) -> Response:
+    return jsonify(privacy.export_reader(db.session, _reader(reader).id))

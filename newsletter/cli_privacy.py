@@ -1,0 +1,26 @@
+"""The `newsletter purge-pending` command: forget readers who never confirmed, after the retention period."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from . import privacy
+from .extensions import db
+
+
+@click.command("purge-pending")
+@click.option("--days", type=click.IntRange(min=1), default=None,
+              help="Signups older than this many days go (default NEWSLETTER_PENDING_RETENTION_DAYS).")
+@with_appcontext
+def purge_pending(days: int | None) -> None:
+    """Delete readers who never confirmed any subscription and last signed up more than N days ago.
+
+    Run it daily, e.g. from cron. Confirmed (even if unsubscribed later), blocked and erased
+    readers are never touched.
+    """
+    days = days or current_app.config["NEWSLETTER_PENDING_RETENTION_DAYS"]
+    purged = privacy.purge_pending(db.session, days)
+    db.session.commit()
+    click.echo(f"Purged {purged} never-confirmed reader{'' if purged == 1 else 's'} older than {days} days.")

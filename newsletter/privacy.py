@@ -1,0 +1,258 @@
+"""Readers' privacy rights: what we store about one address, erasing it, and forgetting stale signups.
+
+No Flask request in here: each function takes a session and plain values and leaves the commit to
+the caller, like the rest of the domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from . import addresses
+from .models import MAX_ID, ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, utcnow
+from .subscriptions import Source, UnknownReader
+
+EXPORT_FORMAT = "newsletter-reader-export/1"
+# Erasure leaves this where the address was: unique per reader, and undeliverable by RFC 2606 (.invalid).
+PLACEHOLDER_DOMAIN = "invalid"
+# Readers purged per transaction-sized batch: bounds the lists of ids sent to the database.
+PURGE_BATCH = 500
+
+
+def placeholder_address(reader_id: int) -> str:
+    """What an erased reader's email becomes: erased-<id>@invalid."""
+    return f"erased-{reader_id}@{PLACEHOLDER_DOMAIN}"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def find_reader(session: Session, reference: str | int) -> Reader:
+    """The reader with this id (digits) or this email address (normalized as at signup); else UnknownReader."""
+    text = str(reference).strip()
+    if text.isascii() and text.isdigit():
+        # Beyond the id column's range nobody has that id (and PostgreSQL would refuse the query).
+        reader = session.get(Reader, int(text)) if int(text) <= MAX_ID else None
+    else:
+        try:
+            address = addresses.normalize(text)
+        except addresses.InvalidAddress:
+            raise UnknownReader(reference) from None
+        reader = session.scalars(select(Reader).where(Reader.email == address)).first()
+    if reader is None:
+        raise UnknownReader(reference)
+    return reader
+
+
+def _reader_fields(reader: Reader) -> dict[str, Any]:
+    return {
+        "id": reader.id,
+        "email": reader.email,
+        "name": reader.name,
+        "created_at": _iso(reader.created_at),
+        "confirmation_sent_at": _iso(reader.confirmation_sent_at),
+        "blocked_at": _iso(reader.blocked_at),
+        "erased_at": _iso(reader.erased_at),
+    }
+
+
+def subscription_history(session: Session, reader_id: int) -> list[dict[str, Any]]:
+    """Each of the reader's subscriptions, oldest first, with its newsletter and timestamps."""
+    rows = session.execute(
+        select(Subscription, Newsletter)
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(Subscription.reader_id == reader_id)
+        .order_by(Subscription.id)
+    )
+    return [{
+        "newsletter": newsletter.slug,
+        "newsletter_name": newsletter.name,
+        "status": subscription.status,
+        "subscribed_at": _iso(subscription.created_at),
+        "pending_since": _iso(subscription.pending_since),
+        "confirmed_at": _iso(subscription.confirmed_at),
+        "unsubscribed_at": _iso(subscription.unsubscribed_at),
+    } for subscription, newsletter in rows]
+
+
+def consent_history(session: Session, reader_id: int) -> list[dict[str, Any]]:
+    """Every ConsentEvent of the reader, oldest first, as stored (IP and user agent included)."""
+    rows = session.execute(
+        select(ConsentEvent, Newsletter.slug)
+        .outerjoin(Newsletter, Newsletter.id == ConsentEvent.newsletter_id)
+        .where(ConsentEvent.reader_id == reader_id)
+        .order_by(ConsentEvent.occurred_at, ConsentEvent.id)
+    )
+    return [{
+        "id": event.id,
+        "action": event.action,
+        "newsletter": slug,
+        "occurred_at": _iso(event.occurred_at),
+        "source": event.source,
+        "page_url": event.page_url,
+        "form_id": event.form_id,
+        "ip_address": event.ip_address,
+        "user_agent": event.user_agent,
+        "wording": event.wording,
+    } for event, slug in rows]
+
+
+def email_history(session: Session, reader: Reader) -> list[dict[str, Any]]:
+    """The emails sent (or to be sent) to the reader: who, what, when and how it went; no bodies."""
+    rows = session.scalars(
+        select(OutboxMessage)
+        .where(or_(OutboxMessage.reader_id == reader.id, OutboxMessage.to_address == reader.email))
+        .order_by(OutboxMessage.id)
+    )
+    return [{
+        "id": message.id,
+        "kind": message.kind,
+        "message_id": message.message_id,
+        "from": message.mail_from,
+        "to_address": message.to_address,
+        "to_name": message.to_name,
+        "subject": message.subject,
+        "status": message.status,
+        "attempts": message.attempts,
+        "created_at": _iso(message.created_at),
+        "sent_at": _iso(message.sent_at),
+        "last_error": message.last_error,
+    } for message in rows]
+
+
+def describe_reader(session: Session, reader: Reader) -> dict[str, Any]:
+    """The reader's fields with their subscriptions and consent history, as JSON-ready values."""
+    return {
+        **_reader_fields(reader),
+        "subscriptions": subscription_history(session, reader.id),
+        "consent_events": consent_history(session, reader.id),
+    }
+
+
+def export_reader(session: Session, reader_id: int) -> dict[str, Any]:
+    """Everything stored about one reader (GDPR art. 15 / 20), as a JSON-ready dict; UnknownReader if none."""
+    reader = session.get(Reader, reader_id) if 0 < reader_id <= MAX_ID else None
+    if reader is None:
+        raise UnknownReader(reader_id)
+    return {
+        "format": EXPORT_FORMAT,
+        "exported_at": _iso(utcnow()),
+        "reader": _reader_fields(reader),
+        "subscriptions": subscription_history(session, reader.id),
+        "consent_events": consent_history(session, reader.id),
+        "emails": email_history(session, reader),
+    }
+
+
+def erase_reader(session: Session, reader_id: int, *, source: Source) -> Reader:
+    """Remove the reader's address and personal fields everywhere, keeping anonymous counts.
+
+    The row stays, with the email replaced by erased-<id>@invalid: subscriptions stay as counted
+    (ended: `unsubscribed`), consent events keep their action and time but lose page URL, IP and user
+    agent; emails to the reader lose address, name and bodies, and unsent ones are cancelled. A new
+    signup with the same address later makes a new reader. Erasing twice changes nothing more.
+    """
+    reader = session.scalars(
+        select(Reader).where(Reader.id == reader_id).with_for_update().execution_options(populate_existing=True)
+    ).first() if 0 < reader_id <= MAX_ID else None
+    if reader is None:
+        raise UnknownReader(reader_id)
+    now = utcnow()
+    address, placeholder = reader.email, placeholder_address(reader.id)
+
+    # Consent ends: each live subscription becomes `unsubscribed`, recorded like any other unsubscribe.
+    for subscription in session.scalars(
+        select(Subscription).where(Subscription.reader_id == reader.id,
+                                   Subscription.status.in_(("pending", "confirmed")))
+    ):
+        subscription.status, subscription.unsubscribed_at = "unsubscribed", now
+        session.add(ConsentEvent(reader_id=reader.id, newsletter_id=subscription.newsletter_id,
+                                 action="unsubscribed", occurred_at=now, source=source.channel,
+                                 wording=source.wording))
+    if reader.erased_at is None:
+        # Who erased, when: the history keeps that much (the source's IP and page would be dropped below).
+        session.add(ConsentEvent(reader_id=reader.id, newsletter_id=None, action="erased", occurred_at=now,
+                                 source=source.channel, wording=source.wording))
+    session.flush()
+    session.execute(
+        update(ConsentEvent).where(ConsentEvent.reader_id == reader.id)
+        .values(page_url=None, ip_address=None, user_agent=None)
+    )
+
+    to_reader = or_(OutboxMessage.reader_id == reader.id, OutboxMessage.to_address == address)
+    # An unsent email would go to nobody: cancel it (a worker mid-send may still deliver that one).
+    session.execute(
+        update(OutboxMessage).where(to_reader, OutboxMessage.status == "pending").values(status="failed")
+    )
+    # A failure's text can quote the address (e.g. SMTPRecipientsRefused): keep only that it was erased.
+    session.execute(
+        update(OutboxMessage).where(to_reader, OutboxMessage.status == "failed").values(last_error="erased")
+    )
+    session.execute(
+        update(OutboxMessage).where(to_reader)
+        .values(reader_id=reader.id, to_address=placeholder, to_name=None, body_text="", body_html="", headers={})
+    )
+
+    reader.email, reader.name = placeholder, None
+    if reader.erased_at is None:
+        reader.erased_at = now
+    session.flush()
+    return reader
+
+
+def _stale_pending(session: Session, cutoff: datetime, among: Iterable[int] | None = None) -> list[int]:
+    """Ids of readers who never confirmed anything and whose last signup activity is before `cutoff`."""
+    recent_or_confirmed = exists().where(
+        Subscription.reader_id == Reader.id,
+        or_(
+            Subscription.confirmed_at.is_not(None),
+            Subscription.created_at >= cutoff,
+            Subscription.pending_since >= cutoff,
+            Subscription.unsubscribed_at >= cutoff,
+        ),
+    )
+    ever_confirmed = exists().where(ConsentEvent.reader_id == Reader.id, ConsentEvent.action == "confirmed")
+    query = select(Reader.id).where(
+        Reader.erased_at.is_(None),
+        # A blocked address is the admin's record of "never mail this": it stays.
+        Reader.blocked_at.is_(None),
+        Reader.created_at < cutoff,
+        ~recent_or_confirmed,
+        ~ever_confirmed,
+    )
+    if among is not None:
+        query = query.where(Reader.id.in_(list(among)))
+    return list(session.scalars(query.order_by(Reader.id).limit(PURGE_BATCH)))
+
+
+def purge_pending(session: Session, older_than_days: int) -> int:
+    """Delete readers who never confirmed and last signed up more than `older_than_days` ago; how many.
+
+    Deleted, not erased: they never gave consent, so there is nothing to prove and nobody to count,
+    and an anonymized row would stay `pending` forever. Their subscriptions, consent events and
+    emails go with them.
+    """
+    if older_than_days < 1:
+        raise ValueError("The retention must be at least one day.")
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    purged = 0
+    while candidates := _stale_pending(session, cutoff):
+        # Lock them, then look again: a signup that committed meanwhile makes its reader recent again,
+        # and one still running waits for this transaction and then creates a fresh reader.
+        session.execute(select(Reader.id).where(Reader.id.in_(candidates)).with_for_update())
+        ids = _stale_pending(session, cutoff, among=candidates)
+        if ids:
+            session.execute(delete(OutboxMessage).where(OutboxMessage.reader_id.in_(ids)))
+            session.execute(delete(ConsentEvent).where(ConsentEvent.reader_id.in_(ids)))
+            session.execute(delete(Subscription).where(Subscription.reader_id.in_(ids)))
+            session.execute(delete(Reader).where(Reader.id.in_(ids)))
+        purged += len(ids)
+        if len(candidates) < PURGE_BATCH:
+            break
+    return purged
