@@ -1,4 +1,4 @@
-"""A small closed-loop HTTP load generator for bench/signup.py, standard library only.
+"""A small closed-loop HTTP load generator for bench/signup.py and bench/embed.py, standard library only.
 
 `concurrency` virtual users, spread over a few processes (so the GIL of one is not the limit),
 each a thread that sends one request, waits for the whole answer and sends the next. gunicorn's
@@ -49,6 +49,10 @@ class Workload(Protocol):
         """What to hand back to the caller from one answer; None for nothing."""
         ...
 
+    def accepts(self, status: int, response: bytes) -> bool:
+        """Whether this answer is the success the workload expects (else it counts as an error)."""
+        ...
+
 
 def http_request(method: str, path: str, host: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
     """An HTTP/1.1 request asking the server to close the connection after answering."""
@@ -77,6 +81,16 @@ def body_of(response: bytes) -> bytes:
     return response.partition(b"\r\n\r\n")[2]
 
 
+LOCATION = re.compile(rb"^Location: *([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+
+
+def location_of(response: bytes) -> str | None:
+    """The Location header of a raw response, if it has one."""
+    head = response.partition(b"\r\n\r\n")[0]
+    match = LOCATION.search(head)
+    return match[1].decode("latin-1") if match else None
+
+
 def _share(total: int, user: int, users: int) -> int:
     """How many of `total` requests virtual user `user` of `users` sends."""
     per, extra = divmod(total, users)
@@ -86,8 +100,15 @@ def _share(total: int, user: int, users: int) -> int:
 # --- Workloads -----------------------------------------------------------------------------------
 
 
+class Answers2xx:
+    """A workload whose every 2xx answer is a success."""
+
+    def accepts(self, status: int, response: bytes) -> bool:
+        return 200 <= status < 300
+
+
 @dataclass(frozen=True)
-class JsonSignups:
+class JsonSignups(Answers2xx):
     """POSTs of {"email": <new address each time>, "newsletters": [...]} to `path`."""
 
     name: str
@@ -110,6 +131,37 @@ class JsonSignups:
 
 
 @dataclass(frozen=True)
+class FormSignups:
+    """POSTs of a plain HTML form on another site, as a browser sends them: form-encoded, with that
+    site's Origin, a new address each time. Accepted: 303 See Other to the form's return_to."""
+
+    name: str
+    host: str
+    path: str
+    origin: str  # the embedding site, e.g. http://127.0.0.1:8001
+    return_to: str  # on that site
+    page_url: str
+    form_id: str
+    email_prefix: str  # unique per run, so no address is ever sent twice
+    newsletters: tuple[str, ...]
+
+    def requests(self, user: int, users: int) -> Iterator[Request]:
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Origin": self.origin}
+        fields = [*(("newsletters", slug) for slug in self.newsletters), ("form_id", self.form_id),
+                  ("return_to", self.return_to), ("page_url", self.page_url)]
+        for number in itertools.count(1):
+            body = urlencode([*fields, ("email", f"{self.email_prefix}-{user}-{number}@example.com"),
+                              ("website", "")]).encode()  # the empty honeypot field
+            yield http_request("POST", self.path, self.host, body, headers), None
+
+    def keep(self, tag: Any, status: int, response: bytes) -> None:
+        return None
+
+    def accepts(self, status: int, response: bytes) -> bool:
+        return status == 303 and location_of(response) == self.return_to
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A confirmation link opened in a browser: the session cookie and CSRF token its page gave."""
 
@@ -123,7 +175,7 @@ CSRF_FIELD = re.compile(rb'name="csrf_token" type="hidden" value="([^"]+)"')
 
 
 @dataclass(frozen=True)
-class ConfirmPages:
+class ConfirmPages(Answers2xx):
     """GET /confirm/<token> for each token once, keeping a Prepared per page."""
 
     name: str
@@ -142,7 +194,7 @@ class ConfirmPages:
 
 
 @dataclass(frozen=True)
-class ConfirmPosts:
+class ConfirmPosts(Answers2xx):
     """POST /confirm/<token> with the cookie and CSRF token of its page, each once."""
 
     name: str
@@ -184,6 +236,7 @@ class Log:
     finished: array = field(default_factory=lambda: array("d"))  # time.monotonic() at the end
     latency: array = field(default_factory=lambda: array("d"))  # seconds
     status: array = field(default_factory=lambda: array("H"))
+    ok: array = field(default_factory=lambda: array("b"))  # 1: the workload accepted the answer
     kept: list[Any] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     cpu_seconds: float = 0.0  # the process's own CPU time in the measured window
@@ -192,6 +245,7 @@ class Log:
         self.finished.extend(other.finished)
         self.latency.extend(other.latency)
         self.status.extend(other.status)
+        self.ok.extend(other.ok)
         self.kept.extend(other.kept)
         self.error_samples.extend(other.error_samples[:ERROR_SAMPLES - len(self.error_samples)])
 
@@ -212,13 +266,21 @@ def _virtual_user(workload: Workload, plan: Plan, user: int, stop_at: float, ran
         log.finished.append(ended)
         log.latency.append(ended - began)
         log.status.append(status)
-        if status and not 200 <= status < 300 and len(log.error_samples) < ERROR_SAMPLES:
-            log.error_samples.append(f"HTTP {status}: {body_of(response)[:200]!r}")
+        ok = bool(status) and workload.accepts(status, response)
+        log.ok.append(ok)
+        if status and not ok and len(log.error_samples) < ERROR_SAMPLES:
+            log.error_samples.append(_describe(status, response))
         if (kept := workload.keep(tag, status, response)) is not None:
             log.kept.append(kept)
     if timed:
         with ran_out.get_lock():
             ran_out.value = ran_out.value or time.monotonic()
+
+
+def _describe(status: int, response: bytes) -> str:
+    if 300 <= status < 400:
+        return f"HTTP {status} to {location_of(response)!r}"
+    return f"HTTP {status}: {body_of(response)[:200]!r}"
 
 
 def _cpu_seconds() -> float:
@@ -253,9 +315,9 @@ class Measurement:
     name: str
     seconds: float
     latencies_ms: list[float]  # sorted
-    errors: int  # non-2xx answers and failed connections
+    errors: int  # answers the workload does not accept (for most: non-2xx) and failed connections
     all_requests: int  # including warmup and the tail after the window
-    all_ok: int
+    all_ok: int  # answers the workload accepted, warmup and tail included
     loadgen_cpu_seconds: float
     kept: list[Any]
     error_samples: list[str]
@@ -346,14 +408,14 @@ def _collect(results: Any, processes: Sequence[Any]) -> Log:
 def _measure(name: str, log: Log, window_start: float, window_end: float, *, cut_short: bool,
              samples: tuple[Any, Any]) -> Measurement:
     latencies, errors = [], 0
-    for finished, latency, status in zip(log.finished, log.latency, log.status):
+    for finished, latency, ok in zip(log.finished, log.latency, log.ok):
         if window_start <= finished <= window_end:
             latencies.append(latency * 1000)
-            errors += not 200 <= status < 300
+            errors += not ok
     latencies.sort()
     return Measurement(
         name=name, seconds=window_end - window_start, latencies_ms=latencies, errors=errors,
-        all_requests=len(log.status), all_ok=sum(200 <= status < 300 for status in log.status),
+        all_requests=len(log.status), all_ok=sum(log.ok),
         loadgen_cpu_seconds=log.cpu_seconds, kept=log.kept, error_samples=log.error_samples,
         cut_short=cut_short, samples=samples,
     )

@@ -153,6 +153,9 @@ def app_environment(database_url: str, instance_path: Path, secret_key: str) -> 
         "NEWSLETTER_PUBLIC_URL": "https://news.example.org",  # only in the links of the mails
         "NEWSLETTER_INSTANCE_PATH": str(instance_path),
         "NEWSLETTER_OUTBOX_IN_PROCESS": "0",
+        # The bot defences would refuse a load generator: one IP sending many signups a second.
+        "NEWSLETTER_RATE_LIMITS": "off",
+        "NEWSLETTER_MIN_FILL_SECONDS": "0",
         "BENCH_DATABASE_URL": database_url,
     })
     return env
@@ -588,8 +591,8 @@ def report(summary: dict[str, Any], results: list[Result], peaks: dict[str, Peak
     return "\n".join(parts)
 
 
-def save_json(options: Options, summary: dict[str, Any], results: list[Result], peaks: dict[str, PeakRss],
-              counts: dict[str, int], answered: dict[str, int], problems: list[str]) -> Path:
+def scenarios_json(results: list[Result]) -> list[dict[str, Any]]:
+    """Each timed run's figures, as save_json writes them."""
     baseline = baseline_rate(results)
     scenarios = []
     for result in results:
@@ -604,6 +607,12 @@ def save_json(options: Options, summary: dict[str, Any], results: list[Result], 
             "machine_busy_percent": round(result.machine_busy_percent, 1),
             "other_processes_percent": round(result.others_percent, 1),
         })
+    return scenarios
+
+
+def save_json(options: Options, summary: dict[str, Any], results: list[Result], peaks: dict[str, PeakRss],
+              counts: dict[str, int], answered: dict[str, int], problems: list[str]) -> Path:
+    scenarios = scenarios_json(results)
     options.results_dir.mkdir(parents=True, exist_ok=True)
     path = options.results_dir / f"signup-{datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps({"settings": summary, "scenarios": scenarios,
