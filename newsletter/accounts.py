@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
+from functools import cache
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -15,8 +16,13 @@ from .models import ROLES, AdminUser, utcnow
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=15)
 MIN_PASSWORD_LENGTH = 12
-# Checked against when the email is unknown, so a wrong email costs as long as a wrong password.
-_DUMMY_HASH = generate_password_hash(secrets.token_urlsafe(16))
+
+
+@cache
+def _dummy_hash() -> str:
+    # Checked against when the email is unknown, so a wrong email costs as long as a wrong password.
+    # Made on first use: scrypt takes 32 MiB, which web processes that never see a login shouldn't pay.
+    return generate_password_hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -60,7 +66,7 @@ def authenticate(session: Session, email: str, password: str) -> AdminUser:
         select(AdminUser).where(func.lower(AdminUser.email) == email.strip().lower()).with_for_update()
     ).first()
     if admin is None:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(_dummy_hash(), password)
         raise LoginRefused()
     if admin.locked_until is not None and admin.locked_until > now:
         raise LoginRefused(admin.locked_until)

@@ -100,6 +100,15 @@ def edit_newsletter(slug: str, name: str | None, description: str | None, author
     click.echo(f"Changed {', '.join(changed)} of {slug}" if changed else f"Nothing to change in {slug}")
 
 
+def _newsletter(slug: str) -> Any:
+    from . import catalog
+
+    try:
+        return catalog.get_newsletter(db.session, slug)
+    except catalog.CatalogError as error:
+        raise click.ClickException(str(error)) from None
+
+
 @newsletters.command("archive")
 @click.argument("slug")
 @with_appcontext
@@ -107,10 +116,7 @@ def archive_newsletter(slug: str) -> None:
     """Stop newsletter SLUG taking signups; its readers and history stay."""
     from . import catalog
 
-    try:
-        newsletter = catalog.get_newsletter(db.session, slug)
-    except catalog.CatalogError as error:
-        raise click.ClickException(str(error)) from None
+    newsletter = _newsletter(slug)
     done = catalog.archive(newsletter)
     db.session.commit()
     click.echo(f"Archived {slug}: it takes no new signups" if done else f"{slug} was archived already")
@@ -123,10 +129,7 @@ def unarchive_newsletter(slug: str) -> None:
     """Let the archived newsletter SLUG take signups again."""
     from . import catalog
 
-    try:
-        newsletter = catalog.get_newsletter(db.session, slug)
-    except catalog.CatalogError as error:
-        raise click.ClickException(str(error)) from None
+    newsletter = _newsletter(slug)
     done = catalog.unarchive(newsletter)
     db.session.commit()
     click.echo(f"{slug} is active again" if done else f"{slug} was active already")
