@@ -37,15 +37,14 @@ def index() -> Response:
 @signup_limits
 def subscribe(slug: str | None = None) -> Response | str | tuple[str, int]:
     """The hosted signup page; its POST also takes plain HTML forms embedded on allowed sites."""
-    offered = _active_newsletters()
+    offered = None
     if slug is not None:
-        offered = [n for n in offered if n.slug == slug]
+        offered = [n for n in _active_newsletters() if n.slug == slug]
         if not offered:
             raise NotFound(_("There is no newsletter called %(slug)r taking signups.", slug=slug))
     # A plain form on an allowed site can't carry our CSRF token: its Origin stands in for it.
     cross_origin = request.method == "POST" and origins.cross_origin_post()
     form = SignupForm(meta={"csrf": False}) if cross_origin else SignupForm()
-    form.newsletters.choices = [(n.slug, n.name) for n in offered]
     too_fast = False
     if request.method == "GET":
         form.newsletters.data = [slug] if slug else []
@@ -59,6 +58,9 @@ def subscribe(slug: str | None = None) -> Response | str | tuple[str, int]:
             # The thank-you page speaks the language the form was sent in.
             return redirect(return_to or url_for("public.thanks", lang=request.values.get("lang") or None), code=303)
         too_fast = outcome is Outcome.TOO_FAST
+    # Only now, when the page is drawn: a taken signup (the plain forms' hot path) never needs the list.
+    offered = offered if offered is not None else _active_newsletters()
+    form.newsletters.choices = [(n.slug, n.name) for n in offered]
     form.form_token.data = abuse.form_token()
     status = 422 if form.errors or too_fast else 200
     return render_template("public/subscribe.html", form=form, offered=offered, single=slug is not None,
