@@ -44,7 +44,6 @@ JSON to bench/results/embed-<time>.json (git-ignored) unless --no-json is given.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gzip
 import html
@@ -67,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 import loadgen
 import signup
-from signup import BENCH_DIR, CORES, NEWSLETTER_SLUG, PROJECT_DIR, Gunicorn, Result, log
+from signup import NEWSLETTER_SLUG, PROJECT_DIR, Gunicorn, Result, log
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -91,23 +90,13 @@ class Options:
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--database-url", default=signup.DEFAULT_DATABASE_URL,
-                        help="a PostgreSQL database whose user may create databases; the benchmark makes its own")
-    parser.add_argument("--database-name", default="newsletter_bench_embed", type=signup._identifier,
-                        help="the database to create (dropped first if it exists, and at the end)")
-    parser.add_argument("--workers", type=int, default=2 * CORES + 1, help="gunicorn sync workers per server")
-    parser.add_argument("--concurrency", type=int, default=0, help="virtual users; 0: twice the workers")
-    parser.add_argument("--load-processes", type=int, default=CORES, help="processes the virtual users run in")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per throughput run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measured window")
+    parser = signup.new_parser(__doc__)
+    signup.add_database_options(parser, "newsletter_bench_embed")
+    signup.add_load_options(parser)
     parser.add_argument("--runs", type=int, default=20, help="browser visits (fresh contexts) per kind of embed")
     parser.add_argument("--browser-warmup", type=int, default=2, help="rounds of visits before those, not counted")
     parser.add_argument("--chromium", default=CHROMIUM, help="the Chromium executable Playwright drives")
-    parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=True,
-                        help="write the results as JSON to --results-dir")
-    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    signup.add_output_options(parser)
     args = parser.parse_args(argv)
     concurrency = args.concurrency or 2 * args.workers
     if min(args.workers, concurrency, args.load_processes, args.runs) < 1 or args.duration <= 0 \

@@ -20,7 +20,6 @@ Targets from issue 4: ratio ≥ 0.5, RSS growth under 50 MB.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -36,11 +35,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from signup import (DEFAULT_DATABASE_URL, PROJECT_DIR, Gunicorn, _admin_execute, _identifier, app_environment,
+from signup import (PROJECT_DIR, Gunicorn, _admin_execute, add_database_options, add_output_options, app_environment,
                     cpu_seconds_of, environ, format_table, fresh_database, log, machine_busy_percent, newsletter_cli,
-                    peak_rss_kib)
+                    new_parser, peak_rss_kib)
 
-BENCH_DIR = Path(__file__).resolve().parent
 SLUG = "daily"
 
 
@@ -50,29 +48,20 @@ class Options:
     database_name: str
     rows: int
     runs: int
-    first_signup_index: bool
     json: bool
     results_dir: Path
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
-                        help="a PostgreSQL database whose user may create databases; the benchmark makes its own")
-    parser.add_argument("--database-name", default="newsletter_bench_export", type=_identifier,
-                        help="the database to create (dropped first if it exists, and at the end)")
+    parser = new_parser(__doc__)
+    add_database_options(parser, "newsletter_bench_export")
     parser.add_argument("--rows", type=int, default=1_000_000, help="subscriptions of the exported newsletter")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each of http and copy, alternating")
-    parser.add_argument("--first-signup-index", action="store_true",
-                        help="add the index proposed for the source column (FIRST_SIGNUP_INDEX) before the runs")
-    parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=True,
-                        help="write the results as JSON to --results-dir")
-    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     if args.rows < 1 or args.runs < 1:
         parser.error("rows and runs must be at least 1")
-    return Options(args.database_url, args.database_name, args.rows, args.runs, args.first_signup_index, args.json,
+    return Options(args.database_url, args.database_name, args.rows, args.runs, args.json,
                    args.results_dir)
 
 
@@ -109,13 +98,7 @@ GENERATE = [
 ]
 
 
-# Not in the migrations (yet): the source column's lookup of each subscription's first signup request
-# becomes a one-entry index-only scan, instead of reading all the reader's events through their reader_id index.
-FIRST_SIGNUP_INDEX = """CREATE INDEX ix_consent_events_first_signup ON consent_events (reader_id, newsletter_id, id)
-                        INCLUDE (source) WHERE action = 'signup_requested'"""
-
-
-def generate(database_url: str, rows: int, first_signup_index: bool) -> None:
+def generate(database_url: str, rows: int) -> None:
     """The readers, subscriptions and consent events, made by set-based SQL; then VACUUM ANALYZE."""
     import psycopg
 
@@ -123,8 +106,6 @@ def generate(database_url: str, rows: int, first_signup_index: bool) -> None:
         ids = dict(connection.execute("SELECT slug, id FROM newsletters").fetchall())
         for statement in GENERATE:
             connection.execute(statement.format(rows=rows, daily=ids[SLUG], other=ids["other"]))
-        if first_signup_index:
-            connection.execute(FIRST_SIGNUP_INDEX)
     _admin_execute(database_url, "VACUUM ANALYZE")
 
 
@@ -299,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         newsletter_cli(env, "newsletters", "add", "other", "--name", "Other")
         log(f"generating {options.rows:,} subscriptions")
         began = time.monotonic()
-        generate(database_url, options.rows, options.first_signup_index)
+        generate(database_url, options.rows)
         log(f"  done in {time.monotonic() - began:.1f} s")
         secret, copy_sql = api_token_and_copy_sql(env)
 
@@ -334,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
         summary, figures = summary_table(http, copy, memory)
         settings = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": options.rows,
-                    "runs": options.runs, "first_signup_index": options.first_signup_index, "cores": os.cpu_count(), "machine_busy_before_percent": round(busy_before),
+                    "runs": options.runs, "cores": os.cpu_count(), "machine_busy_before_percent": round(busy_before),
                     "gunicorn": "1 sync worker", "python": sys.version.split()[0]}
         print(", ".join(f"{key} {value}" for key, value in settings.items()))
         print()

@@ -78,24 +78,44 @@ class Options:
     results_dir: Path
 
 
-def parse_options(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def new_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser described by the first paragraph of a benchmark's docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_database_options(parser: argparse.ArgumentParser, default_name: str) -> None:
+    """--database-url and --database-name, as every benchmark takes them."""
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
                         help="a PostgreSQL database whose user may create databases; the benchmark makes its own")
-    parser.add_argument("--database-name", default="newsletter_bench", type=_identifier,
+    parser.add_argument("--database-name", default=default_name, type=_identifier,
                         help="the database to create (dropped first if it exists, and at the end)")
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """The gunicorn servers and the load generator's options."""
     parser.add_argument("--workers", type=int, default=2 * CORES + 1, help="gunicorn sync workers per server")
     parser.add_argument("--concurrency", type=int, default=0, help="virtual users; 0: twice the workers")
     parser.add_argument("--load-processes", type=int, default=CORES, help="processes the virtual users run in")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per timed run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measured window")
-    parser.add_argument("--confirm-pool", type=float, default=2.0,
-                        help="confirmation links to prepare, as a multiple of what the confirm run would use "
-                             "at the signup run's rate (more readers are signed up, untimed, if needed)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--json / --no-json and --results-dir."""
     parser.add_argument("--json", action=argparse.BooleanOptionalAction, default=True,
                         help="write the results as JSON to --results-dir")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    parser = new_parser(__doc__)
+    add_database_options(parser, "newsletter_bench")
+    add_load_options(parser)
+    parser.add_argument("--confirm-pool", type=float, default=2.0,
+                        help="confirmation links to prepare, as a multiple of what the confirm run would use "
+                             "at the signup run's rate (more readers are signed up, untimed, if needed)")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     concurrency = args.concurrency or 2 * args.workers
     if min(args.workers, concurrency, args.load_processes) < 1 or args.duration <= 0 or args.warmup < 0:
