@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from . import outbox, tokens
 from .links import external_url
-from .models import Newsletter, OutboxMessage, Reader
+from .models import Newsletter, Reader
 
 
 def _render(name: str, **context: Any) -> tuple[str, str]:
@@ -38,22 +38,27 @@ def unsubscribe_headers(reader: Reader, newsletter: Newsletter, config: Mapping[
 
 
 def enqueue_confirmation(session: Session, reader: Reader, newsletters: list[Newsletter],
-                         config: Mapping[str, Any]) -> OutboxMessage:
+                         config: Mapping[str, Any]) -> None:
     """One email asking the reader to confirm every newsletter in `newsletters`."""
+    outbox.enqueue(session, **confirmation(reader, newsletters, config))
+
+
+def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[str, Any]) -> dict[str, Any]:
+    """The confirmation email as outbox.message_row's arguments."""
     link = external_url("public.confirm", token=tokens.confirm_token(reader.id, [n.id for n in newsletters]))
     days = max(1, config["NEWSLETTER_CONFIRM_MAX_AGE"] // 86400)
     text, html = _render("confirm", reader=reader, newsletters=newsletters, link=link, days=days)
     subject = (_("Confirm your subscription to %(name)s", name=newsletters[0].name) if len(newsletters) == 1
                else ngettext("Confirm your subscription to %(num)d newsletter",
                              "Confirm your subscription to %(num)d newsletters", len(newsletters)))
-    return outbox.enqueue(
-        session, kind="confirmation", reader_id=reader.id, to_address=reader.email, to_name=reader.name,
-        subject=subject, body_text=text, body_html=html, mail_from=config["NEWSLETTER_MAIL_FROM"],
-    )
+    return {
+        "kind": "confirmation", "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
+        "subject": subject, "body_text": text, "body_html": html, "mail_from": config["NEWSLETTER_MAIL_FROM"],
+    }
 
 
 def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
-                    config: Mapping[str, Any]) -> OutboxMessage:
+                    config: Mapping[str, Any]) -> None:
     """The welcome email of one newsletter, with its unsubscribe and preferences links."""
     headers = unsubscribe_headers(reader, newsletter, config)
     context = {
@@ -63,7 +68,7 @@ def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
         "preferences_link": external_url("public.preferences", token=tokens.preferences_token(reader.id)),
     }
     text, html = _render("welcome", **context)
-    return outbox.enqueue(
+    outbox.enqueue(
         session, kind="welcome", reader_id=reader.id, to_address=reader.email, to_name=reader.name,
         subject=_("Welcome to %(name)s", name=newsletter.name), body_text=text, body_html=html,
         mail_from=newsletter.sender or config["NEWSLETTER_MAIL_FROM"], headers=headers,

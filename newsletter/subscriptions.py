@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from . import emails
+from . import emails, first_signup, newsletter_cache, outbox
 from .catalog import SLUG
 from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, utcnow
 
@@ -86,11 +86,16 @@ def check_name(name: str | None) -> str | None:
     return name or None
 
 
-def find_newsletters(session: Session, slugs: Iterable[str]) -> list[Newsletter]:
-    """The active newsletters named by `slugs`, in that order, or SignupRejected naming each problem."""
+def find_newsletters(session: Session, slugs: Iterable[str], *, cached: bool = False) -> list[Newsletter]:
+    """The active newsletters named by `slugs`, in that order, or SignupRejected naming each problem.
+
+    `cached` may answer from newsletter_cache, for the signup path only: sign_up checks them again.
+    """
     wanted = list(dict.fromkeys(slugs))
     if not wanted:
         raise SignupRejected({"newsletters": [_("Choose at least one newsletter.")]})
+    if cached and (known := newsletter_cache.active(session, wanted)) is not None:
+        return known
     # Text that can't be a slug (NUL bytes, lone surrogates…) never reaches the database.
     plausible = [slug for slug in wanted if SLUG.fullmatch(slug)]
     found = {n.slug: n for n in session.scalars(select(Newsletter).where(Newsletter.slug.in_(plausible)))}
@@ -107,14 +112,17 @@ def find_newsletters(session: Session, slugs: Iterable[str]) -> list[Newsletter]
     return [found[slug] for slug in wanted]
 
 
+def _insert_for(session: Session) -> Any:
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
+
+
 def _upsert_locked_reader(session: Session, address: str, name: str | None, now: datetime) -> Reader:
     """The reader with this address, created if new, its row locked until the transaction ends.
 
     One statement: concurrent signups of one address meet here, one INSERT wins, the others wait
     on the row lock that ON CONFLICT DO UPDATE takes, then see the winner's row.
     """
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
-    statement = insert(Reader).values(email=address, name=name, created_at=now)
+    statement = _insert_for(session)(Reader).values(email=address, name=name, created_at=now)
     statement = statement.on_conflict_do_update(index_elements=["email"], set_={"email": statement.excluded.email})
     return session.scalars(statement.returning(Reader), execution_options={"populate_existing": True}).one()
 
@@ -127,20 +135,25 @@ def _locked_reader(session: Session, reader_id: int) -> Reader | None:
     ).first()
 
 
+def _event_row(reader_id: int, newsletter_id: int | None, action: str, source: Source, when: datetime
+               ) -> dict[str, Any]:
+    return {
+        "reader_id": reader_id,
+        "newsletter_id": newsletter_id,
+        "action": action,
+        "occurred_at": when,
+        "source": source.channel,
+        "page_url": source.page_url,
+        "form_id": source.form_id,
+        "ip_address": source.ip_address,
+        "user_agent": source.user_agent,
+        "wording": source.wording,
+    }
+
+
 def _record(session: Session, reader: Reader, newsletter: Newsletter | None, action: str, source: Source,
             when: datetime) -> None:
-    session.add(ConsentEvent(
-        reader_id=reader.id,
-        newsletter_id=newsletter.id if newsletter else None,
-        action=action,
-        occurred_at=when,
-        source=source.channel,
-        page_url=source.page_url,
-        form_id=source.form_id,
-        ip_address=source.ip_address,
-        user_agent=source.user_agent,
-        wording=source.wording,
-    ))
+    session.add(ConsentEvent(**_event_row(reader.id, newsletter.id if newsletter else None, action, source, when)))
 
 
 def sign_up(
@@ -158,6 +171,17 @@ def sign_up(
     A confirmed reader gets no mail; any reader gets at most one confirmation per resend interval.
     """
     now = utcnow()
+    reader_id = first_signup.insert_reader(session, address, name, newsletters, now)
+    if reader_id is not None:
+        reader = Reader(id=reader_id, email=address, name=name, created_at=now, confirmation_sent_at=now)
+        mail = outbox.message_row(**emails.confirmation(reader, newsletters, config))
+        event_source = _event_row(reader_id, None, "signup_requested", source, now)
+        first_signup.add_subscriptions(session, reader_id, newsletters, now, event_source, mail)
+        outbox.note_enqueued(session)
+        return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=True)
+
+    # A known address, or a newsletter changed since it was looked up: look it up again.
+    newsletters = find_newsletters(session, [newsletter.slug for newsletter in newsletters])
     reader = _upsert_locked_reader(session, address, name, now)
     if reader.blocked_at is not None:
         # Answered like any signup (no enumeration), but a blocked address changes and gets nothing.

@@ -119,7 +119,7 @@ def create_subscription() -> tuple[Response, int]:
             abuse.check_fill_time(body.get("form_token"))
         except abuse.TooFast:
             raise FieldErrors({"form": [_("That was quick! Please check your address and press Subscribe again.")]})
-    chosen = subscriptions.find_newsletters(db.session, slugs)
+    chosen = subscriptions.find_newsletters(db.session, slugs, cached=True)
     source = request_source("embed-script" if from_script else "api", subscriptions.consent_wording(chosen),
                             page_url=body.get("page_url"), form_id=body.get("form_id"))
     subscriptions.sign_up(db.session, address, chosen, name=name, config=current_app.config, source=source)

@@ -31,7 +31,7 @@ def take_signup(form: SignupForm, channel: str, *, check_fill_time: bool) -> Out
         except abuse.TooFast:
             return Outcome.TOO_FAST
     try:
-        chosen = subscriptions.find_newsletters(db.session, form.newsletters.data)
+        chosen = subscriptions.find_newsletters(db.session, form.newsletters.data, cached=True)
         source = request_source(channel, subscriptions.consent_wording(chosen),
                                 page_url=form.page_url.data, form_id=form.form_id.data)
         subscriptions.sign_up(db.session, form.normalized_email, chosen, name=form.name.data, source=source,
