@@ -6,12 +6,14 @@ from collections.abc import Mapping
 from email import policy
 from email.parser import BytesParser
 from email.utils import parseaddr
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from flask import render_template
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
-from flask_babel import ngettext
+from markupsafe import escape
 from sqlalchemy.orm import Session
 
 from . import outbox, tokens
@@ -19,8 +21,62 @@ from .links import external_url
 from .models import Newsletter, Reader
 
 
-def _render(name: str, **context: Any) -> tuple[str, str]:
-    return render_template(f"email/{name}.txt", **context), render_template(f"email/{name}.html", **context)
+class _Shown(NamedTuple):
+    """What an email shows of a newsletter: the part of its rendering that many readers share."""
+
+    name: str
+    author: str | None
+    description: str = ""
+    welcome_text: str | None = None
+
+
+# Private-use characters: no template, filter or translation makes or changes them.
+_SLOT = "\ue000{}\ue001"
+
+
+@lru_cache(maxsize=512)
+def _rendered(name: str, locale: str, newsletters: tuple[_Shown, ...], days: int, named: bool
+              ) -> tuple[str, str, str]:
+    """(subject, text, html) of templates/email/<name>, with a slot for each per-reader value.
+
+    An email differs from reader to reader only in the name it greets and its links, so it is
+    rendered once per language and newsletters and then filled in (see _fill). `locale` is part of
+    the cache key: the rendering itself reads the request's language.
+    """
+    context = {
+        "reader": {"name": _SLOT.format("name") if named else None},
+        "newsletters": newsletters,
+        "newsletter": newsletters[0],
+        "days": days,
+        "link": _SLOT.format("link"),
+        "unsubscribe_link": _SLOT.format("unsubscribe_link"),
+        "preferences_link": _SLOT.format("preferences_link"),
+    }
+    if name == "welcome":
+        subject = _("Welcome to %(name)s", name=newsletters[0].name)
+    elif len(newsletters) == 1:
+        subject = _("Confirm your subscription to %(name)s", name=newsletters[0].name)
+    else:
+        subject = ngettext("Confirm your subscription to %(num)d newsletter",
+                           "Confirm your subscription to %(num)d newsletters", len(newsletters))
+    return subject, render_template(f"email/{name}.txt", **context), render_template(f"email/{name}.html", **context)
+
+
+def _fill(text: str, values: Mapping[str, str | None], *, html: bool) -> str:
+    # Links first: a name can't contain a link's slot, but it may look like one.
+    for key in sorted(values, key=lambda key: key == "name"):
+        value = values[key] or ""
+        text = text.replace(_SLOT.format(key), str(escape(value)) if html else value)
+    return text
+
+
+def _render(name: str, newsletters: list[Newsletter], days: int, reader: Reader, **links: str
+            ) -> tuple[str, str, str]:
+    """(subject, text, html) of templates/email/<name> for this reader."""
+    shown = tuple(_Shown(n.name, n.author, n.description or "", n.welcome_text) for n in newsletters)
+    subject, text, html = _rendered(name, str(get_locale() or "en"), shown, days, bool(reader.name))
+    values = {"name": reader.name, **links}
+    return subject, _fill(text, values, html=False), _fill(html, values, html=True)
 
 
 def unsubscribe_headers(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> dict[str, str]:
@@ -47,10 +103,7 @@ def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[
     """The confirmation email as outbox.message_row's arguments."""
     link = external_url("public.confirm", token=tokens.confirm_token(reader.id, [n.id for n in newsletters]))
     days = max(1, config["NEWSLETTER_CONFIRM_MAX_AGE"] // 86400)
-    text, html = _render("confirm", reader=reader, newsletters=newsletters, link=link, days=days)
-    subject = (_("Confirm your subscription to %(name)s", name=newsletters[0].name) if len(newsletters) == 1
-               else ngettext("Confirm your subscription to %(num)d newsletter",
-                             "Confirm your subscription to %(num)d newsletters", len(newsletters)))
+    subject, text, html = _render("confirm", newsletters, days, reader, link=link)
     return {
         "kind": "confirmation", "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
         "subject": subject, "body_text": text, "body_html": html, "mail_from": config["NEWSLETTER_MAIL_FROM"],
@@ -61,16 +114,14 @@ def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
                     config: Mapping[str, Any]) -> None:
     """The welcome email of one newsletter, with its unsubscribe and preferences links."""
     headers = unsubscribe_headers(reader, newsletter, config)
-    context = {
-        "reader": reader,
-        "newsletter": newsletter,
-        "unsubscribe_link": external_url("public.unsubscribe", token=tokens.unsubscribe_token(reader.id, newsletter.id)),
-        "preferences_link": external_url("public.preferences", token=tokens.preferences_token(reader.id)),
-    }
-    text, html = _render("welcome", **context)
+    subject, text, html = _render(
+        "welcome", [newsletter], 0, reader,
+        unsubscribe_link=external_url("public.unsubscribe", token=tokens.unsubscribe_token(reader.id, newsletter.id)),
+        preferences_link=external_url("public.preferences", token=tokens.preferences_token(reader.id)),
+    )
     outbox.enqueue(
         session, kind="welcome", reader_id=reader.id, to_address=reader.email, to_name=reader.name,
-        subject=_("Welcome to %(name)s", name=newsletter.name), body_text=text, body_html=html,
+        subject=subject, body_text=text, body_html=html,
         mail_from=newsletter.sender or config["NEWSLETTER_MAIL_FROM"], headers=headers,
     )
 
