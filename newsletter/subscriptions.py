@@ -12,8 +12,10 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -70,7 +72,11 @@ class ConfirmResult:
 
 def consent_wording(newsletters: Iterable[Newsletter]) -> str:
     """The sentence a signup form shows next to its button, kept as proof of what was agreed to."""
-    names = ", ".join(newsletter.name for newsletter in newsletters)
+    return _wording(str(get_locale() or "en"), ", ".join(newsletter.name for newsletter in newsletters))
+
+
+@lru_cache(maxsize=256)
+def _wording(locale: str, names: str) -> str:  # `locale` keys the cache: gettext reads the request's language
     return _("Send me %(names)s by email. I can unsubscribe at any time from a link in every email.", names=names)
 
 
