@@ -18,6 +18,7 @@ from . import config as settings
 from .extensions import babel, cors, csrf, db, limiter, login_manager, migrate
 from .models import MAX_ID
 from .origins import frame_ancestors
+from .sessions import CookieSessionInterface
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -32,6 +33,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app from NEWSLETTER_* variables; `config` overrides them (tests)."""
     instance_path = os.environ.get("NEWSLETTER_INSTANCE_PATH") or os.path.abspath("instance")
     app = Flask(__name__, instance_path=instance_path, template_folder=str(_resource_dir("templates")))
+    app.session_interface = CookieSessionInterface()
     app.config.from_mapping(settings.load(Path(instance_path)))
     if config:
         app.config.update(config)

@@ -79,9 +79,10 @@ def _render(name: str, newsletters: list[Newsletter], days: int, reader: Reader,
     return subject, _fill(text, values, html=False), _fill(html, values, html=True)
 
 
-def unsubscribe_headers(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> dict[str, str]:
+def unsubscribe_headers(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any],
+                        token: str | None = None) -> dict[str, str]:
     """RFC 2369 / RFC 8058 headers: the mail client's own unsubscribe button, one click."""
-    token = tokens.unsubscribe_token(reader.id, newsletter.id)
+    token = token or tokens.unsubscribe_token(reader.id, newsletter.id)
     mailbox = config["NEWSLETTER_UNSUBSCRIBE_MAILTO"] or parseaddr(config["NEWSLETTER_MAIL_FROM"])[1]
     return {
         "List-Unsubscribe": (
@@ -113,17 +114,23 @@ def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[
 def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
                     config: Mapping[str, Any]) -> None:
     """The welcome email of one newsletter, with its unsubscribe and preferences links."""
-    headers = unsubscribe_headers(reader, newsletter, config)
+    outbox.enqueue(session, **welcome(reader, newsletter, config))
+
+
+def welcome(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The welcome email of one newsletter as outbox.message_row's arguments."""
+    token = tokens.unsubscribe_token(reader.id, newsletter.id)
+    headers = unsubscribe_headers(reader, newsletter, config, token)
     subject, text, html = _render(
         "welcome", [newsletter], 0, reader,
-        unsubscribe_link=external_url("public.unsubscribe", token=tokens.unsubscribe_token(reader.id, newsletter.id)),
+        unsubscribe_link=external_url("public.unsubscribe", token=token),
         preferences_link=external_url("public.preferences", token=tokens.preferences_token(reader.id)),
     )
-    outbox.enqueue(
-        session, kind="welcome", reader_id=reader.id, to_address=reader.email, to_name=reader.name,
-        subject=subject, body_text=text, body_html=html,
-        mail_from=newsletter.sender or config["NEWSLETTER_MAIL_FROM"], headers=headers,
-    )
+    return {
+        "kind": "welcome", "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
+        "subject": subject, "body_text": text, "body_html": html,
+        "mail_from": newsletter.sender or config["NEWSLETTER_MAIL_FROM"], "headers": headers,
+    }
 
 
 def token_from_unsubscribe_reply(raw: bytes) -> str | None:

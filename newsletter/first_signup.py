@@ -34,7 +34,7 @@ def insert_reader(session: Session, address: str, name: str | None, newsletters:
     pairs = [(newsletter.id, newsletter.slug) for newsletter in newsletters]
     return connection.execute(
         _reader_insert(connection.dialect.name),
-        {"email": address, "name": name, "now": now, "pairs": pairs, "count": len(pairs)},
+        {"address": address, "reader_name": name, "now": now, "pairs": pairs, "count": len(pairs)},
     ).scalar()
 
 
@@ -46,7 +46,7 @@ def add_subscriptions(session: Session, reader_id: int, newsletters: Sequence[Ne
     """
     connection = session.connection()
     parameters = {
-        "reader_id": reader_id,
+        "the_reader": reader_id,
         "now": now,
         "newsletter_ids": [newsletter.id for newsletter in newsletters],
         **{f"event_{key}": event_source[key] for key in EVENT_SOURCE_COLUMNS},
@@ -65,7 +65,7 @@ def _reader_insert(dialect: str) -> Executable:
         .scalar_subquery()
     )
     now = bindparam("now", type_=UTCDateTime())
-    values = select(bindparam("email", type_=String()), bindparam("name", type_=String()), now, now).where(
+    values = select(bindparam("address", type_=String()), bindparam("reader_name", type_=String()), now, now).where(
         still_active == bindparam("count", type_=Integer()))
     return (
         _INSERTS[dialect](Reader)
@@ -77,7 +77,7 @@ def _reader_insert(dialect: str) -> Executable:
 
 @cache
 def _subscription_inserts(dialect: str, mail_columns: tuple[str, ...]) -> list[Executable]:
-    reader_id, now = bindparam("reader_id", type_=Integer()), bindparam("now", type_=UTCDateTime())
+    reader_id, now = bindparam("the_reader", type_=Integer()), bindparam("now", type_=UTCDateTime())
     subscriptions = _INSERTS[dialect](Subscription).from_select(
         ["reader_id", "newsletter_id", "status", "created_at", "pending_since"],
         select(reader_id, Newsletter.id, literal_column("'pending'"), now, now)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
+from functools import lru_cache
 from typing import Any
 
 from flask import Flask, current_app
@@ -48,12 +49,11 @@ def message_row(
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The outbox_messages row of a new message, for an INSERT."""
-    domain = Address(addr_spec=_address_of(mail_from)).domain or "localhost"
     now = utcnow()
     return {
         "kind": kind,
         "reader_id": reader_id,
-        "message_id": make_msgid(idstring="newsletter", domain=domain),
+        "message_id": make_msgid(idstring="newsletter", domain=_domain_of(mail_from)),
         "mail_from": mail_from,
         "to_address": to_address,
         "to_name": to_name,
@@ -71,6 +71,11 @@ def message_row(
 def note_enqueued(session: Session) -> None:
     """Wake the in-process drainer when this transaction commits."""
     session.info["outbox_enqueued"] = True
+
+
+@lru_cache(maxsize=64)
+def _domain_of(mail_from: str) -> str:
+    return Address(addr_spec=_address_of(mail_from)).domain or "localhost"
 
 
 def _address_of(header_value: str) -> str:

@@ -12,16 +12,17 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
-from . import emails, first_signup, newsletter_cache, outbox
+from . import confirmation_writes, emails, first_signup, newsletter_cache, outbox
 from .catalog import SLUG
 from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, utcnow
 
@@ -260,14 +261,14 @@ def get_reader(session: Session, reader_id: int) -> Reader:
     return reader
 
 
-def _sort_for_confirmation(session: Session, reader: Reader, newsletter_ids: Iterable[int], issued_at: datetime
-                           ) -> tuple[ConfirmResult, list[Subscription]]:
+def _sort_for_confirmation(reader: Reader, pairs: Iterable[tuple[Newsletter, Subscription | None]],
+                           issued_at: datetime) -> tuple[ConfirmResult, list[Subscription]]:
     """What a confirmation link issued at `issued_at` would do: (result, the subscriptions it confirms)."""
     result = ConfirmResult(reader=reader)
     to_confirm = []
     # Token times have whole seconds: compare with pending_since cut to the second.
     issued_at = issued_at.replace(microsecond=0)
-    for newsletter, subscription in subscriptions_of(session, reader.id, newsletter_ids):
+    for newsletter, subscription in pairs:
         if subscription is not None and subscription.status == "confirmed":
             result.already_confirmed.append(newsletter)
         elif (subscription is not None and subscription.status == "pending" and newsletter.is_active
@@ -283,22 +284,56 @@ def _sort_for_confirmation(session: Session, reader: Reader, newsletter_ids: Ite
 def preview_confirmation(session: Session, reader_id: int, newsletter_ids: Iterable[int], *,
                          issued_at: datetime) -> ConfirmResult:
     """What confirm() would do, changing nothing: `confirmed` lists what it would confirm."""
-    return _sort_for_confirmation(session, get_reader(session, reader_id), newsletter_ids, issued_at)[0]
+    reader = get_reader(session, reader_id)
+    return _sort_for_confirmation(reader, subscriptions_of(session, reader.id, newsletter_ids), issued_at)[0]
+
+
+@cache
+def _locked_with_subscriptions_query() -> Select[tuple[Reader, Newsletter, Subscription | None]]:
+    # Built once: putting a three-entity query together costs more than running it.
+    return (
+        select(Reader, Newsletter, Subscription)
+        .select_from(Reader)
+        .join(Newsletter, Newsletter.id.in_(bindparam("newsletter_ids", expanding=True)))
+        .outerjoin(Subscription, (Subscription.newsletter_id == Newsletter.id) & (Subscription.reader_id == Reader.id))
+        .where(Reader.id == bindparam("the_reader"), Reader.erased_at.is_(None))
+        .order_by(Newsletter.name)
+        .with_for_update(of=Reader)
+        .execution_options(populate_existing=True)
+    )
+
+
+def _locked_with_subscriptions(session: Session, reader_id: int, newsletter_ids: Iterable[int]
+                               ) -> tuple[Reader | None, list[tuple[Newsletter, Subscription | None]]]:
+    """The reader (row-locked, None if missing or erased) and its subscriptions to `newsletter_ids`, in one query."""
+    rows = session.execute(_locked_with_subscriptions_query(),
+                           {"the_reader": reader_id, "newsletter_ids": list(newsletter_ids)}).all()
+    if not rows:  # no such reader, or none of the newsletters exists any more
+        return _locked_reader(session, reader_id), []
+    return rows[0][0], [(newsletter, subscription) for _, newsletter, subscription in rows]
 
 
 def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, issued_at: datetime,
             source: Source, config: Mapping[str, Any]) -> ConfirmResult:
     """Confirm the pending subscriptions a confirmation link was issued for."""
-    reader = _locked_reader(session, reader_id)
+    reader, pairs = _locked_with_subscriptions(session, reader_id, newsletter_ids)
     if reader is None:
         raise UnknownReader(reader_id)
-    result, to_confirm = _sort_for_confirmation(session, reader, newsletter_ids, issued_at)
+    result, to_confirm = _sort_for_confirmation(reader, pairs, issued_at)
+    if not to_confirm:
+        return result
     now = utcnow()
-    for subscription in to_confirm:
-        subscription.status, subscription.confirmed_at = "confirmed", now
-        _record(session, reader, subscription.newsletter, "confirmed", source, now)
-        if subscription.newsletter.send_welcome:
-            emails.enqueue_welcome(session, reader, subscription.newsletter, config)
+    mails = [outbox.message_row(**emails.welcome(reader, newsletter, config))
+             for newsletter in result.confirmed if newsletter.send_welcome]
+    confirmation_writes.record(
+        session.connection(), reader.id, [s.id for s in to_confirm], [n.id for n in result.confirmed], now,
+        _event_row(reader.id, None, "confirmed", source, now), mails,
+    )
+    for subscription in to_confirm:  # what the UPDATE did, for whoever reads these objects next
+        set_committed_value(subscription, "status", "confirmed")
+        set_committed_value(subscription, "confirmed_at", now)
+    if mails:
+        outbox.note_enqueued(session)
     return result
 
 

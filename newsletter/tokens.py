@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from flask import current_app
@@ -33,8 +34,12 @@ class Signed:
 def _serializer(purpose: str) -> URLSafeTimedSerializer:
     config = current_app.config
     # itsdangerous signs with the last key and accepts any of them: old keys keep old links working.
-    keys = [*reversed(config["SECRET_KEY_FALLBACKS"]), config["SECRET_KEY"]]
-    return URLSafeTimedSerializer(keys, salt=purpose)
+    return _serializer_for((*reversed(config["SECRET_KEY_FALLBACKS"]), config["SECRET_KEY"]), purpose)
+
+
+@lru_cache(maxsize=64)
+def _serializer_for(keys: tuple[str | bytes, ...], purpose: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(list(keys), salt=purpose)
 
 
 def sign(purpose: str, payload: dict[str, Any]) -> str:

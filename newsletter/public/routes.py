@@ -75,9 +75,8 @@ def thanks() -> str:
 @blueprint.route("/confirm/<token>", methods=["GET", "POST"])
 def confirm(token: str) -> str | tuple[str, int]:
     reader_id, newsletter_ids, issued_at = tokens.read_confirm(token, current_app.config["NEWSLETTER_CONFIRM_MAX_AGE"])
-    _reader_or_gone(reader_id)
     form = ConfirmForm()
-    if form.validate_on_submit():
+    if form.validate_on_submit():  # confirm() itself refuses a reader that is gone
         try:
             result = subscriptions.confirm(
                 db.session, reader_id, newsletter_ids, issued_at=issued_at,
@@ -90,6 +89,7 @@ def confirm(token: str) -> str | tuple[str, int]:
         db.session.commit()
         return page
     # GET must not confirm: mail scanners prefetch links.
+    _reader_or_gone(reader_id)
     try:
         preview = subscriptions.preview_confirmation(db.session, reader_id, newsletter_ids, issued_at=issued_at)
     except subscriptions.UnknownReader:
