@@ -161,22 +161,12 @@ class FormSignups:
         return status == 303 and location_of(response) == self.return_to
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A confirmation link opened in a browser: the session cookie and CSRF token its page gave."""
-
-    token: str
-    cookie: str
-    csrf_token: str
-
-
-COOKIE = re.compile(rb"^Set-Cookie: (session=[^;\r\n]*)", re.IGNORECASE | re.MULTILINE)
-CSRF_FIELD = re.compile(rb'name="csrf_token" type="hidden" value="([^"]+)"')
+CONFIRM_BUTTON = re.compile(rb'<form method="post">\s*<button type="submit">')
 
 
 @dataclass(frozen=True)
 class ConfirmPages(Answers2xx):
-    """GET /confirm/<token> for each token once, keeping a Prepared per page."""
+    """GET /confirm/<token> for each token once, keeping the tokens whose page shows the confirm button."""
 
     name: str
     host: str
@@ -186,26 +176,22 @@ class ConfirmPages(Answers2xx):
         for token in self.tokens[user::users]:
             yield http_request("GET", f"/confirm/{quote(token)}", self.host), token
 
-    def keep(self, tag: Any, status: int, response: bytes) -> Prepared | None:
-        cookie, field_ = COOKIE.search(response), CSRF_FIELD.search(body_of(response))
-        if status != 200 or not cookie or not field_:
-            return None
-        return Prepared(tag, cookie[1].decode("latin-1"), field_[1].decode("latin-1"))
+    def keep(self, tag: Any, status: int, response: bytes) -> str | None:
+        return tag if status == 200 and CONFIRM_BUTTON.search(body_of(response)) else None
 
 
 @dataclass(frozen=True)
 class ConfirmPosts(Answers2xx):
-    """POST /confirm/<token> with the cookie and CSRF token of its page, each once."""
+    """POST /confirm/<token>, each once, as the page's button sends it (an empty form, no cookie)."""
 
     name: str
     host: str
-    prepared: tuple[Prepared, ...]
+    tokens: tuple[str, ...]
 
     def requests(self, user: int, users: int) -> Iterator[Request]:
-        for item in self.prepared[user::users]:
-            body = urlencode({"csrf_token": item.csrf_token}).encode()
-            headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": item.cookie}
-            yield http_request("POST", f"/confirm/{quote(item.token)}", self.host, body, headers), None
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        for token in self.tokens[user::users]:
+            yield http_request("POST", f"/confirm/{quote(token)}", self.host, b"", headers), None
 
     def keep(self, tag: Any, status: int, response: bytes) -> None:
         return None

@@ -5,9 +5,9 @@ What it measures, on a fresh PostgreSQL database of its own (created, migrated, 
   baseline       POST /signups of bench/baseline_app.py: a bare Flask app that INSERTs one row through a
                  pooled SQLAlchemy engine and commits, answering 202 JSON: the floor of the stack
   signup         POST /api/v1/subscriptions {"email": <new address>, "newsletters": ["daily"]}
-  confirm page   GET /confirm/<token>, once for every reader the signup run made, to get each page's
-                 session cookie and CSRF token (the preparation of the next run; no warmup, no time limit)
-  confirm        POST /confirm/<token> with that cookie and CSRF token, each link once
+  confirm page   GET /confirm/<token>, once for every reader the signup run made, as a reader opens the
+                 link (the preparation of the next run; no warmup, no time limit)
+  confirm        POST /confirm/<token> as the page's button sends it, each link once
 
 Both servers are gunicorn with the same number of sync workers, one after the other; the outbox is
 not drained (NEWSLETTER_OUTBOX_IN_PROCESS=0), so the mail just accumulates in its table. The load
@@ -486,9 +486,9 @@ def run_app(options: Options, env: dict[str, str], log_dir: Path) -> ServerRun:
                        "(the preparation: no warmup, no time limit)", pages, plan(options, server, timed=False), server)
         prepared = tuple(page.measurement.kept)
         if len(prepared) < len(pages.tokens):
-            log(f"  only {len(prepared)} of {len(pages.tokens)} pages gave a session cookie and CSRF token")
+            log(f"  only {len(prepared)} of {len(pages.tokens)} pages showed the confirm button")
         posts = loadgen.ConfirmPosts("confirm", server.host, prepared)
-        confirm = measure("confirm", "POST /confirm/<token> with its page's cookie + CSRF token, each link once",
+        confirm = measure("confirm", "POST /confirm/<token> as its page's button sends it, each link once",
                           posts, plan(options, server), server)
         answered = {"signup": signup.measurement.all_ok + more, "confirm page": page.measurement.all_ok,
                     "confirm": confirm.measurement.all_ok}

@@ -55,9 +55,5 @@ class SignupForm(FlaskForm):
             raise ValidationError(_l("Choose at least one newsletter."))
 
 
-class ConfirmForm(FlaskForm):
-    """Only the CSRF token: the signed link says what to confirm."""
-
-
 class PreferencesForm(FlaskForm):
     newsletters = NewsletterChoices(_l("Newsletters"), validate_choice=False, coerce=int)
