@@ -20,7 +20,6 @@ from flask_babel import gettext as _
 from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from . import confirmation_writes, emails, first_signup, newsletter_cache, outbox
 from .catalog import SLUG
@@ -288,29 +287,48 @@ def preview_confirmation(session: Session, reader_id: int, newsletter_ids: Itera
     return _sort_for_confirmation(reader, subscriptions_of(session, reader.id, newsletter_ids), issued_at)[0]
 
 
+_READER_COLUMNS = [column.key for column in Reader.__table__.columns]
+_NEWSLETTER_COLUMNS = [column.key for column in Newsletter.__table__.columns]
+_SUBSCRIPTION_COLUMNS = ["id", "status", "pending_since"]
+
+
 @cache
-def _locked_with_subscriptions_query() -> Select[tuple[Reader, Newsletter, Subscription | None]]:
-    # Built once: putting a three-entity query together costs more than running it.
+def _locked_with_subscriptions_query() -> Select[Any]:
+    # Built once, and read as plain rows: putting a three-entity ORM query together and loading its
+    # objects costs more than running it.
     return (
-        select(Reader, Newsletter, Subscription)
+        select(*(getattr(Reader, key).label(f"reader_{key}") for key in _READER_COLUMNS),
+               *(getattr(Newsletter, key).label(f"newsletter_{key}") for key in _NEWSLETTER_COLUMNS),
+               *(getattr(Subscription, key).label(f"subscription_{key}") for key in _SUBSCRIPTION_COLUMNS))
         .select_from(Reader)
         .join(Newsletter, Newsletter.id.in_(bindparam("newsletter_ids", expanding=True)))
         .outerjoin(Subscription, (Subscription.newsletter_id == Newsletter.id) & (Subscription.reader_id == Reader.id))
         .where(Reader.id == bindparam("the_reader"), Reader.erased_at.is_(None))
         .order_by(Newsletter.name)
         .with_for_update(of=Reader)
-        .execution_options(populate_existing=True)
     )
 
 
 def _locked_with_subscriptions(session: Session, reader_id: int, newsletter_ids: Iterable[int]
                                ) -> tuple[Reader | None, list[tuple[Newsletter, Subscription | None]]]:
-    """The reader (row-locked, None if missing or erased) and its subscriptions to `newsletter_ids`, in one query."""
-    rows = session.execute(_locked_with_subscriptions_query(),
-                           {"the_reader": reader_id, "newsletter_ids": list(newsletter_ids)}).all()
+    """The reader (row-locked, None if missing or erased) and its subscriptions to `newsletter_ids`, in one query.
+
+    The objects belong to no session: they are read, and confirm() writes with Core statements.
+    """
+    rows = session.connection().execute(
+        _locked_with_subscriptions_query(), {"the_reader": reader_id, "newsletter_ids": list(newsletter_ids)}
+    ).mappings().all()
     if not rows:  # no such reader, or none of the newsletters exists any more
         return _locked_reader(session, reader_id), []
-    return rows[0][0], [(newsletter, subscription) for _, newsletter, subscription in rows]
+    reader = Reader(**{key: rows[0][f"reader_{key}"] for key in _READER_COLUMNS})
+    pairs = []
+    for row in rows:
+        newsletter = Newsletter(**{key: row[f"newsletter_{key}"] for key in _NEWSLETTER_COLUMNS})
+        subscription = None if row["subscription_id"] is None else Subscription(
+            reader_id=reader.id, newsletter_id=newsletter.id,
+            **{key: row[f"subscription_{key}"] for key in _SUBSCRIPTION_COLUMNS})
+        pairs.append((newsletter, subscription))
+    return reader, pairs
 
 
 def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, issued_at: datetime,
@@ -329,9 +347,6 @@ def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, 
         session.connection(), reader.id, [s.id for s in to_confirm], [n.id for n in result.confirmed], now,
         _event_row(reader.id, None, "confirmed", source, now), mails,
     )
-    for subscription in to_confirm:  # what the UPDATE did, for whoever reads these objects next
-        set_committed_value(subscription, "status", "confirmed")
-        set_committed_value(subscription, "confirmed_at", now)
     if mails:
         outbox.note_enqueued(session)
     return result
