@@ -83,7 +83,7 @@ def unsubscribe_headers(reader: Reader, newsletter: Newsletter, config: Mapping[
                         token: str | None = None) -> dict[str, str]:
     """RFC 2369 / RFC 8058 headers: the mail client's own unsubscribe button, one click."""
     token = token or tokens.unsubscribe_token(reader.id, newsletter.id)
-    mailbox = config["NEWSLETTER_UNSUBSCRIBE_MAILTO"] or parseaddr(config["NEWSLETTER_MAIL_FROM"])[1]
+    mailbox = config["NEWSLETTER_UNSUBSCRIBE_MAILTO"] or _address_in(config["NEWSLETTER_MAIL_FROM"])
     return {
         "List-Unsubscribe": (
             f"<{external_url('public.unsubscribe', token=token)}>, "
@@ -92,6 +92,11 @@ def unsubscribe_headers(reader: Reader, newsletter: Newsletter, config: Mapping[
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         "List-Id": f"{newsletter.name} <{newsletter.slug}.{mailbox.rpartition('@')[2] or 'localhost'}>",
     }
+
+
+@lru_cache(maxsize=16)
+def _address_in(header_value: str) -> str:
+    return parseaddr(header_value)[1]
 
 
 def enqueue_confirmation(session: Session, reader: Reader, newsletters: list[Newsletter],

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
+from typing import NamedTuple
 
 from flask import current_app, redirect, render_template, request, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, NotFound
@@ -84,8 +87,7 @@ def confirm(token: str) -> str | tuple[str, int]:
             )
         except subscriptions.UnknownReader:
             raise tokens.InvalidToken("reader") from None
-        # Rendered before the commit, which would expire every object the page shows.
-        page = render_template("public/confirmed.html", result=result)
+        page = _confirmed_page(result)
         db.session.commit()
         return page
     # GET must not confirm: mail scanners prefetch links.
@@ -95,6 +97,33 @@ def confirm(token: str) -> str | tuple[str, int]:
     except subscriptions.UnknownReader:
         raise tokens.InvalidToken("reader") from None
     return render_template("public/confirm.html", preview=preview)
+
+
+class _Named(NamedTuple):
+    name: str
+
+
+class _Confirmed(NamedTuple):
+    confirmed: tuple[_Named, ...]
+    already_confirmed: tuple[_Named, ...]
+    lapsed: tuple[_Named, ...]
+
+
+def _confirmed_page(result: subscriptions.ConfirmResult) -> str:
+    """The page after pressing the confirm button.
+
+    It shows nothing but the newsletters' names, so it is rendered once per language and names.
+    """
+    shown = _Confirmed(*(tuple(_Named(n.name) for n in newsletters)
+                         for newsletters in (result.confirmed, result.already_confirmed, result.lapsed)))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return _render_confirmed(id(app), str(get_locale() or "en"), request.script_root, shown)
+
+
+@lru_cache(maxsize=256)
+def _render_confirmed(app_id: int, locale: str, script_root: str, shown: _Confirmed) -> str:
+    # The arguments besides `shown` are what the rendering reads from the app and the request.
+    return render_template("public/confirmed.html", result=shown)
 
 
 def _reader_or_gone(reader_id: int):
