@@ -105,7 +105,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     load = signup.Options(
         database_url=args.database_url, database_name=args.database_name, workers=args.workers,
         concurrency=concurrency, load_processes=min(args.load_processes, concurrency), duration=args.duration,
-        warmup=args.warmup, confirm_pool=0.0, json=args.json, results_dir=args.results_dir,
+        warmup=args.warmup, confirm_pool=0.0, rounds=1, json=args.json, results_dir=args.results_dir,
     )
     return Options(load=load, runs=args.runs, browser_warmup=args.browser_warmup, chromium=args.chromium)
 
@@ -545,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
 
         baseline = signup.run_baseline(load, env, work_dir)
         app = run_app(options, env, work_dir, site)
+        signup.compare_with(baseline.results[0], app.throughput.results)
         summary |= {"database": "postgresql", "chromium": app.browser_version, "render_runs": options.runs,
                     "browser_warmup_rounds": options.browser_warmup}
         answered = baseline.answered | app.throughput.answered

@@ -9,8 +9,11 @@ What it measures, on a fresh PostgreSQL database of its own (created, migrated, 
                  link (the preparation of the next run; no warmup, no time limit)
   confirm        POST /confirm/<token> as the page's button sends it, each link once
 
-Both servers are gunicorn with the same number of sync workers, one after the other; the outbox is
-not drained (NEWSLETTER_OUTBOX_IN_PROCESS=0), so the mail just accumulates in its table. The load
+Both servers are gunicorn with the same number of sync workers, up at the same time, loaded one at a
+time. The runs alternate in rounds (baseline, signup, confirm page, confirm, baseline, signup, …),
+so each of the app's runs is compared with the mean of the baseline runs just before and after it:
+a machine whose speed drifts (a shared host) shifts both alike. The outbox is not drained
+(NEWSLETTER_OUTBOX_IN_PROCESS=0), so the mail just accumulates in its table. The load
 comes from bench/loadgen.py: closed-loop virtual users in a few processes, one connection per request.
 Each timed run has a warmup and then a window of fixed length; only requests that finish inside the
 window count. The report gives requests/s, the ratio to the baseline, p50/p99 latency, errors
@@ -19,7 +22,7 @@ generator, and the peak RSS (VmHWM) of each server's workers.
 
 Run it with the project's venv, from any directory:
 
-    .venv/bin/python bench/signup.py                    # 10 s per run, 2×cores+1 workers
+    .venv/bin/python bench/signup.py                    # 3 rounds, 10 s per run, 2×cores+1 workers
     .venv/bin/python bench/signup.py --duration 30 --workers 4 --concurrency 16
 
 The results are also written as JSON to bench/results/ (git-ignored) unless --no-json is given.
@@ -37,6 +40,7 @@ import re
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,6 +78,7 @@ class Options:
     duration: float
     warmup: float
     confirm_pool: float
+    rounds: int
     json: bool
     results_dir: Path
 
@@ -115,15 +120,18 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--confirm-pool", type=float, default=2.0,
                         help="confirmation links to prepare, as a multiple of what the confirm run would use "
                              "at the signup run's rate (more readers are signed up, untimed, if needed)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of baseline, signup, confirm; the report gives each and their median")
     add_output_options(parser)
     args = parser.parse_args(argv)
     concurrency = args.concurrency or 2 * args.workers
-    if min(args.workers, concurrency, args.load_processes) < 1 or args.duration <= 0 or args.warmup < 0:
-        parser.error("workers, concurrency and load processes must be at least 1, duration above 0")
+    if min(args.workers, concurrency, args.load_processes, args.rounds) < 1 or args.duration <= 0 or args.warmup < 0:
+        parser.error("workers, concurrency, load processes and rounds must be at least 1, duration above 0")
     return Options(
         database_url=args.database_url, database_name=args.database_name, workers=args.workers,
         concurrency=concurrency, load_processes=min(args.load_processes, concurrency), duration=args.duration,
-        warmup=args.warmup, confirm_pool=args.confirm_pool, json=args.json, results_dir=args.results_dir,
+        warmup=args.warmup, confirm_pool=args.confirm_pool, rounds=args.rounds, json=args.json,
+        results_dir=args.results_dir,
     )
 
 
@@ -413,6 +421,13 @@ class Result:
     scenario: str
     note: str
     measurement: loadgen.Measurement
+    round: int = 0
+    # The mean rate of the baseline runs just before and after this one (for the app's timed runs).
+    baseline_rate: float | None = None
+
+    @property
+    def vs_baseline(self) -> float | None:
+        return self.measurement.rate / self.baseline_rate if self.baseline_rate else None
 
     @property
     def cpu_ms_per_request(self) -> dict[str, float]:
@@ -442,28 +457,32 @@ class Result:
         return 100 * cpu_seconds / total if total > 0 else 0.0
 
 
-@dataclass
-class ServerRun:
-    results: list[Result]
-    peak_rss: PeakRss
-    answered: dict[str, int]  # 2xx answers per scenario, warmup and untimed runs included
-
-
 def plan(options: Options, server: Gunicorn, *, timed: bool = True) -> loadgen.Plan:
     return loadgen.Plan(address=("127.0.0.1", server.port), concurrency=options.concurrency,
                         processes=options.load_processes, warmup=options.warmup if timed else 0.0,
                         duration=options.duration if timed else None)
 
 
-def measure(scenario: str, note: str, workload: loadgen.Workload, run_plan: loadgen.Plan, server: Gunicorn) -> Result:
-    log(f"{scenario}: {note}")
+def measure(scenario: str, note: str, workload: loadgen.Workload, run_plan: loadgen.Plan, server: Gunicorn,
+            round_: int = 0) -> Result:
+    log(f"round {round_}, {scenario}: {note}" if round_ else f"{scenario}: {note}")
     measurement = loadgen.run(workload, run_plan, server.cpu_sample)
     log(f"  {measurement.requests} requests in {measurement.seconds:.1f} s, {measurement.errors} errors"
         + (" (cut short: ran out of prepared requests)" if measurement.cut_short else ""))
-    return Result(scenario, note, measurement)
+    return Result(scenario, note, measurement, round_)
+
+
+@dataclass
+class ServerRun:
+    """One server's runs (bench/embed.py: the baseline, then the app's form and API runs)."""
+
+    results: list[Result]
+    peak_rss: PeakRss
+    answered: dict[str, int]  # 2xx answers per scenario, warmup and untimed runs included
 
 
 def run_baseline(options: Options, env: dict[str, str], log_dir: Path) -> ServerRun:
+    """A single baseline run on its own server."""
     with Gunicorn("baseline", "baseline_app:create_app()", BENCH_DIR, options.workers, env, log_dir,
                   options.database_name) as server:
         server.wait_ready("/health")
@@ -473,26 +492,66 @@ def run_baseline(options: Options, env: dict[str, str], log_dir: Path) -> Server
         return ServerRun([result], server.peak_rss(), {"baseline": result.measurement.all_ok})
 
 
-def run_app(options: Options, env: dict[str, str], log_dir: Path) -> ServerRun:
-    with Gunicorn("app", "wsgi:app", PROJECT_DIR, options.workers, env, log_dir, options.database_name) as server:
-        server.wait_ready("/subscribe")
-        signup = measure("signup", "POST /api/v1/subscriptions, a new address each",
-                         _signups(server), plan(options, server), server)
-        more = _sign_up_more(options, server, signup.measurement)
+def compare_with(baseline: Result, results: list[Result]) -> None:
+    """Set `baseline`'s rate as the baseline of each of `results` (a single baseline run for all)."""
+    for result in results:
+        result.baseline_rate = baseline.measurement.rate
 
-        log("making confirmation tokens for the readers signed up")
-        pages = loadgen.ConfirmPages("confirm page", server.host, tuple(confirm_tokens(env)))
-        page = measure("confirm page", f"GET /confirm/<token> for all {len(pages.tokens)} readers "
-                       "(the preparation: no warmup, no time limit)", pages, plan(options, server, timed=False), server)
-        prepared = tuple(page.measurement.kept)
-        if len(prepared) < len(pages.tokens):
-            log(f"  only {len(prepared)} of {len(pages.tokens)} pages showed the confirm button")
-        posts = loadgen.ConfirmPosts("confirm", server.host, prepared)
-        confirm = measure("confirm", "POST /confirm/<token> as its page's button sends it, each link once",
-                          posts, plan(options, server), server)
-        answered = {"signup": signup.measurement.all_ok + more, "confirm page": page.measurement.all_ok,
-                    "confirm": confirm.measurement.all_ok}
-        return ServerRun([signup, page, confirm], server.peak_rss(), answered)
+
+@dataclass
+class Runs:
+    results: list[Result]
+    peaks: dict[str, PeakRss]
+    answered: dict[str, int]  # 2xx answers per scenario, warmup and untimed runs included
+
+
+def run_rounds(options: Options, env: dict[str, str], log_dir: Path) -> Runs:
+    """Both servers up; baseline, then per round signup, confirm page, confirm and baseline again."""
+    answered = {"baseline": 0, "signup": 0, "confirm page": 0, "confirm": 0}
+    results: list[Result] = []
+    with Gunicorn("baseline", "baseline_app:create_app()", BENCH_DIR, options.workers, env, log_dir,
+                  options.database_name) as base, \
+            Gunicorn("app", "wsgi:app", PROJECT_DIR, options.workers, env, log_dir, options.database_name) as app:
+        base.wait_ready("/health")
+        app.wait_ready("/subscribe")
+
+        def baseline(round_: int) -> Result:
+            workload = loadgen.JsonSignups("baseline", base.host, "/signups", f"base-{round_}-{secrets.token_hex(4)}",
+                                           (NEWSLETTER_SLUG,))
+            result = measure("baseline", "POST /signups: one INSERT + COMMIT", workload, plan(options, base), base,
+                             round_)
+            answered["baseline"] += result.measurement.all_ok
+            results.append(result)
+            return result
+
+        before = baseline(0)
+        for round_ in range(1, options.rounds + 1):
+            signup = measure("signup", "POST /api/v1/subscriptions, a new address each", _signups(app),
+                             plan(options, app), app, round_)
+            answered["signup"] += signup.measurement.all_ok + _sign_up_more(options, app, signup.measurement)
+
+            log("making confirmation tokens for the readers signed up and not yet confirmed")
+            pages = loadgen.ConfirmPages("confirm page", app.host, tuple(confirm_tokens(env)))
+            page = measure("confirm page", f"GET /confirm/<token> for all {len(pages.tokens)} pending readers "
+                           "(the preparation: no warmup, no time limit)", pages, plan(options, app, timed=False), app,
+                           round_)
+            answered["confirm page"] += page.measurement.all_ok
+            prepared = tuple(page.measurement.kept)
+            if len(prepared) < len(pages.tokens):
+                log(f"  only {len(prepared)} of {len(pages.tokens)} pages showed the confirm button")
+            confirm = measure("confirm", "POST /confirm/<token> as its page's button sends it, each link once",
+                              loadgen.ConfirmPosts("confirm", app.host, prepared), plan(options, app), app, round_)
+            answered["confirm"] += confirm.measurement.all_ok
+
+            after = baseline(round_)
+            for result in (signup, page, confirm):
+                result.baseline_rate = (before.measurement.rate + after.measurement.rate) / 2
+            results += [signup, page, confirm]
+            before = after
+        peaks = {"baseline": base.peak_rss(), "app": app.peak_rss()}
+    order = {"baseline": 0, "signup": 1, "confirm page": 2, "confirm": 3}
+    results.sort(key=lambda result: (order[result.scenario], result.round))
+    return Runs(results, peaks, answered)
 
 
 def _signups(server: Gunicorn, count: int | None = None) -> loadgen.JsonSignups:
@@ -526,32 +585,68 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["-" * width for width in widths]), *map(line, rows)])
 
 
-def baseline_rate(results: list[Result]) -> float:
-    return next(r.measurement.rate for r in results if r.scenario == "baseline")
-
-
 def throughput_table(results: list[Result]) -> str:
-    baseline = baseline_rate(results)
     rows = []
     for result in results:
         m = result.measurement
+        ratio = result.vs_baseline
         rows.append([
-            result.scenario + (" *" if m.cut_short else ""), str(m.requests), f"{m.seconds:.1f}", f"{m.rate:.1f}",
-            f"{m.rate / baseline:.2f}" if baseline else "-", f"{m.percentile(50):.1f}", f"{m.percentile(99):.1f}",
-            str(m.errors),
+            result.scenario + (" *" if m.cut_short else ""), str(result.round), str(m.requests), f"{m.seconds:.1f}",
+            f"{m.rate:.1f}", "-" if ratio is None else f"{ratio:.2f}", f"{m.percentile(50):.1f}",
+            f"{m.percentile(99):.1f}", str(m.errors),
         ])
-    return format_table(["scenario", "requests", "seconds", "req/s", "vs baseline", "p50 ms", "p99 ms", "errors"],
-                        rows)
+    return format_table(["scenario", "round", "requests", "seconds", "req/s", "vs baseline", "p50 ms", "p99 ms",
+                         "errors"], rows)
+
+
+def timed(results: list[Result]) -> dict[str, list[Result]]:
+    """The timed runs by scenario (the confirm page runs are preparation, untimed)."""
+    runs: dict[str, list[Result]] = {}
+    for result in results:
+        if result.scenario != "confirm page":
+            runs.setdefault(result.scenario, []).append(result)
+    return runs
+
+
+def summary_rows(results: list[Result]) -> list[dict[str, Any]]:
+    """Per scenario, the median over the rounds of req/s, ratio to the baseline and latency percentiles."""
+    rows = []
+    for scenario, runs in timed(results).items():
+        ratios = [r.vs_baseline for r in runs if r.vs_baseline is not None]
+        rows.append({
+            "scenario": scenario, "rounds": len(runs),
+            "req_per_s": statistics.median(r.measurement.rate for r in runs),
+            "vs_baseline": statistics.median(ratios) if ratios else None,
+            "vs_baseline_min": min(ratios) if ratios else None, "vs_baseline_max": max(ratios) if ratios else None,
+            "p50_ms": statistics.median(r.measurement.percentile(50) for r in runs),
+            "p99_ms": statistics.median(r.measurement.percentile(99) for r in runs),
+            "errors": sum(r.measurement.errors for r in runs),
+        })
+    return rows
+
+
+def summary_table(results: list[Result]) -> str:
+    rows = [[row["scenario"], str(row["rounds"]), f"{row['req_per_s']:.1f}",
+             "-" if row["vs_baseline"] is None else f"{row['vs_baseline']:.2f}",
+             "-" if row["vs_baseline"] is None else f"{row['vs_baseline_min']:.2f}–{row['vs_baseline_max']:.2f}",
+             f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}", str(row["errors"])]
+            for row in summary_rows(results)]
+    return format_table(["median of the rounds", "rounds", "req/s", "vs baseline", "range", "p50 ms", "p99 ms",
+                         "errors"], rows)
 
 
 def cpu_table(results: list[Result]) -> str:
     rows = []
-    for result in results:
-        cpu = result.cpu_ms_per_request
-        rows.append([result.scenario, f"{cpu['server']:.2f}", f"{cpu['postgres']:.2f}", f"{cpu['loadgen']:.2f}",
-                     f"{result.machine_busy_percent:.0f}%", f"{result.others_percent:.0f}%"])
-    return format_table(["CPU ms per request", "gunicorn workers", "postgres", "load generator", "machine busy",
-                         "other processes"], rows)
+    for scenario, runs in timed(results).items():
+        requests = sum(max(r.measurement.requests, 1) for r in runs)
+        cpu = {key: sum(r.cpu_ms_per_request[key] * max(r.measurement.requests, 1) for r in runs) / requests
+               for key in ("server", "postgres", "loadgen")}
+        busy = statistics.mean(r.machine_busy_percent for r in runs)
+        others = statistics.mean(r.others_percent for r in runs)
+        rows.append([scenario, f"{cpu['server']:.2f}", f"{cpu['postgres']:.2f}", f"{cpu['loadgen']:.2f}",
+                     f"{busy:.0f}%", f"{others:.0f}%"])
+    return format_table(["CPU ms per request, all rounds", "gunicorn workers", "postgres", "load generator",
+                         "machine busy", "other processes"], rows)
 
 
 def rss_table(peaks: dict[str, PeakRss]) -> str:
@@ -592,6 +687,7 @@ def environment_summary(options: Options, database_url: str, busy_before: float)
         "load_processes": options.load_processes,
         "warmup_s": options.warmup,
         "duration_s": options.duration,
+        "rounds": options.rounds,
     }
 
 
@@ -599,7 +695,9 @@ def report(summary: dict[str, Any], results: list[Result], peaks: dict[str, Peak
            problems: list[str]) -> str:
     settings = ", ".join(f"{key} {value}" for key, value in summary.items())
     parts = [settings, "", throughput_table(results),
-             "confirm page: the preparation of confirm, every link once, without warmup or time limit"]
+             "vs baseline: req/s over the mean of the baseline runs just before and after (rounds n-1 and n)",
+             "confirm page: the preparation of confirm, every pending link once, without warmup or time limit",
+             "", summary_table(results)]
     if any(r.measurement.cut_short for r in results):
         parts.append("* ran out of prepared confirmation links before the window's end; measured until then")
     parts += ["", cpu_table(results), "", rss_table(peaks), "",
@@ -613,13 +711,13 @@ def report(summary: dict[str, Any], results: list[Result], peaks: dict[str, Peak
 
 def scenarios_json(results: list[Result]) -> list[dict[str, Any]]:
     """Each timed run's figures, as save_json writes them."""
-    baseline = baseline_rate(results)
     scenarios = []
     for result in results:
         m = result.measurement
         scenarios.append({
-            "scenario": result.scenario, "what": result.note, "requests": m.requests, "seconds": round(m.seconds, 3),
-            "req_per_s": round(m.rate, 1), "vs_baseline": round(m.rate / baseline, 3) if baseline else None,
+            "scenario": result.scenario, "round": result.round, "what": result.note, "requests": m.requests,
+            "seconds": round(m.seconds, 3), "req_per_s": round(m.rate, 1),
+            "vs_baseline": round(result.vs_baseline, 3) if result.vs_baseline is not None else None,
             **{f"p{q}_ms": round(m.percentile(q), 2) if m.latencies_ms else None for q in (50, 90, 99)},
             "max_ms": round(m.latencies_ms[-1], 2) if m.latencies_ms else None,
             "errors": m.errors, "error_samples": m.error_samples, "cut_short": m.cut_short,
@@ -635,7 +733,7 @@ def save_json(options: Options, summary: dict[str, Any], results: list[Result], 
     scenarios = scenarios_json(results)
     options.results_dir.mkdir(parents=True, exist_ok=True)
     path = options.results_dir / f"signup-{datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps({"settings": summary, "scenarios": scenarios,
+    path.write_text(json.dumps({"settings": summary, "scenarios": scenarios, "summary": summary_rows(results),
                                 "peak_rss": {name: asdict(peak) for name, peak in peaks.items()},
                                 "answered_2xx": answered, "rows": counts, "mismatches": problems}, indent=2) + "\n")
     return path
@@ -658,9 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare_database(env, database_url)
         summary = environment_summary(options, database_url, busy_before)
 
-        baseline, app = run_baseline(options, env, work_dir), run_app(options, env, work_dir)
-        results, peaks = baseline.results + app.results, {"baseline": baseline.peak_rss, "app": app.peak_rss}
-        answered, counts = baseline.answered | app.answered, row_counts(database_url)
+        runs = run_rounds(options, env, work_dir)
+        results, peaks, answered, counts = runs.results, runs.peaks, runs.answered, row_counts(database_url)
         problems = mismatches(answered, counts)
 
         print(report(summary, results, peaks, counts, problems), flush=True)
