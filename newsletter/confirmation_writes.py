@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Executable, Integer, String, bindparam, insert, literal_column, select, update
 
 from .models import ConsentEvent, Newsletter, OutboxMessage, Subscription, UTCDateTime
+from .sql import in_list
 
 EVENT_SOURCE_COLUMNS = ("source", "page_url", "form_id", "ip_address", "user_agent", "wording")
 
@@ -41,14 +42,14 @@ def _statements(dialect: str, mail_count: int, mail_columns: tuple[str, ...]) ->
     now = bindparam("now", type_=UTCDateTime())
     subscriptions = (
         update(Subscription)
-        .where(Subscription.id.in_(bindparam("subscription_ids", expanding=True)))
+        .where(in_list(Subscription.id, "subscription_ids", Integer(), dialect))
         .values(status=literal_column("'confirmed'"), confirmed_at=now)
     )
     events = insert(ConsentEvent).from_select(
         ["reader_id", "newsletter_id", "action", "occurred_at", *EVENT_SOURCE_COLUMNS],
         select(bindparam("the_reader", type_=Integer()), Newsletter.id, literal_column("'confirmed'"), now,
                *(bindparam(f"event_{key}", type_=String()) for key in EVENT_SOURCE_COLUMNS))
-        .where(Newsletter.id.in_(bindparam("newsletter_ids", expanding=True))),
+        .where(in_list(Newsletter.id, "newsletter_ids", Integer(), dialect)),
     )
     statements: list[Any] = [subscriptions, events]
     table = OutboxMessage.__table__

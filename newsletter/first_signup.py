@@ -12,11 +12,12 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Executable, Integer, String, bindparam, func, literal_column, select, tuple_
+from sqlalchemy import ARRAY, Executable, Integer, String, bindparam, func, literal_column, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, UTCDateTime
+from .sql import in_list
 
 EVENT_SOURCE_COLUMNS = ("source", "page_url", "form_id", "ip_address", "user_agent", "wording")
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -31,11 +32,12 @@ def insert_reader(session: Session, address: str, name: str | None, newsletters:
     confirmation, hence confirmation_sent_at.
     """
     connection = session.connection()
-    pairs = [(newsletter.id, newsletter.slug) for newsletter in newsletters]
-    return connection.execute(
-        _reader_insert(connection.dialect.name),
-        {"address": address, "reader_name": name, "now": now, "pairs": pairs, "count": len(pairs)},
-    ).scalar()
+    parameters: dict[str, Any] = {"address": address, "reader_name": name, "now": now, "count": len(newsletters)}
+    if connection.dialect.name == "postgresql":
+        parameters |= {"ids": [n.id for n in newsletters], "slugs": [n.slug for n in newsletters]}
+    else:
+        parameters["pairs"] = [(n.id, n.slug) for n in newsletters]
+    return connection.execute(_reader_insert(connection.dialect.name), parameters).scalar()
 
 
 def add_subscriptions(session: Session, reader_id: int, newsletters: Sequence[Newsletter], now: datetime,
@@ -58,10 +60,14 @@ def add_subscriptions(session: Session, reader_id: int, newsletters: Sequence[Ne
 
 @cache
 def _reader_insert(dialect: str) -> Executable:
+    if dialect == "postgresql":  # the pairs as two arrays, zipped by unnest(): see sql.in_list
+        pairs = func.unnest(bindparam("ids", type_=ARRAY(Integer())), bindparam("slugs", type_=ARRAY(String())))
+        named = tuple_(Newsletter.id, Newsletter.slug).in_(select(pairs.table_valued("id", "slug").render_derived()))
+    else:
+        named = tuple_(Newsletter.id, Newsletter.slug).in_(bindparam("pairs", expanding=True))
     still_active = (
         select(func.count()).select_from(Newsletter)
-        .where(tuple_(Newsletter.id, Newsletter.slug).in_(bindparam("pairs", expanding=True)),
-               Newsletter.archived_at.is_(None))
+        .where(named, Newsletter.archived_at.is_(None))
         .scalar_subquery()
     )
     now = bindparam("now", type_=UTCDateTime())
@@ -81,7 +87,7 @@ def _subscription_inserts(dialect: str, mail_columns: tuple[str, ...]) -> list[E
     subscriptions = _INSERTS[dialect](Subscription).from_select(
         ["reader_id", "newsletter_id", "status", "created_at", "pending_since"],
         select(reader_id, Newsletter.id, literal_column("'pending'"), now, now)
-        .where(Newsletter.id.in_(bindparam("newsletter_ids", expanding=True))),
+        .where(in_list(Newsletter.id, "newsletter_ids", Integer(), dialect)),
     )
     event_columns = ["reader_id", "newsletter_id", "action", "occurred_at", *EVENT_SOURCE_COLUMNS]
     event_values = [reader_id, literal_column("'signup_requested'"), now,

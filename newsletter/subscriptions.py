@@ -17,13 +17,14 @@ from typing import Any
 
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy import Integer, Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import confirmation_writes, emails, first_signup, newsletter_cache, outbox
 from .catalog import SLUG
 from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, utcnow
+from .sql import in_list
 
 
 class SignupRejected(Exception):
@@ -293,7 +294,7 @@ _SUBSCRIPTION_COLUMNS = ["id", "status", "pending_since"]
 
 
 @cache
-def _locked_with_subscriptions_query() -> Select[Any]:
+def _locked_with_subscriptions_query(dialect: str) -> Select[Any]:
     # Built once, and read as plain rows: putting a three-entity ORM query together and loading its
     # objects costs more than running it.
     return (
@@ -301,7 +302,7 @@ def _locked_with_subscriptions_query() -> Select[Any]:
                *(getattr(Newsletter, key).label(f"newsletter_{key}") for key in _NEWSLETTER_COLUMNS),
                *(getattr(Subscription, key).label(f"subscription_{key}") for key in _SUBSCRIPTION_COLUMNS))
         .select_from(Reader)
-        .join(Newsletter, Newsletter.id.in_(bindparam("newsletter_ids", expanding=True)))
+        .join(Newsletter, in_list(Newsletter.id, "newsletter_ids", Integer(), dialect))
         .outerjoin(Subscription, (Subscription.newsletter_id == Newsletter.id) & (Subscription.reader_id == Reader.id))
         .where(Reader.id == bindparam("the_reader"), Reader.erased_at.is_(None))
         .order_by(Newsletter.name)
@@ -315,8 +316,10 @@ def _locked_with_subscriptions(session: Session, reader_id: int, newsletter_ids:
 
     The objects belong to no session: they are read, and confirm() writes with Core statements.
     """
-    rows = session.connection().execute(
-        _locked_with_subscriptions_query(), {"the_reader": reader_id, "newsletter_ids": list(newsletter_ids)}
+    connection = session.connection()
+    rows = connection.execute(
+        _locked_with_subscriptions_query(connection.dialect.name),
+        {"the_reader": reader_id, "newsletter_ids": list(newsletter_ids)},
     ).mappings().all()
     if not rows:  # no such reader, or none of the newsletters exists any more
         return _locked_reader(session, reader_id), []
