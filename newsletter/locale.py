@@ -29,8 +29,8 @@ def select_locale() -> str:
         return "en"
     try:
         body = json_object()
-        # Reading request.form of a JSON body costs as much as choosing the language.
-        form_lang = None if body is not None else request.form.get("lang")
+        # Parsing a form costs as much as choosing the language: only when there is one.
+        form_lang = request.form.get("lang") if body is None and request.content_length else None
     except HTTPException:  # e.g. a body over the size limit, while its 413 page is being made
         body, form_lang = None, None
     explicit = request.args.get("lang") or form_lang or (body.get("lang") if body else None)

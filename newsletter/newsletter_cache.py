@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, event, inspect, select
 from sqlalchemy.orm import Session
 
-from .models import Newsletter
+from .models import Newsletter, snapshot
 
 TTL = 10.0
 
@@ -55,7 +55,7 @@ def _take(session: Session) -> _Snapshot:
     columns = [column.key for column in inspect(Newsletter).column_attrs]
     rows = session.execute(select(*(getattr(Newsletter, key) for key in columns))
                            .where(Newsletter.archived_at.is_(None))).all()
-    by_slug = {row.slug: Newsletter(**{key: getattr(row, key) for key in columns}) for row in rows}
+    by_slug = {row.slug: snapshot(Newsletter, dict(row._mapping)) for row in rows}
     return _Snapshot(by_slug, time.monotonic())
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from . import confirmation_writes, emails, first_signup, newsletter_cache, outbox
 from .catalog import SLUG
-from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, utcnow
+from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, snapshot, utcnow
 from .sql import in_list
 
 
@@ -180,7 +180,8 @@ def sign_up(
     now = utcnow()
     reader_id = first_signup.insert_reader(session, address, name, newsletters, now)
     if reader_id is not None:
-        reader = Reader(id=reader_id, email=address, name=name, created_at=now, confirmation_sent_at=now)
+        reader = snapshot(Reader, {"id": reader_id, "email": address, "name": name, "created_at": now,
+                                   "confirmation_sent_at": now, "blocked_at": None, "erased_at": None})
         mail = outbox.message_row(**emails.confirmation(reader, newsletters, config))
         event_source = _event_row(reader_id, None, "signup_requested", source, now)
         first_signup.add_subscriptions(session, reader_id, newsletters, now, event_source, mail)
@@ -323,13 +324,13 @@ def _locked_with_subscriptions(session: Session, reader_id: int, newsletter_ids:
     ).mappings().all()
     if not rows:  # no such reader, or none of the newsletters exists any more
         return _locked_reader(session, reader_id), []
-    reader = Reader(**{key: rows[0][f"reader_{key}"] for key in _READER_COLUMNS})
+    reader = snapshot(Reader, {key: rows[0][f"reader_{key}"] for key in _READER_COLUMNS})
     pairs = []
     for row in rows:
-        newsletter = Newsletter(**{key: row[f"newsletter_{key}"] for key in _NEWSLETTER_COLUMNS})
-        subscription = None if row["subscription_id"] is None else Subscription(
-            reader_id=reader.id, newsletter_id=newsletter.id,
-            **{key: row[f"subscription_{key}"] for key in _SUBSCRIPTION_COLUMNS})
+        newsletter = snapshot(Newsletter, {key: row[f"newsletter_{key}"] for key in _NEWSLETTER_COLUMNS})
+        subscription = None if row["subscription_id"] is None else snapshot(Subscription, {
+            "reader_id": reader.id, "newsletter_id": newsletter.id,
+            **{key: row[f"subscription_{key}"] for key in _SUBSCRIPTION_COLUMNS}})
         pairs.append((newsletter, subscription))
     return reader, pairs
 
