@@ -157,6 +157,15 @@ def _admin_execute(admin_url: str, *statements: str) -> list[Any]:
         engine.dispose()
 
 
+def checkpoint(admin_url: str) -> None:
+    """Write PostgreSQL's dirty pages out now, so that no run pays for what came before it (best effort:
+    CHECKPOINT needs a superuser or pg_checkpoint)."""
+    try:
+        _admin_execute(admin_url, "CHECKPOINT")
+    except Exception as error:  # noqa: BLE001 (any refusal just leaves the runs a little noisier)
+        log(f"note: CHECKPOINT refused ({type(error).__name__}); runs may pay for earlier writes")
+
+
 @contextlib.contextmanager
 def fresh_database(admin_url: str, name: str) -> Iterator[str]:
     """A new empty database on the server of `admin_url`, dropped on the way out; yields its URL."""
@@ -464,7 +473,10 @@ def plan(options: Options, server: Gunicorn, *, timed: bool = True) -> loadgen.P
 
 
 def measure(scenario: str, note: str, workload: loadgen.Workload, run_plan: loadgen.Plan, server: Gunicorn,
-            round_: int = 0) -> Result:
+            round_: int = 0, admin_url: str | None = None) -> Result:
+    """One run of `workload`; with `admin_url`, after a CHECKPOINT."""
+    if admin_url:
+        checkpoint(admin_url)
     log(f"round {round_}, {scenario}: {note}" if round_ else f"{scenario}: {note}")
     measurement = loadgen.run(workload, run_plan, server.cpu_sample)
     log(f"  {measurement.requests} requests in {measurement.seconds:.1f} s, {measurement.errors} errors"
@@ -519,7 +531,7 @@ def run_rounds(options: Options, env: dict[str, str], log_dir: Path) -> Runs:
             workload = loadgen.JsonSignups("baseline", base.host, "/signups", f"base-{round_}-{secrets.token_hex(4)}",
                                            (NEWSLETTER_SLUG,))
             result = measure("baseline", "POST /signups: one INSERT + COMMIT", workload, plan(options, base), base,
-                             round_)
+                             round_, options.database_url)
             answered["baseline"] += result.measurement.all_ok
             results.append(result)
             return result
@@ -527,7 +539,7 @@ def run_rounds(options: Options, env: dict[str, str], log_dir: Path) -> Runs:
         before = baseline(0)
         for round_ in range(1, options.rounds + 1):
             signup = measure("signup", "POST /api/v1/subscriptions, a new address each", _signups(app),
-                             plan(options, app), app, round_)
+                             plan(options, app), app, round_, options.database_url)
             answered["signup"] += signup.measurement.all_ok + _sign_up_more(options, app, signup.measurement)
 
             log("making confirmation tokens for the readers signed up and not yet confirmed")
@@ -540,7 +552,8 @@ def run_rounds(options: Options, env: dict[str, str], log_dir: Path) -> Runs:
             if len(prepared) < len(pages.tokens):
                 log(f"  only {len(prepared)} of {len(pages.tokens)} pages showed the confirm button")
             confirm = measure("confirm", "POST /confirm/<token> as its page's button sends it, each link once",
-                              loadgen.ConfirmPosts("confirm", app.host, prepared), plan(options, app), app, round_)
+                              loadgen.ConfirmPosts("confirm", app.host, prepared), plan(options, app), app, round_,
+                              options.database_url)
             answered["confirm"] += confirm.measurement.all_ok
 
             after = baseline(round_)

@@ -178,15 +178,13 @@ def sign_up(
     A confirmed reader gets no mail; any reader gets at most one confirmation per resend interval.
     """
     now = utcnow()
-    reader_id = first_signup.insert_reader(session, address, name, newsletters, now)
-    if reader_id is not None:
-        reader = snapshot(Reader, {"id": reader_id, "email": address, "name": name, "created_at": now,
-                                   "confirmation_sent_at": now, "blocked_at": None, "erased_at": None})
-        mail = outbox.message_row(**emails.confirmation(reader, newsletters, config))
-        event_source = _event_row(reader_id, None, "signup_requested", source, now)
-        first_signup.add_subscriptions(session, reader_id, newsletters, now, event_source, mail)
+    new_reader = first_signup.sign_up_new(
+        session, address, name, newsletters, now, _event_row(0, None, "signup_requested", source, now),
+        lambda reader: outbox.message_row(**emails.confirmation(reader, newsletters, config)),
+    )
+    if new_reader is not None:
         outbox.note_enqueued(session)
-        return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=True)
+        return SignupResult(reader=new_reader, newsletters=newsletters, confirmation_queued=True)
 
     # A known address, or a newsletter changed since it was looked up: look it up again.
     newsletters = find_newsletters(session, [newsletter.slug for newsletter in newsletters])
