@@ -14,10 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Executable, Integer, String, bindparam, insert, literal_column, select, update
 
-from .models import ConsentEvent, Newsletter, OutboxMessage, Subscription, UTCDateTime
+from .models import CONSENT_SOURCE_COLUMNS, ConsentEvent, Newsletter, OutboxMessage, Subscription, UTCDateTime
 from .sql import in_list
-
-EVENT_SOURCE_COLUMNS = ("source", "page_url", "form_id", "ip_address", "user_agent", "wording")
 
 
 def record(connection: Connection, reader_id: int, subscription_ids: Sequence[int], newsletter_ids: Sequence[int],
@@ -28,7 +26,7 @@ def record(connection: Connection, reader_id: int, subscription_ids: Sequence[in
         "now": now,
         "subscription_ids": list(subscription_ids),
         "newsletter_ids": list(newsletter_ids),
-        **{f"event_{key}": event_source[key] for key in EVENT_SOURCE_COLUMNS},
+        **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
     }
     for number, mail in enumerate(mails):
         parameters.update({f"mail{number}_{key}": value for key, value in mail.items()})
@@ -46,9 +44,9 @@ def _statements(dialect: str, mail_count: int, mail_columns: tuple[str, ...]) ->
         .values(status=literal_column("'confirmed'"), confirmed_at=now)
     )
     events = insert(ConsentEvent).from_select(
-        ["reader_id", "newsletter_id", "action", "occurred_at", *EVENT_SOURCE_COLUMNS],
+        ["reader_id", "newsletter_id", "action", "occurred_at", *CONSENT_SOURCE_COLUMNS],
         select(bindparam("the_reader", type_=Integer()), Newsletter.id, literal_column("'confirmed'"), now,
-               *(bindparam(f"event_{key}", type_=String()) for key in EVENT_SOURCE_COLUMNS))
+               *(bindparam(f"event_{key}", type_=String()) for key in CONSENT_SOURCE_COLUMNS))
         .where(in_list(Newsletter.id, "newsletter_ids", Integer(), dialect)),
     )
     statements: list[Any] = [subscriptions, events]

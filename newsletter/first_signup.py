@@ -38,10 +38,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, UTCDateTime, snapshot
+from .models import (
+    CONSENT_SOURCE_COLUMNS,
+    ConsentEvent,
+    Newsletter,
+    OutboxMessage,
+    Reader,
+    Subscription,
+    UTCDateTime,
+    snapshot,
+)
 from .sql import in_list
 
-EVENT_SOURCE_COLUMNS = ("source", "page_url", "form_id", "ip_address", "user_agent", "wording")
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
@@ -65,7 +73,7 @@ def sign_up_new(session: Session, address: str, name: str | None, newsletters: S
     """A new reader with pending subscriptions to `newsletters`, their events and its confirmation mail.
 
     None, with nothing written, if the address is known or a newsletter changed meanwhile (see
-    insert_reader). `event_source` has the ConsentEvent columns of EVENT_SOURCE_COLUMNS; `mail_for`
+    insert_reader). `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail_for`
     makes the reader's confirmation email as an outbox row.
     """
     connection = session.connection()
@@ -83,7 +91,7 @@ def sign_up_new(session: Session, address: str, name: str | None, newsletters: S
         "the_reader": reader.id, "address": address, "reader_name": name, "now": now, "count": len(newsletters),
         "ids": [n.id for n in newsletters], "slugs": [n.slug for n in newsletters],
         "newsletter_ids": [n.id for n in newsletters],
-        **{f"event_{key}": event_source[key] for key in EVENT_SOURCE_COLUMNS},
+        **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
         **{f"mail_{key}": value for key, value in mail.items()},
     }
     inserted = connection.execute(_whole_signup(tuple(mail)), parameters).scalar()
@@ -125,14 +133,14 @@ def add_subscriptions(session: Session, reader_id: int, newsletters: Sequence[Ne
                       event_source: Mapping[str, str | None], mail: Mapping[str, Any]) -> None:
     """The reader's pending subscriptions, a signup_requested event for each, and its confirmation mail.
 
-    `event_source` has the ConsentEvent columns of EVENT_SOURCE_COLUMNS; `mail` is an outbox row.
+    `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail` is an outbox row.
     """
     connection = session.connection()
     parameters = {
         "the_reader": reader_id,
         "now": now,
         "newsletter_ids": [newsletter.id for newsletter in newsletters],
-        **{f"event_{key}": event_source[key] for key in EVENT_SOURCE_COLUMNS},
+        **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
         **{f"mail_{key}": value for key, value in mail.items()},
     }
     for statement in _subscription_inserts(connection.dialect.name, tuple(mail)):
@@ -195,9 +203,9 @@ def _whole_signup(mail_columns: tuple[str, ...]) -> Executable:
         .cte("new_subscriptions")
     )
     events = postgresql.insert(ConsentEvent).from_select(
-        ["reader_id", "newsletter_id", "action", "occurred_at", *EVENT_SOURCE_COLUMNS],
+        ["reader_id", "newsletter_id", "action", "occurred_at", *CONSENT_SOURCE_COLUMNS],
         select(reader_id, subscriptions.c.newsletter_id, literal_column("'signup_requested'"), now,
-               *(bindparam(f"event_{key}", type_=String()) for key in EVENT_SOURCE_COLUMNS)),
+               *(bindparam(f"event_{key}", type_=String()) for key in CONSENT_SOURCE_COLUMNS)),
     ).cte("new_events")
     table = OutboxMessage.__table__
     mail = postgresql.insert(OutboxMessage).from_select(
@@ -216,9 +224,9 @@ def _subscription_inserts(dialect: str, mail_columns: tuple[str, ...]) -> list[E
         select(reader_id, Newsletter.id, literal_column("'pending'"), now, now)
         .where(in_list(Newsletter.id, "newsletter_ids", Integer(), dialect)),
     )
-    event_columns = ["reader_id", "newsletter_id", "action", "occurred_at", *EVENT_SOURCE_COLUMNS]
+    event_columns = ["reader_id", "newsletter_id", "action", "occurred_at", *CONSENT_SOURCE_COLUMNS]
     event_values = [reader_id, literal_column("'signup_requested'"), now,
-                    *(bindparam(f"event_{key}", type_=String()) for key in EVENT_SOURCE_COLUMNS)]
+                    *(bindparam(f"event_{key}", type_=String()) for key in CONSENT_SOURCE_COLUMNS)]
     table = OutboxMessage.__table__
     mail = _INSERTS[dialect](OutboxMessage).values(
         {key: bindparam(f"mail_{key}", type_=table.c[key].type) for key in mail_columns})

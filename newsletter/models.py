@@ -136,6 +136,10 @@ class Subscription(db.Model):
         return f"<Subscription reader={self.reader_id} newsletter={self.newsletter_id} {self.status}>"
 
 
+# The columns of a ConsentEvent that say where the change came from (Source in subscriptions.py).
+CONSENT_SOURCE_COLUMNS = ("source", "page_url", "form_id", "ip_address", "user_agent", "wording")
+
+
 class ConsentEvent(db.Model):
     """Append-only proof of every change to a reader's consent."""
 

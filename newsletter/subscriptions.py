@@ -142,20 +142,16 @@ def _locked_reader(session: Session, reader_id: int) -> Reader | None:
     ).first()
 
 
+def _source_row(source: Source) -> dict[str, str | None]:
+    """The ConsentEvent columns of CONSENT_SOURCE_COLUMNS for `source`."""
+    return {"source": source.channel, "page_url": source.page_url, "form_id": source.form_id,
+            "ip_address": source.ip_address, "user_agent": source.user_agent, "wording": source.wording}
+
+
 def _event_row(reader_id: int, newsletter_id: int | None, action: str, source: Source, when: datetime
                ) -> dict[str, Any]:
-    return {
-        "reader_id": reader_id,
-        "newsletter_id": newsletter_id,
-        "action": action,
-        "occurred_at": when,
-        "source": source.channel,
-        "page_url": source.page_url,
-        "form_id": source.form_id,
-        "ip_address": source.ip_address,
-        "user_agent": source.user_agent,
-        "wording": source.wording,
-    }
+    return {"reader_id": reader_id, "newsletter_id": newsletter_id, "action": action, "occurred_at": when,
+            **_source_row(source)}
 
 
 def _record(session: Session, reader: Reader, newsletter: Newsletter | None, action: str, source: Source,
@@ -179,7 +175,7 @@ def sign_up(
     """
     now = utcnow()
     new_reader = first_signup.sign_up_new(
-        session, address, name, newsletters, now, _event_row(0, None, "signup_requested", source, now),
+        session, address, name, newsletters, now, _source_row(source),
         lambda reader: outbox.message_row(**emails.confirmation(reader, newsletters, config)),
     )
     if new_reader is not None:
@@ -347,7 +343,7 @@ def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, 
              for newsletter in result.confirmed if newsletter.send_welcome]
     confirmation_writes.record(
         session.connection(), reader.id, [s.id for s in to_confirm], [n.id for n in result.confirmed], now,
-        _event_row(reader.id, None, "confirmed", source, now), mails,
+        _source_row(source), mails,
     )
     if mails:
         outbox.note_enqueued(session)
