@@ -4,9 +4,9 @@ Most signups are of new addresses, so this is the service's hottest path. subscr
 tries it first and falls back to its general path for a known address. The statements are built
 once, with bind parameters only, so SQLAlchemy compiles each of them once per process.
 
-On PostgreSQL it is one statement: the confirmation email carries a link signed with the reader's
-id, so the id is taken from the sequence beforehand, a few at a time per process (what Hibernate's
-pooled ids do). Ids are then not quite in signup order across processes; nothing relies on that,
+On PostgreSQL it is one statement, outside any transaction (sql.statement_at_a_time): the
+confirmation email carries a link signed with the reader's id, so the id is taken from the
+sequence beforehand, a few at a time per process (what Hibernate's pooled ids do). Ids are then not quite in signup order across processes; nothing relies on that,
 the readers' signup time is `created_at`. On SQLite: one statement for the reader, one per table.
 """
 
@@ -48,7 +48,7 @@ from .models import (
     UTCDateTime,
     snapshot,
 )
-from .sql import in_list
+from .sql import in_list, statement_at_a_time
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
@@ -76,8 +76,7 @@ def sign_up_new(session: Session, address: str, name: str | None, newsletters: S
     insert_reader). `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail_for`
     makes the reader's confirmation email as an outbox row.
     """
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
+    if session.get_bind().dialect.name != "postgresql":
         reader_id = insert_reader(session, address, name, newsletters, now)
         if reader_id is None:
             return None
@@ -85,16 +84,17 @@ def sign_up_new(session: Session, address: str, name: str | None, newsletters: S
         add_subscriptions(session, reader_id, newsletters, now, event_source, mail_for(reader))
         return reader
 
-    reader = _new_reader(_reserve_reader_id(connection), address, name, now)
-    mail = mail_for(reader)
-    parameters = {
-        "the_reader": reader.id, "address": address, "reader_name": name, "now": now, "count": len(newsletters),
-        "ids": [n.id for n in newsletters], "slugs": [n.slug for n in newsletters],
-        "newsletter_ids": [n.id for n in newsletters],
-        **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
-        **{f"mail_{key}": value for key, value in mail.items()},
-    }
-    inserted = connection.execute(_whole_signup(tuple(mail)), parameters).scalar()
+    with statement_at_a_time(session) as connection:
+        reader = _new_reader(_reserve_reader_id(connection), address, name, now)
+        mail = mail_for(reader)
+        parameters = {
+            "the_reader": reader.id, "address": address, "reader_name": name, "now": now,
+            "count": len(newsletters), "ids": [n.id for n in newsletters], "slugs": [n.slug for n in newsletters],
+            "newsletter_ids": [n.id for n in newsletters],
+            **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
+            **{f"mail_{key}": value for key, value in mail.items()},
+        }
+        inserted = connection.execute(_whole_signup(tuple(mail)), parameters).scalar()
     return reader if inserted else None
 
 

@@ -17,14 +17,14 @@ from typing import Any
 
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from sqlalchemy import Integer, Select, bindparam, select, update
+from sqlalchemy import Connection, Integer, Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import confirmation_writes, emails, first_signup, newsletter_cache, outbox
 from .catalog import SLUG
 from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, snapshot, utcnow
-from .sql import in_list
+from .sql import in_list, statement_at_a_time
 
 
 class SignupRejected(Exception):
@@ -289,7 +289,7 @@ _SUBSCRIPTION_COLUMNS = ["id", "status", "pending_since"]
 
 
 @cache
-def _locked_with_subscriptions_query(dialect: str) -> Select[Any]:
+def _with_subscriptions_query(dialect: str) -> Select[Any]:
     # Built once, and read as plain rows: putting a three-entity ORM query together and loading its
     # objects costs more than running it.
     return (
@@ -297,30 +297,30 @@ def _locked_with_subscriptions_query(dialect: str) -> Select[Any]:
                *(getattr(Newsletter, key).label(f"newsletter_{key}") for key in _NEWSLETTER_COLUMNS),
                *(getattr(Subscription, key).label(f"subscription_{key}") for key in _SUBSCRIPTION_COLUMNS))
         .select_from(Reader)
-        .join(Newsletter, in_list(Newsletter.id, "newsletter_ids", Integer(), dialect))
+        .outerjoin(Newsletter, in_list(Newsletter.id, "newsletter_ids", Integer(), dialect))
         .outerjoin(Subscription, (Subscription.newsletter_id == Newsletter.id) & (Subscription.reader_id == Reader.id))
         .where(Reader.id == bindparam("the_reader"), Reader.erased_at.is_(None))
         .order_by(Newsletter.name)
-        .with_for_update(of=Reader)
     )
 
 
-def _locked_with_subscriptions(session: Session, reader_id: int, newsletter_ids: Iterable[int]
-                               ) -> tuple[Reader | None, list[tuple[Newsletter, Subscription | None]]]:
-    """The reader (row-locked, None if missing or erased) and its subscriptions to `newsletter_ids`, in one query.
+def _with_subscriptions(connection: Connection, reader_id: int, newsletter_ids: Iterable[int]
+                        ) -> tuple[Reader | None, list[tuple[Newsletter, Subscription | None]]]:
+    """The reader (None if missing or erased) and its subscriptions to those of `newsletter_ids` that exist.
 
-    The objects belong to no session: they are read, and confirm() writes with Core statements.
+    One query; the objects are snapshots in no session, for reading.
     """
-    connection = session.connection()
     rows = connection.execute(
-        _locked_with_subscriptions_query(connection.dialect.name),
+        _with_subscriptions_query(connection.dialect.name),
         {"the_reader": reader_id, "newsletter_ids": list(newsletter_ids)},
     ).mappings().all()
-    if not rows:  # no such reader, or none of the newsletters exists any more
-        return _locked_reader(session, reader_id), []
+    if not rows:
+        return None, []
     reader = snapshot(Reader, {key: rows[0][f"reader_{key}"] for key in _READER_COLUMNS})
     pairs = []
     for row in rows:
+        if row["newsletter_id"] is None:  # none of the newsletters exists any more
+            break
         newsletter = snapshot(Newsletter, {key: row[f"newsletter_{key}"] for key in _NEWSLETTER_COLUMNS})
         subscription = None if row["subscription_id"] is None else snapshot(Subscription, {
             "reader_id": reader.id, "newsletter_id": newsletter.id,
@@ -331,21 +331,36 @@ def _locked_with_subscriptions(session: Session, reader_id: int, newsletter_ids:
 
 def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, issued_at: datetime,
             source: Source, config: Mapping[str, Any]) -> ConfirmResult:
-    """Confirm the pending subscriptions a confirmation link was issued for."""
-    reader, pairs = _locked_with_subscriptions(session, reader_id, newsletter_ids)
-    if reader is None:
-        raise UnknownReader(reader_id)
-    result, to_confirm = _sort_for_confirmation(reader, pairs, issued_at)
-    if not to_confirm:
-        return result
-    now = utcnow()
-    mails = [outbox.message_row(**emails.welcome(reader, newsletter, config))
-             for newsletter in result.confirmed if newsletter.send_welcome]
-    confirmation_writes.record(
-        session.connection(), reader.id, [s.id for s in to_confirm], [n.id for n in result.confirmed], now,
-        _source_row(source), mails,
-    )
-    if mails:
+    """Confirm the pending subscriptions a confirmation link was issued for.
+
+    A read, then a write that confirms only what is still to confirm (see confirmation_writes), so
+    on PostgreSQL they need no transaction around them. If something changed in between (the link
+    pressed twice at once, an unsubscribe, an erasure), the result says how things stand after it.
+    """
+    newsletter_ids = list(newsletter_ids)
+    with statement_at_a_time(session) as connection:
+        reader, pairs = _with_subscriptions(connection, reader_id, newsletter_ids)
+        if reader is None:
+            raise UnknownReader(reader_id)
+        result, to_confirm = _sort_for_confirmation(reader, pairs, issued_at)
+        if not to_confirm:
+            return result
+        mails = {newsletter.id: outbox.message_row(**emails.welcome(reader, newsletter, config))
+                 for newsletter in result.confirmed if newsletter.send_welcome}
+        confirmed = confirmation_writes.record(connection, reader.id, [s.id for s in to_confirm], issued_at,
+                                               utcnow(), _source_row(source), mails)
+        if confirmed != {newsletter.id for newsletter in result.confirmed}:
+            reader, pairs = _with_subscriptions(connection, reader_id, newsletter_ids)
+            if reader is None:
+                raise UnknownReader(reader_id)
+            now_so, _ = _sort_for_confirmation(reader, pairs, issued_at)
+            result = ConfirmResult(
+                reader=reader,
+                confirmed=[n for n in now_so.already_confirmed if n.id in confirmed],
+                already_confirmed=[n for n in now_so.already_confirmed if n.id not in confirmed],
+                lapsed=now_so.lapsed,
+            )
+    if confirmed & mails.keys():
         outbox.note_enqueued(session)
     return result
 
