@@ -1,83 +1,136 @@
-"""The writes of a confirmation, guarded so that they stand alone: one statement on PostgreSQL.
+"""What pressing a confirmation link writes, with no read before it: one statement on PostgreSQL.
 
-subscriptions.confirm reads what a link would confirm and renders the welcome emails; this module
-records it: the subscriptions become confirmed, a `confirmed` ConsentEvent per newsletter, the
-welcome emails into the outbox. The write confirms a subscription only if it is still pending since
-before the link was issued and its reader not erased, and it writes the events and emails of
-exactly the subscriptions it confirmed. So what changed between the read and the write (a second
-click, an unsubscribe, an erasure) can't be confirmed over, and the write needs no lock held since
-the read: on PostgreSQL it is one statement, which locks the reader row as the other changes of a
-reader do, so it waits for them and they for it.
+subscriptions.confirm renders the welcome emails from what the link names (the reader's id, the
+newsletters) and decides what to show; this module reads and writes the rest in one go. It confirms
+a subscription only if it is still pending since before the link was issued, to an active newsletter,
+of a reader not erased; it writes a `confirmed` ConsentEvent and queues the welcome email (addressed
+and greeting the reader by name, filled in by the database) for exactly the subscriptions it confirmed.
+On PostgreSQL the statement locks the reader row, as every other change of a reader does, so they
+wait for each other; SQLite's write transactions take turns anyway.
 Statements are built once per shape, with bind parameters only, so SQLAlchemy compiles each once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Executable, Integer, String, bindparam, insert, literal_column, select, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    case,
+    insert,
+    literal_column,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.sql.selectable import CTE
 
-from .models import CONSENT_SOURCE_COLUMNS, ConsentEvent, OutboxMessage, Reader, Subscription, UTCDateTime
+from .emails import name_filled
+from .models import CONSENT_SOURCE_COLUMNS, ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, UTCDateTime
 from .sql import in_list
 
 
-def record(connection: Connection, reader_id: int, subscription_ids: Sequence[int], issued_at: datetime,
-           now: datetime, event_source: Mapping[str, str | None], mails: Mapping[int, Mapping[str, Any]]
-           ) -> set[int]:
-    """Confirm those of `subscription_ids` a link issued at `issued_at` still confirms; their newsletters' ids.
+@dataclass(frozen=True)
+class Welcome:
+    """A welcome email to queue if its newsletter gets confirmed: emails.welcome_for_any_name's, as an outbox row."""
 
-    `mails` are the welcome emails (outbox rows) by newsletter id: each is queued only if its
-    newsletter's subscription was confirmed here.
+    row: Mapping[str, Any]
+    unnamed: tuple[str, str]  # (text, html) for a reader without a name
+
+
+@dataclass(frozen=True)
+class Written:
+    reader: tuple[str, str | None]  # (email, name)
+    before: dict[int, tuple[str, datetime | None]]  # newsletter id: (status, pending_since), before the write
+    confirmed: set[int]  # the newsletters whose subscription this confirmed
+
+
+def record(connection: Connection, reader_id: int, newsletter_ids: Sequence[int], issued_at: datetime,
+           now: datetime, event_source: Mapping[str, str | None], welcomes: Mapping[int, Welcome]) -> Written | None:
+    """Confirm what a link issued at `issued_at` for `newsletter_ids` still confirms; None if the reader is gone.
+
+    `welcomes` are the welcome emails by newsletter id; `event_source` has the ConsentEvent columns
+    of CONSENT_SOURCE_COLUMNS.
     """
     parameters: dict[str, Any] = {
         "the_reader": reader_id,
         "now": now,
         # Token times have whole seconds: a link counts for subscriptions pending since before its second ended.
         "pending_before": issued_at.replace(microsecond=0) + timedelta(seconds=1),
-        "subscription_ids": list(subscription_ids),
+        "newsletter_ids": list(newsletter_ids),
         **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
     }
-    for number, (newsletter_id, mail) in enumerate(mails.items()):
-        parameters[f"mail{number}_newsletter"] = newsletter_id
-        parameters.update({f"mail{number}_{key}": value for key, value in mail.items()})
-    columns = tuple(next(iter(mails.values()))) if mails else ()
+    for number, (newsletter_id, welcome) in enumerate(welcomes.items()):
+        parameters |= {f"mail{number}_{key}": value for key, value in welcome.row.items()}
+        parameters |= {f"mail{number}_newsletter": newsletter_id, f"mail{number}_unnamed_text": welcome.unnamed[0],
+                       f"mail{number}_unnamed_html": welcome.unnamed[1]}
+    columns = tuple(next(iter(welcomes.values())).row) if welcomes else ()
     dialect = connection.dialect.name
     if dialect == "postgresql":
-        return set(connection.execute(_whole_confirmation(len(mails), columns), parameters).scalars())
+        rows = connection.execute(_whole_confirmation(len(welcomes), columns), parameters).all()
+        if not rows:
+            return None
+        before = {row.newsletter_id: (row.status, row.pending_since) for row in rows if row.newsletter_id is not None}
+        return Written((rows[0].email, rows[0].name), before, {row.newsletter_id for row in rows if row.confirmed})
 
+    reader = connection.execute(_live_reader(dialect), parameters).first()
+    if reader is None:
+        return None
+    before = {row.newsletter_id: (row.status, row.pending_since)
+              for row in connection.execute(statuses(dialect), parameters)}
     confirmed = set(connection.execute(_subscriptions_update(dialect), parameters).scalars())
     if confirmed:
-        connection.execute(_events_insert(), [{**parameters, "newsletter": newsletter_id} for newsletter_id in confirmed])
-        for number, statement in enumerate(_mail_inserts(len(mails), columns)):
-            if parameters[f"mail{number}_newsletter"] in confirmed:
-                connection.execute(statement, parameters)
-    return confirmed
-
-
-def _mail_values(number: int, mail_columns: tuple[str, ...]) -> dict[str, Any]:
-    table = OutboxMessage.__table__
-    return {key: bindparam(f"mail{number}_{key}", type_=table.c[key].type) for key in mail_columns}
+        connection.execute(_event_insert(), [{**parameters, "newsletter": newsletter_id} for newsletter_id in confirmed])
+    for number, statement in enumerate(_mail_inserts(len(welcomes), columns)):
+        if parameters[f"mail{number}_newsletter"] in confirmed:
+            connection.execute(statement, parameters)
+    return Written((reader.email, reader.name), before, confirmed)
 
 
 @cache
-def _subscriptions_update(dialect: str) -> Executable:
-    live_reader = select(Reader.id).where(Reader.id == bindparam("the_reader", type_=Integer()),
-                                          Reader.erased_at.is_(None))
-    if dialect == "postgresql":
-        # Locked as every other change of a reader locks it. (SQLite's writes take turns anyway.)
-        live_reader = live_reader.with_for_update().cte("live_reader").select()
+def statuses(dialect: str) -> Select[Any]:
+    """(newsletter_id, status, pending_since) of the reader's subscriptions to :newsletter_ids."""
+    return select(Subscription.newsletter_id, Subscription.status, Subscription.pending_since).where(
+        Subscription.reader_id == bindparam("the_reader", type_=Integer()),
+        in_list(Subscription.newsletter_id, "newsletter_ids", Integer(), dialect))
+
+
+@cache
+def _live_reader(dialect: str) -> Select[Any]:
+    reader = select(Reader.id, Reader.email, Reader.name).where(
+        Reader.id == bindparam("the_reader", type_=Integer()), Reader.erased_at.is_(None))
+    # Locked as every other change of a reader locks it. (SQLite's writes take turns anyway.)
+    return reader.with_for_update() if dialect == "postgresql" else reader
+
+
+@cache
+def _subscriptions_update(dialect: str, live_reader: CTE | None = None) -> Executable:
+    """The guarded UPDATE; on PostgreSQL `live_reader` is the locking part of the statement it goes in."""
+    reader_ids = select(live_reader.c.id) if live_reader is not None else _live_reader(dialect).with_only_columns(
+        Reader.id)
+    active = select(Newsletter.id).where(Newsletter.archived_at.is_(None))
     return (
         update(Subscription)
-        .where(in_list(Subscription.id, "subscription_ids", Integer(), dialect),
-               Subscription.status == "pending",
-               Subscription.pending_since < bindparam("pending_before", type_=UTCDateTime()),
-               Subscription.reader_id.in_(live_reader))
+        .where(Subscription.reader_id.in_(reader_ids),
+               in_list(Subscription.newsletter_id, "newsletter_ids", Integer(), dialect),
+               Subscription.newsletter_id.in_(active),
+               Subscription.status == literal_column("'pending'"),
+               Subscription.pending_since < bindparam("pending_before", type_=UTCDateTime()))
         .values(status=literal_column("'confirmed'"), confirmed_at=bindparam("now", type_=UTCDateTime()))
         .returning(Subscription.newsletter_id)
     )
+
+
+_EVENT_COLUMNS = ["reader_id", "newsletter_id", "action", "occurred_at", *CONSENT_SOURCE_COLUMNS]
 
 
 def _event_values(newsletter: Any) -> list[Any]:
@@ -86,37 +139,61 @@ def _event_values(newsletter: Any) -> list[Any]:
             *(bindparam(f"event_{key}", type_=String()) for key in CONSENT_SOURCE_COLUMNS)]
 
 
-_EVENT_COLUMNS = ["reader_id", "newsletter_id", "action", "occurred_at", *CONSENT_SOURCE_COLUMNS]
-
-
 @cache
-def _events_insert() -> Executable:
-    return insert(ConsentEvent).values(dict(zip(_EVENT_COLUMNS, _event_values(bindparam("newsletter", type_=Integer())),
-                                                strict=True)))
+def _event_insert() -> Executable:
+    values = _event_values(bindparam("newsletter", type_=Integer()))
+    return insert(ConsentEvent).values(dict(zip(_EVENT_COLUMNS, values, strict=True)))
+
+
+def _mail_select(number: int, mail_columns: tuple[str, ...], reader: Any) -> Select[Any]:
+    """The outbox row of welcome email `number`, addressed to and greeting `reader` (a row of id, email, name)."""
+    table = OutboxMessage.__table__
+
+    def body(kind: str) -> Any:
+        named = bindparam(f"mail{number}_body_{kind}", type_=String())
+        return case((reader.c.name != literal_column("''"), name_filled(named, reader.c.name, html=kind == "html")),
+                    else_=bindparam(f"mail{number}_unnamed_{kind}", type_=String()))
+
+    from_reader = {"to_address": reader.c.email, "to_name": reader.c.name,
+                   "body_text": body("text"), "body_html": body("html")}
+    return select(*(from_reader.get(key, bindparam(f"mail{number}_{key}", type_=table.c[key].type))
+                    for key in mail_columns))
 
 
 @cache
 def _mail_inserts(mail_count: int, mail_columns: tuple[str, ...]) -> list[Executable]:
     # One INSERT per mail: SQLAlchemy doesn't cache the compiled form of a multi-row VALUES.
-    return [insert(OutboxMessage).values(_mail_values(number, mail_columns)) for number in range(mail_count)]
+    reader = _live_reader("sqlite").subquery()
+    return [insert(OutboxMessage).from_select(list(mail_columns), _mail_select(number, mail_columns, reader))
+            for number in range(mail_count)]
 
 
 @cache
 def _whole_confirmation(mail_count: int, mail_columns: tuple[str, ...]) -> Executable:
-    """PostgreSQL: the guarded UPDATE, the events and mails of what it confirmed; the newsletters' ids.
+    """PostgreSQL: the lock, the guarded UPDATE, its events and mails; rows of the reader and its subscriptions.
 
-    The parts of a WITH can't see each other's rows, only what they return, so events and mails
-    read the UPDATE's RETURNING; a data-modifying part always runs, whether the query reads it or not.
+    The parts of a WITH all see the database as it was when the statement began, and each other's
+    rows only through RETURNING; a data-modifying part always runs, whether the query reads it or not.
+    So the rows returned have the statuses from before, and `confirmed` says which this changed.
     """
-    confirmed = _subscriptions_update("postgresql").cte("confirmed")
+    live_reader = _live_reader("postgresql").cte("live_reader")
+    confirmed = _subscriptions_update("postgresql", live_reader).cte("confirmed")
     events = insert(ConsentEvent).from_select(
         _EVENT_COLUMNS, select(*_event_values(confirmed.c.newsletter_id))).cte("events")
     mails = [
         insert(OutboxMessage).from_select(
             list(mail_columns),
-            select(*_mail_values(number, mail_columns).values())
+            _mail_select(number, mail_columns, live_reader)
+            .select_from(live_reader).join(confirmed, true())  # live_reader has one row
             .where(confirmed.c.newsletter_id == bindparam(f"mail{number}_newsletter", type_=Integer())),
         ).cte(f"mail{number}")
         for number in range(mail_count)
     ]
-    return select(confirmed.c.newsletter_id).add_cte(events, *mails)
+    before = statuses("postgresql").subquery()
+    return (
+        select(live_reader.c.email, live_reader.c.name, before.c.newsletter_id, before.c.status,
+               before.c.pending_since, before.c.newsletter_id.in_(select(confirmed.c.newsletter_id)).label("confirmed"))
+        .select_from(live_reader)
+        .outerjoin(before, true())
+        .add_cte(events, *mails)
+    )

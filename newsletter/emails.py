@@ -14,6 +14,7 @@ from flask import render_template
 from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
 from markupsafe import escape
+from sqlalchemy import ColumnElement, String, func, literal_column
 from sqlalchemy.orm import Session
 
 from . import outbox, tokens
@@ -70,19 +71,40 @@ def _fill(text: str, values: Mapping[str, str | None], *, html: bool) -> str:
     return text
 
 
-def _render(name: str, newsletters: list[Newsletter], days: int, reader: Reader, **links: str
+def _render(name: str, newsletters: list[Newsletter], days: int, reader_name: str | None, **links: str
             ) -> tuple[str, str, str]:
-    """(subject, text, html) of templates/email/<name> for this reader."""
+    """(subject, text, html) of templates/email/<name> for a reader called `reader_name`.
+
+    With reader_name=NAME_SLOT the bodies keep the slot where the name goes, for name_filled.
+    """
     shown = tuple(_Shown(n.name, n.author, n.description or "", n.welcome_text) for n in newsletters)
-    subject, text, html = _rendered(name, str(get_locale() or "en"), shown, days, bool(reader.name))
-    values = {"name": reader.name, **links}
+    subject, text, html = _rendered(name, str(get_locale() or "en"), shown, days, bool(reader_name))
+    values = links if reader_name == NAME_SLOT else {"name": reader_name, **links}
     return subject, _fill(text, values, html=False), _fill(html, values, html=True)
 
 
-def unsubscribe_headers(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any],
-                        token: str | None = None) -> dict[str, str]:
-    """RFC 2369 / RFC 8058 headers: the mail client's own unsubscribe button, one click."""
-    token = token or tokens.unsubscribe_token(reader.id, newsletter.id)
+NAME_SLOT = _SLOT.format("name")
+_HTML_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;"), ("'", "&#39;"))  # markupsafe's
+
+
+def name_filled(body: ColumnElement[str], name: ColumnElement[Any], *, html: bool) -> ColumnElement[str]:
+    """SQL: `body` (rendered with reader_name=NAME_SLOT) with `name` in its slot, as _fill puts it there.
+
+    For a write that reads the reader's name in the same statement (confirmation_writes).
+    """
+    if html:
+        for character, escaped in _HTML_ESCAPES:
+            name = func.replace(name, _sql_string(character), _sql_string(escaped))
+    return func.replace(body, _sql_string(NAME_SLOT), name)
+
+
+def _sql_string(value: str) -> ColumnElement[str]:
+    # Constants written into the statement, not bound: the same on every execution.
+    return literal_column("'" + value.replace("'", "''") + "'", String())
+
+
+def unsubscribe_headers(newsletter: Newsletter, config: Mapping[str, Any], token: str) -> dict[str, str]:
+    """RFC 2369 / RFC 8058 headers: the mail client's own unsubscribe button, one click; `token` from tokens."""
     mailbox = config["NEWSLETTER_UNSUBSCRIBE_MAILTO"] or _address_in(config["NEWSLETTER_MAIL_FROM"])
     return {
         "List-Unsubscribe": (
@@ -109,7 +131,7 @@ def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[
     """The confirmation email as outbox.message_row's arguments."""
     link = external_url("public.confirm", token=tokens.confirm_token(reader.id, [n.id for n in newsletters]))
     days = max(1, config["NEWSLETTER_CONFIRM_MAX_AGE"] // 86400)
-    subject, text, html = _render("confirm", newsletters, days, reader, link=link)
+    subject, text, html = _render("confirm", newsletters, days, reader.name, link=link)
     return {
         "kind": "confirmation", "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
         "subject": subject, "body_text": text, "body_html": html, "mail_from": config["NEWSLETTER_MAIL_FROM"],
@@ -124,17 +146,33 @@ def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
 
 def welcome(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> dict[str, Any]:
     """The welcome email of one newsletter as outbox.message_row's arguments."""
-    token = tokens.unsubscribe_token(reader.id, newsletter.id)
-    headers = unsubscribe_headers(reader, newsletter, config, token)
+    return {**_welcome(reader.id, reader.name, newsletter, config), "to_address": reader.email, "to_name": reader.name}
+
+
+def welcome_for_any_name(reader_id: int, newsletter: Newsletter, config: Mapping[str, Any]
+                         ) -> tuple[dict[str, Any], tuple[str, str]]:
+    """The welcome email before the reader's address and name are read: (arguments, bodies without a name).
+
+    The arguments are welcome()'s with an empty to_address, and bodies that greet the slot of
+    name_filled; the (text, html) bodies are those of a reader without a name.
+    """
+    unnamed = _welcome(reader_id, None, newsletter, config)
+    return ({**_welcome(reader_id, NAME_SLOT, newsletter, config), "to_address": ""},
+            (unnamed["body_text"], unnamed["body_html"]))
+
+
+def _welcome(reader_id: int, reader_name: str | None, newsletter: Newsletter, config: Mapping[str, Any]
+             ) -> dict[str, Any]:
+    token = tokens.unsubscribe_token(reader_id, newsletter.id)
     subject, text, html = _render(
-        "welcome", [newsletter], 0, reader,
+        "welcome", [newsletter], 0, reader_name,
         unsubscribe_link=external_url("public.unsubscribe", token=token),
-        preferences_link=external_url("public.preferences", token=tokens.preferences_token(reader.id)),
+        preferences_link=external_url("public.preferences", token=tokens.preferences_token(reader_id)),
     )
     return {
-        "kind": "welcome", "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
-        "subject": subject, "body_text": text, "body_html": html,
-        "mail_from": newsletter.sender or config["NEWSLETTER_MAIL_FROM"], "headers": headers,
+        "kind": "welcome", "reader_id": reader_id, "subject": subject, "body_text": text, "body_html": html,
+        "mail_from": newsletter.sender or config["NEWSLETTER_MAIL_FROM"],
+        "headers": unsubscribe_headers(newsletter, config, token),
     }
 
 

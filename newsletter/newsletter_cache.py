@@ -1,4 +1,4 @@
-"""The active newsletters by slug, remembered for a few seconds in each process, for the signup path.
+"""The active newsletters, remembered for a few seconds in each process, for signup and confirmation.
 
 A signup only needs to know that the slugs it names are active newsletters, and their ids and names;
 asking the database on every signup costs more than the rest of the lookup. The entries are
@@ -28,6 +28,7 @@ TTL = 10.0
 @dataclass(frozen=True)
 class _Snapshot:
     by_slug: dict[str, Newsletter]
+    by_id: dict[int, Newsletter]
     taken_at: float
 
 
@@ -40,23 +41,37 @@ def active(session: Session, slugs: Sequence[str]) -> list[Newsletter] | None:
 
     None sends the caller to the database, which then says what is wrong with which slug.
     """
+    by_slug = _current(session).by_slug
+    return _all_or_none([by_slug.get(slug) for slug in slugs])
+
+
+def active_by_id(session: Session, ids: Sequence[int]) -> list[Newsletter] | None:
+    """The active newsletters with these ids, in that order; None if any is unknown or archived here."""
+    by_id = _current(session).by_id
+    return _all_or_none([by_id.get(newsletter_id) for newsletter_id in ids])
+
+
+def _all_or_none(found: list[Newsletter | None]) -> list[Newsletter] | None:
+    if any(newsletter is None for newsletter in found):
+        return None
+    return found  # type: ignore[return-value]
+
+
+def _current(session: Session) -> _Snapshot:
     engine = session.get_bind()
     snapshot = _snapshots.get(engine)
     if snapshot is None or time.monotonic() - snapshot.taken_at > TTL:
         snapshot = _take(session)
         _snapshots[engine] = snapshot
-    found = [snapshot.by_slug.get(slug) for slug in slugs]
-    if any(newsletter is None for newsletter in found):
-        return None
-    return found  # type: ignore[return-value]
+    return snapshot
 
 
 def _take(session: Session) -> _Snapshot:
     columns = [column.key for column in inspect(Newsletter).column_attrs]
     rows = session.execute(select(*(getattr(Newsletter, key) for key in columns))
                            .where(Newsletter.archived_at.is_(None))).all()
-    by_slug = {row.slug: snapshot(Newsletter, dict(row._mapping)) for row in rows}
-    return _Snapshot(by_slug, time.monotonic())
+    newsletters = [snapshot(Newsletter, dict(row._mapping)) for row in rows]
+    return _Snapshot({n.slug: n for n in newsletters}, {n.id: n for n in newsletters}, time.monotonic())
 
 
 def forget(engine: Engine) -> None:

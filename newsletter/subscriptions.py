@@ -12,19 +12,19 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any
 
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from sqlalchemy import Connection, Integer, Select, bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import confirmation_writes, emails, first_signup, newsletter_cache, outbox
 from .catalog import SLUG
 from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, snapshot, utcnow
-from .sql import in_list, statement_at_a_time
+from .sql import statement_at_a_time
 
 
 class SignupRejected(Exception):
@@ -256,111 +256,76 @@ def get_reader(session: Session, reader_id: int) -> Reader:
     return reader
 
 
-def _sort_for_confirmation(reader: Reader, pairs: Iterable[tuple[Newsletter, Subscription | None]],
-                           issued_at: datetime) -> tuple[ConfirmResult, list[Subscription]]:
-    """What a confirmation link issued at `issued_at` would do: (result, the subscriptions it confirms)."""
+def _sort_for_confirmation(reader: Reader, states: Iterable[tuple[Newsletter, str | None, datetime | None]],
+                           issued_at: datetime) -> ConfirmResult:
+    """What a confirmation link issued at `issued_at` does, given (newsletter, status, pending_since) of each subscription."""
     result = ConfirmResult(reader=reader)
-    to_confirm = []
     # Token times have whole seconds: compare with pending_since cut to the second.
     issued_at = issued_at.replace(microsecond=0)
-    for newsletter, subscription in pairs:
-        if subscription is not None and subscription.status == "confirmed":
+    for newsletter, status, pending_since in states:
+        if status == "confirmed":
             result.already_confirmed.append(newsletter)
-        elif (subscription is not None and subscription.status == "pending" and newsletter.is_active
-              and subscription.pending_since is not None
-              and issued_at >= subscription.pending_since.replace(microsecond=0)):
+        elif (status == "pending" and newsletter.is_active and pending_since is not None
+              and issued_at >= pending_since.replace(microsecond=0)):
             result.confirmed.append(newsletter)
-            to_confirm.append(subscription)
         else:
             result.lapsed.append(newsletter)
-    return result, to_confirm
+    return result
 
 
 def preview_confirmation(session: Session, reader_id: int, newsletter_ids: Iterable[int], *,
                          issued_at: datetime) -> ConfirmResult:
     """What confirm() would do, changing nothing: `confirmed` lists what it would confirm."""
     reader = get_reader(session, reader_id)
-    return _sort_for_confirmation(reader, subscriptions_of(session, reader.id, newsletter_ids), issued_at)[0]
-
-
-_READER_COLUMNS = [column.key for column in Reader.__table__.columns]
-_NEWSLETTER_COLUMNS = [column.key for column in Newsletter.__table__.columns]
-_SUBSCRIPTION_COLUMNS = ["id", "status", "pending_since"]
-
-
-@cache
-def _with_subscriptions_query(dialect: str) -> Select[Any]:
-    # Built once, and read as plain rows: putting a three-entity ORM query together and loading its
-    # objects costs more than running it.
-    return (
-        select(*(getattr(Reader, key).label(f"reader_{key}") for key in _READER_COLUMNS),
-               *(getattr(Newsletter, key).label(f"newsletter_{key}") for key in _NEWSLETTER_COLUMNS),
-               *(getattr(Subscription, key).label(f"subscription_{key}") for key in _SUBSCRIPTION_COLUMNS))
-        .select_from(Reader)
-        .outerjoin(Newsletter, in_list(Newsletter.id, "newsletter_ids", Integer(), dialect))
-        .outerjoin(Subscription, (Subscription.newsletter_id == Newsletter.id) & (Subscription.reader_id == Reader.id))
-        .where(Reader.id == bindparam("the_reader"), Reader.erased_at.is_(None))
-        .order_by(Newsletter.name)
-    )
-
-
-def _with_subscriptions(connection: Connection, reader_id: int, newsletter_ids: Iterable[int]
-                        ) -> tuple[Reader | None, list[tuple[Newsletter, Subscription | None]]]:
-    """The reader (None if missing or erased) and its subscriptions to those of `newsletter_ids` that exist.
-
-    One query; the objects are snapshots in no session, for reading.
-    """
-    rows = connection.execute(
-        _with_subscriptions_query(connection.dialect.name),
-        {"the_reader": reader_id, "newsletter_ids": list(newsletter_ids)},
-    ).mappings().all()
-    if not rows:
-        return None, []
-    reader = snapshot(Reader, {key: rows[0][f"reader_{key}"] for key in _READER_COLUMNS})
-    pairs = []
-    for row in rows:
-        if row["newsletter_id"] is None:  # none of the newsletters exists any more
-            break
-        newsletter = snapshot(Newsletter, {key: row[f"newsletter_{key}"] for key in _NEWSLETTER_COLUMNS})
-        subscription = None if row["subscription_id"] is None else snapshot(Subscription, {
-            "reader_id": reader.id, "newsletter_id": newsletter.id,
-            **{key: row[f"subscription_{key}"] for key in _SUBSCRIPTION_COLUMNS}})
-        pairs.append((newsletter, subscription))
-    return reader, pairs
+    return _sort_for_confirmation(reader, [
+        (newsletter, None, None) if subscription is None else (newsletter, subscription.status, subscription.pending_since)
+        for newsletter, subscription in subscriptions_of(session, reader.id, newsletter_ids)
+    ], issued_at)
 
 
 def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, issued_at: datetime,
             source: Source, config: Mapping[str, Any]) -> ConfirmResult:
     """Confirm the pending subscriptions a confirmation link was issued for.
 
-    A read, then a write that confirms only what is still to confirm (see confirmation_writes), so
-    on PostgreSQL they need no transaction around them. If something changed in between (the link
-    pressed twice at once, an unsubscribe, an erasure), the result says how things stand after it.
+    The link names the reader and the newsletters, which is enough to render the welcome emails
+    before reading anything; confirmation_writes then reads and writes the rest, on PostgreSQL in a
+    single statement. If something changed the subscriptions as it ran (the link pressed twice at
+    once, an unsubscribe), the result says how things stand after it.
     """
     newsletter_ids = list(newsletter_ids)
+    newsletters = newsletter_cache.active_by_id(session, newsletter_ids)
+    if newsletters is None:  # archived, deleted or new since the cache was filled: ask the database
+        newsletters = list(session.scalars(select(Newsletter).where(Newsletter.id.in_(newsletter_ids))))
+    newsletters.sort(key=lambda newsletter: newsletter.name)
+    active = [newsletter for newsletter in newsletters if newsletter.is_active]
+    welcomes = {}
+    for newsletter in active:
+        if newsletter.send_welcome:
+            arguments, unnamed = emails.welcome_for_any_name(reader_id, newsletter, config)
+            welcomes[newsletter.id] = confirmation_writes.Welcome(outbox.message_row(**arguments), unnamed)
+
     with statement_at_a_time(session) as connection:
-        reader, pairs = _with_subscriptions(connection, reader_id, newsletter_ids)
-        if reader is None:
+        written = confirmation_writes.record(connection, reader_id, [n.id for n in active], issued_at, utcnow(),
+                                             _source_row(source), welcomes)
+        if written is None:
             raise UnknownReader(reader_id)
-        result, to_confirm = _sort_for_confirmation(reader, pairs, issued_at)
-        if not to_confirm:
-            return result
-        mails = {newsletter.id: outbox.message_row(**emails.welcome(reader, newsletter, config))
-                 for newsletter in result.confirmed if newsletter.send_welcome}
-        confirmed = confirmation_writes.record(connection, reader.id, [s.id for s in to_confirm], issued_at,
-                                               utcnow(), _source_row(source), mails)
-        if confirmed != {newsletter.id for newsletter in result.confirmed}:
-            reader, pairs = _with_subscriptions(connection, reader_id, newsletter_ids)
-            if reader is None:
-                raise UnknownReader(reader_id)
-            now_so, _ = _sort_for_confirmation(reader, pairs, issued_at)
-            result = ConfirmResult(
-                reader=reader,
-                confirmed=[n for n in now_so.already_confirmed if n.id in confirmed],
-                already_confirmed=[n for n in now_so.already_confirmed if n.id not in confirmed],
-                lapsed=now_so.lapsed,
-            )
-    if confirmed & mails.keys():
+        reader = snapshot(Reader, {"id": reader_id, "email": written.reader[0], "name": written.reader[1]})
+        result = _sort_for_confirmation(reader, [(n, *written.before.get(n.id, (None, None))) for n in newsletters],
+                                        issued_at)
+        if {newsletter.id for newsletter in result.confirmed} != written.confirmed:
+            # Changed by another request since the statement began: say how things are now.
+            now_so = {row.newsletter_id: row.status for row in connection.execute(
+                confirmation_writes.statuses(connection.dialect.name),
+                {"the_reader": reader_id, "newsletter_ids": newsletter_ids})}
+            result = ConfirmResult(reader=reader)
+            for newsletter in newsletters:
+                if newsletter.id in written.confirmed:
+                    result.confirmed.append(newsletter)
+                elif now_so.get(newsletter.id) == "confirmed":
+                    result.already_confirmed.append(newsletter)
+                else:
+                    result.lapsed.append(newsletter)
+    if written.confirmed & welcomes.keys():
         outbox.note_enqueued(session)
     return result
 
