@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from newsletter import outbox
+from sqlalchemy import text
+
+from newsletter import outbox, subscriptions, tokens
 from newsletter.extensions import db
 
 from .conftest import SECRET, query
 
 SIGNUPS = 20
+CLICKS = 10
 MESSAGES = 500
 SUMMARY = re.compile(r"^sent (\d+), will retry (\d+), failed (\d+)$", re.MULTILINE)
 
@@ -66,6 +69,61 @@ def test_simultaneous_signups_of_one_address_make_one_reader_and_one_email(app, 
     [confirmation] = smtp.inbox.messages
     assert confirmation["Message-ID"] == rows[0][2]
     assert confirmation["Subject"] == "Confirm your subscription to 2 newsletters"
+
+
+def _signed_up(app, live_server, newsletters: list[str]) -> str:
+    """A confirmation link of a new reader signed up over HTTP to `newsletters`."""
+    answer = requests.post(f"{live_server}/api/v1/subscriptions", json={
+        "email": "clicker@example.com", "name": "Clicker", "newsletters": newsletters}, timeout=30)
+    assert answer.status_code == 202, answer.text
+    with app.app_context():
+        [(reader_id,)] = db.session.execute(text("SELECT id FROM readers")).all()
+        ids = [id_ for (id_,) in db.session.execute(text("SELECT newsletter_id FROM subscriptions"))]
+        db.session.remove()
+        return tokens.confirm_token(reader_id, ids)
+
+
+def test_a_link_pressed_many_times_at_once_confirms_once(app, live_server):
+    token = _signed_up(app, live_server, ["daily-briefing", "weekly-explainer"])
+    barrier = threading.Barrier(CLICKS)
+
+    def press(_: int) -> requests.Response:
+        barrier.wait(timeout=30)
+        return requests.post(f"{live_server}/confirm/{token}", timeout=60)
+
+    with ThreadPoolExecutor(CLICKS) as pool:
+        answers = list(pool.map(press, range(CLICKS)))
+
+    assert [answer.status_code for answer in answers] == [200] * CLICKS
+    headings = sorted(re.search(r"<h1>(.*?)</h1>", answer.text).group(1) for answer in answers)
+    assert headings == ["Already confirmed"] * (CLICKS - 1) + ["Subscription confirmed"]
+    assert query(app, "SELECT status FROM subscriptions") == [("confirmed",), ("confirmed",)]
+    assert query(app, "SELECT count(*) FROM consent_events WHERE action = 'confirmed'") == [(2,)]
+    assert query(app, "SELECT count(*) FROM outbox_messages WHERE kind = 'welcome'") == [(2,)]
+
+
+def test_a_confirmation_waits_for_an_unsubscribe_under_way_and_then_confirms_nothing(app, live_server):
+    token = _signed_up(app, live_server, ["weekly-explainer"])
+    pressed: list[requests.Response] = []
+    with app.app_context():
+        [(reader_id,)] = db.session.execute(text("SELECT id FROM readers")).all()
+        # The unsubscribe holds the reader (PostgreSQL: its row lock; SQLite: the write lock) until it commits.
+        assert subscriptions.unsubscribe(db.session, reader_id, None, source=subscriptions.Source("test"))
+        press = threading.Thread(target=lambda: pressed.append(
+            requests.post(f"{live_server}/confirm/{token}", timeout=60)))
+        press.start()
+        press.join(timeout=1)
+        assert press.is_alive(), "the confirmation should wait for the unsubscribe"
+        db.session.commit()
+        db.session.remove()
+    press.join(timeout=30)
+
+    [answer] = pressed
+    assert answer.status_code == 200
+    assert "<h1>Link no longer valid</h1>" in answer.text
+    assert query(app, "SELECT status FROM subscriptions") == [("unsubscribed",)]
+    assert query(app, "SELECT count(*) FROM consent_events WHERE action = 'confirmed'") == [(0,)]
+    assert query(app, "SELECT count(*) FROM outbox_messages WHERE kind = 'welcome'") == [(0,)]
 
 
 def _worker_env(app, smtp, instance: Path) -> dict[str, str]:

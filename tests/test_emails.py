@@ -1,14 +1,19 @@
 """Emails are rendered once per language and newsletters, then filled in per reader: the result must be
-exactly what rendering the templates for that reader gives, whatever the reader's name holds."""
+exactly what rendering the templates for that reader gives, whatever the reader's name holds; also
+when the database fills in the name, as a confirmation's welcome email has it."""
 
 from __future__ import annotations
 
 import pytest
 from flask import render_template
+from sqlalchemy import select
 
 from newsletter import emails, tokens
+from newsletter.extensions import db
 from newsletter.links import external_url
 from newsletter.models import Newsletter, Reader
+
+from .conftest import query
 
 NAMES = [None, "Olena", "Ганна Петрівна", '<b>Tom & "Jerry"</b> \'quoted\'', "\ue000link\ue001", "%(name)s {{ x }}"]
 NEWSLETTERS = [
@@ -63,3 +68,34 @@ def test_welcome_is_what_the_templates_give_for_this_reader(app, fixed_tokens, m
         expected_html = render_template("email/welcome.html", **context)
     assert [message["body_text"] for message in sent] == [expected_text] * 2
     assert [message["body_html"] for message in sent] == [expected_html] * 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_welcome_written_by_a_confirmation_greets_the_reader_as_the_templates_do(app, client, monkeypatch, name):
+    # confirmation_writes has the database address the welcome email and put the name in it.
+    answer = client.post("/api/v1/subscriptions", json={
+        "email": "reader@example.org", "name": name, "newsletters": ["weekly-explainer"]}, headers={"Accept-Language": "uk"})
+    assert answer.status_code == 202, answer.text
+    with app.app_context():
+        reader = db.session.scalars(select(Reader)).one()
+        newsletter = db.session.scalars(select(Newsletter).where(Newsletter.slug == "weekly-explainer")).one()
+        token = tokens.confirm_token(reader.id, [newsletter.id])
+        db.session.expunge_all()
+    monkeypatch.setattr(tokens, "unsubscribe_token", lambda reader_id, nid: f"unsubscribe-{reader_id}-{nid}")
+    monkeypatch.setattr(tokens, "preferences_token", lambda reader_id: f"preferences-{reader_id}")
+
+    assert client.post(f"/confirm/{token}", headers={"Accept-Language": "uk"}).status_code == 200
+
+    [(to_address, to_name, text, html)] = query(
+        app, "SELECT to_address, to_name, body_text, body_html FROM outbox_messages WHERE kind = 'welcome'")
+    with app.test_request_context(headers={"Accept-Language": "uk"}):
+        context = {
+            "reader": reader,
+            "newsletter": newsletter,
+            "unsubscribe_link": external_url("public.unsubscribe", token=f"unsubscribe-{reader.id}-{newsletter.id}"),
+            "preferences_link": external_url("public.preferences", token=f"preferences-{reader.id}"),
+        }
+        assert (to_address, to_name) == ("reader@example.org", name)
+        assert text == render_template("email/welcome.txt", **context)
+        assert html == render_template("email/welcome.html", **context)
+    assert "Добрий день" in text  # in the language the link was opened in
