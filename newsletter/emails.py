@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email import policy
 from email.parser import BytesParser
 from email.utils import parseaddr
@@ -103,12 +103,15 @@ def _sql_string(value: str) -> ColumnElement[str]:
     return literal_column("'" + value.replace("'", "''") + "'", String())
 
 
-def unsubscribe_headers(newsletter: Newsletter, config: Mapping[str, Any], token: str) -> dict[str, str]:
-    """RFC 2369 / RFC 8058 headers: the mail client's own unsubscribe button, one click; `token` from tokens."""
+def unsubscribe_headers(newsletter: Newsletter, config: Mapping[str, Any], token: str, link: str) -> dict[str, str]:
+    """RFC 2369 / RFC 8058 headers: the mail client's own unsubscribe button, one click.
+
+    `token` is the reader's unsubscribe token for `newsletter`, `link` its public.unsubscribe URL.
+    """
     mailbox = config["NEWSLETTER_UNSUBSCRIBE_MAILTO"] or _address_in(config["NEWSLETTER_MAIL_FROM"])
     return {
         "List-Unsubscribe": (
-            f"<{external_url('public.unsubscribe', token=token)}>, "
+            f"<{link}>, "
             f"<mailto:{mailbox}?subject={quote('unsubscribe ' + token)}>"
         ),
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
@@ -146,7 +149,10 @@ def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
 
 def welcome(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> dict[str, Any]:
     """The welcome email of one newsletter as outbox.message_row's arguments."""
-    return {**_welcome(reader.id, reader.name, newsletter, config), "to_address": reader.email, "to_name": reader.name}
+    arguments, render = _welcome(reader.id, newsletter, config)
+    subject, text, html = render(reader.name)
+    return {**arguments, "subject": subject, "body_text": text, "body_html": html,
+            "to_address": reader.email, "to_name": reader.name}
 
 
 def welcome_for_any_name(reader_id: int, newsletter: Newsletter, config: Mapping[str, Any]
@@ -156,24 +162,23 @@ def welcome_for_any_name(reader_id: int, newsletter: Newsletter, config: Mapping
     The arguments are welcome()'s with an empty to_address, and bodies that greet the slot of
     name_filled; the (text, html) bodies are those of a reader without a name.
     """
-    unnamed = _welcome(reader_id, None, newsletter, config)
-    return ({**_welcome(reader_id, NAME_SLOT, newsletter, config), "to_address": ""},
-            (unnamed["body_text"], unnamed["body_html"]))
+    arguments, render = _welcome(reader_id, newsletter, config)
+    subject, text, html = render(NAME_SLOT)
+    _, unnamed_text, unnamed_html = render(None)
+    return ({**arguments, "subject": subject, "body_text": text, "body_html": html, "to_address": ""},
+            (unnamed_text, unnamed_html))
 
 
-def _welcome(reader_id: int, reader_name: str | None, newsletter: Newsletter, config: Mapping[str, Any]
-             ) -> dict[str, Any]:
+def _welcome(reader_id: int, newsletter: Newsletter, config: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], Callable[[str | None], tuple[str, str, str]]]:
+    """The welcome email's arguments but the rendered ones, and its rendering for a reader's name."""
     token = tokens.unsubscribe_token(reader_id, newsletter.id)
-    subject, text, html = _render(
-        "welcome", [newsletter], 0, reader_name,
-        unsubscribe_link=external_url("public.unsubscribe", token=token),
-        preferences_link=external_url("public.preferences", token=tokens.preferences_token(reader_id)),
-    )
-    return {
-        "kind": "welcome", "reader_id": reader_id, "subject": subject, "body_text": text, "body_html": html,
-        "mail_from": newsletter.sender or config["NEWSLETTER_MAIL_FROM"],
-        "headers": unsubscribe_headers(newsletter, config, token),
-    }
+    links = {"unsubscribe_link": external_url("public.unsubscribe", token=token),
+             "preferences_link": external_url("public.preferences", token=tokens.preferences_token(reader_id))}
+    arguments = {"kind": "welcome", "reader_id": reader_id,
+                 "mail_from": newsletter.sender or config["NEWSLETTER_MAIL_FROM"],
+                 "headers": unsubscribe_headers(newsletter, config, token, links["unsubscribe_link"])}
+    return arguments, lambda reader_name: _render("welcome", [newsletter], 0, reader_name, **links)
 
 
 def token_from_unsubscribe_reply(raw: bytes) -> str | None:
