@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     bindparam,
     case,
+    exists,
     insert,
     literal_column,
     select,
@@ -114,17 +115,22 @@ def _live_reader(dialect: str) -> Select[Any]:
 
 @cache
 def _subscriptions_update(dialect: str, live_reader: CTE | None = None) -> Executable:
-    """The guarded UPDATE; on PostgreSQL `live_reader` is the locking part of the statement it goes in."""
-    reader_ids = select(live_reader.c.id) if live_reader is not None else _live_reader(dialect).with_only_columns(
-        Reader.id)
+    """The guarded UPDATE; on PostgreSQL `live_reader` is the locking part of the statement it goes in.
+
+    The reader's id is compared with the bind parameter, not with live_reader's rows, so that every
+    plan (a prepared statement's generic one too) finds the subscriptions by the (reader_id,
+    newsletter_id) index; the EXISTS, a one-time test, takes the lock before any row is updated.
+    """
+    reader_is_live = exists(live_reader.select() if live_reader is not None else _live_reader(dialect))
     active = select(Newsletter.id).where(Newsletter.archived_at.is_(None))
     return (
         update(Subscription)
-        .where(Subscription.reader_id.in_(reader_ids),
+        .where(Subscription.reader_id == bindparam("the_reader", type_=Integer()),
                in_list(Subscription.newsletter_id, "newsletter_ids", Integer(), dialect),
                Subscription.newsletter_id.in_(active),
                Subscription.status == literal_column("'pending'"),
-               Subscription.pending_since < bindparam("pending_before", type_=UTCDateTime()))
+               Subscription.pending_since < bindparam("pending_before", type_=UTCDateTime()),
+               reader_is_live)
         .values(status=literal_column("'confirmed'"), confirmed_at=bindparam("now", type_=UTCDateTime()))
         .returning(Subscription.newsletter_id)
     )
