@@ -128,7 +128,11 @@ def _subscriptions_update(dialect: str, live_reader: CTE | None = None) -> Execu
         .where(Subscription.reader_id == bindparam("the_reader", type_=Integer()),
                in_list(Subscription.newsletter_id, "newsletter_ids", Integer(), dialect),
                Subscription.newsletter_id.in_(active),
-               Subscription.status == literal_column("'pending'"),
+               # Still pending (status_known allows three), said as "neither other" so that only the
+               # (reader_id, newsletter_id) index matches two of these conditions. With `= 'pending'`,
+               # ix_subscriptions_newsletter_status would too, and without statistics (a new database)
+               # PostgreSQL may pick it and read every pending subscription of the newsletter.
+               Subscription.status.not_in((literal_column("'confirmed'"), literal_column("'unsubscribed'"))),
                Subscription.pending_since < bindparam("pending_before", type_=UTCDateTime()),
                reader_is_live)
         .values(status=literal_column("'confirmed'"), confirmed_at=bindparam("now", type_=UTCDateTime()))
