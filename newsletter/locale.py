@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from babel import Locale
 from flask import has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from .request_body import json_object
 
 LANGUAGES = ("en", "uk")
+# Flask-Babel takes a Locale as it is; from a code it makes a new one, which looks for its data file each time.
+_LOCALES = {code: Locale.parse(code) for code in LANGUAGES}
 
 
 def N_(message: str) -> str:  # noqa: N802 (gettext's own name for it)
@@ -22,11 +25,11 @@ def _primary(tag: object) -> str | None:
     return code if code in LANGUAGES else None
 
 
-def select_locale() -> str:
+def select_locale() -> Locale:
     """The language to answer in, for Flask-Babel."""
     if not has_request_context():
         # The CLI and the outbox worker have no reader to ask: the default language.
-        return "en"
+        return _LOCALES["en"]
     try:
         body = json_object()
         # Parsing a form costs as much as choosing the language: only when there is one.
@@ -34,4 +37,4 @@ def select_locale() -> str:
     except HTTPException:  # e.g. a body over the size limit, while its 413 page is being made
         body, form_lang = None, None
     explicit = request.args.get("lang") or form_lang or (body.get("lang") if body else None)
-    return _primary(explicit) or request.accept_languages.best_match(LANGUAGES) or "en"
+    return _LOCALES[_primary(explicit) or request.accept_languages.best_match(LANGUAGES) or "en"]
