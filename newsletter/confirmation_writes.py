@@ -90,7 +90,7 @@ def record(connection: Connection, reader_id: int, newsletter_ids: Sequence[int]
               for row in connection.execute(statuses(dialect), parameters)}
     confirmed = set(connection.execute(_subscriptions_update(dialect), parameters).scalars())
     if confirmed:
-        connection.execute(_event_insert(), [{**parameters, "newsletter": newsletter_id} for newsletter_id in confirmed])
+        connection.execute(_event_insert(), [{**parameters, "newsletter": newsletter} for newsletter in confirmed])
     for number, statement in enumerate(_mail_inserts(len(welcomes), columns)):
         if parameters[f"mail{number}_newsletter"] in confirmed:
             connection.execute(statement, parameters)

@@ -6,8 +6,9 @@ once, with bind parameters only, so SQLAlchemy compiles each of them once per pr
 
 On PostgreSQL it is one statement, outside any transaction (sql.statement_at_a_time): the
 confirmation email carries a link signed with the reader's id, so the id is taken from the
-sequence beforehand, a few at a time per process (what Hibernate's pooled ids do). Ids are then not quite in signup order across processes; nothing relies on that,
-the readers' signup time is `created_at`. On SQLite: one statement for the reader, one per table.
+sequence beforehand, a few at a time per process (what Hibernate's pooled ids do). Ids are then
+not quite in signup order across processes; nothing relies on that, the readers' signup time is
+`created_at`. On SQLite: one statement for the reader, one per table.
 """
 
 from __future__ import annotations

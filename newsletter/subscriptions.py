@@ -258,7 +258,7 @@ def get_reader(session: Session, reader_id: int) -> Reader:
 
 def _sort_for_confirmation(reader: Reader, states: Iterable[tuple[Newsletter, str | None, datetime | None]],
                            issued_at: datetime) -> ConfirmResult:
-    """What a confirmation link issued at `issued_at` does, given (newsletter, status, pending_since) of each subscription."""
+    """What a confirmation link issued at `issued_at` does, given each (newsletter, status, pending_since)."""
     result = ConfirmResult(reader=reader)
     # Token times have whole seconds: compare with pending_since cut to the second.
     issued_at = issued_at.replace(microsecond=0)
@@ -277,10 +277,9 @@ def preview_confirmation(session: Session, reader_id: int, newsletter_ids: Itera
                          issued_at: datetime) -> ConfirmResult:
     """What confirm() would do, changing nothing: `confirmed` lists what it would confirm."""
     reader = get_reader(session, reader_id)
-    return _sort_for_confirmation(reader, [
-        (newsletter, None, None) if subscription is None else (newsletter, subscription.status, subscription.pending_since)
-        for newsletter, subscription in subscriptions_of(session, reader.id, newsletter_ids)
-    ], issued_at)
+    states = [(newsletter, *((None, None) if s is None else (s.status, s.pending_since)))
+              for newsletter, s in subscriptions_of(session, reader.id, newsletter_ids)]
+    return _sort_for_confirmation(reader, states, issued_at)
 
 
 def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, issued_at: datetime,

@@ -1,4 +1,5 @@
-"""Many requests and many workers at once: one reader and one email per address, each message sent once."""
+"""Many requests and many workers at once: one reader and one email per address, a link confirmed once, each
+message sent once."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from sqlalchemy import text
 
 from newsletter import outbox, subscriptions, tokens

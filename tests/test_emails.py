@@ -73,8 +73,8 @@ def test_welcome_is_what_the_templates_give_for_this_reader(app, fixed_tokens, m
 @pytest.mark.parametrize("name", NAMES)
 def test_welcome_written_by_a_confirmation_greets_the_reader_as_the_templates_do(app, client, monkeypatch, name):
     # confirmation_writes has the database address the welcome email and put the name in it.
-    answer = client.post("/api/v1/subscriptions", json={
-        "email": "reader@example.org", "name": name, "newsletters": ["weekly-explainer"]}, headers={"Accept-Language": "uk"})
+    answer = client.post("/api/v1/subscriptions", headers={"Accept-Language": "uk"}, json={
+        "email": "reader@example.org", "name": name, "newsletters": ["weekly-explainer"]})
     assert answer.status_code == 202, answer.text
     with app.app_context():
         reader = db.session.scalars(select(Reader)).one()
