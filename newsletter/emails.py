@@ -77,10 +77,21 @@ def _render(name: str, newsletters: list[Newsletter], days: int, reader_name: st
 
     With reader_name=NAME_SLOT the bodies keep the slot where the name goes, for name_filled.
     """
+    return _renderer(name, newsletters, days, **links)(reader_name)
+
+
+def _renderer(name: str, newsletters: list[Newsletter], days: int, **links: str
+              ) -> Callable[[str | None], tuple[str, str, str]]:
+    """_render with all but the reader's name given: for rendering one email for several names."""
     shown = tuple(_Shown(n.name, n.author, n.description or "", n.welcome_text) for n in newsletters)
-    subject, text, html = _rendered(name, str(get_locale() or "en"), shown, days, bool(reader_name))
-    values = links if reader_name == NAME_SLOT else {"name": reader_name, **links}
-    return subject, _fill(text, values, html=False), _fill(html, values, html=True)
+    locale = str(get_locale() or "en")
+
+    def render(reader_name: str | None) -> tuple[str, str, str]:
+        subject, text, html = _rendered(name, locale, shown, days, bool(reader_name))
+        values = links if reader_name == NAME_SLOT else {"name": reader_name, **links}
+        return subject, _fill(text, values, html=False), _fill(html, values, html=True)
+
+    return render
 
 
 NAME_SLOT = _SLOT.format("name")
@@ -178,7 +189,7 @@ def _welcome(reader_id: int, newsletter: Newsletter, config: Mapping[str, Any]
     arguments = {"kind": "welcome", "reader_id": reader_id,
                  "mail_from": newsletter.sender or config["NEWSLETTER_MAIL_FROM"],
                  "headers": unsubscribe_headers(newsletter, config, token, links["unsubscribe_link"])}
-    return arguments, lambda reader_name: _render("welcome", [newsletter], 0, reader_name, **links)
+    return arguments, _renderer("welcome", [newsletter], 0, **links)
 
 
 def token_from_unsubscribe_reply(raw: bytes) -> str | None:

@@ -1,8 +1,8 @@
-"""Flask's signed-cookie session, made only when a request carries the cookie."""
+"""Flask's signed-cookie session, made only when a request carries the cookie and saved only when it holds something."""
 
 from __future__ import annotations
 
-from flask import Flask, Request
+from flask import Flask, Request, Response
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 
@@ -14,3 +14,11 @@ class CookieSessionInterface(SecureCookieSessionInterface):
         if app.secret_key and self.get_cookie_name(app) not in request.cookies:
             return self.session_class()
         return super().open_session(app, request)
+
+    def save_session(self, app: Flask, session: SecureCookieSession, response: Response) -> None:
+        # What Flask's does for a session that is empty and unchanged, without working out the cookie first.
+        if not session and not session.modified:
+            if session.accessed:
+                response.vary.add("Cookie")
+            return
+        super().save_session(app, session, response)
