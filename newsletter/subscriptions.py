@@ -87,6 +87,10 @@ def check_name(name: str | None) -> str | None:
         return None
     if any(unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") for char in name):
         raise ValueError(_("A name must be one line of text, without control characters."))
+    # Direction overrides and isolates reorder the text around a name in our emails and pages;
+    # zero-width characters make one name look like another.
+    if any(unicodedata.category(char) == "Cf" for char in name):
+        raise ValueError(_("A name can't contain invisible formatting characters, such as text direction marks."))
     name = name.strip()
     if len(name) > 200:
         raise ValueError(_("A name can be at most 200 characters long."))
