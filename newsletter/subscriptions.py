@@ -81,15 +81,19 @@ def _wording(locale: str, names: str) -> str:  # `locale` keys the cache: gettex
     return _("Send me %(names)s by email. I can unsubscribe at any time from a link in every email.", names=names)
 
 
+_JOINERS = "\u200c\u200d"  # ZERO WIDTH NON-JOINER, ZERO WIDTH JOINER
+
+
 def check_name(name: str | None) -> str | None:
     """The reader's name, stripped, or ValueError saying why it can't be stored."""
     if name is None:
         return None
     if any(unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") for char in name):
         raise ValueError(_("A name must be one line of text, without control characters."))
-    # Direction overrides and isolates reorder the text around a name in our emails and pages;
-    # zero-width characters make one name look like another.
-    if any(unicodedata.category(char) == "Cf" for char in name):
+    # Direction overrides and isolates reorder the text around a name in our emails and pages, and
+    # zero-width characters hide text in it. The two joiners stay: emoji sequences (👩‍💻) and
+    # Persian or Indic spelling need them, and they move nothing.
+    if any(unicodedata.category(char) == "Cf" and char not in _JOINERS for char in name):
         raise ValueError(_("A name can't contain invisible formatting characters, such as text direction marks."))
     name = name.strip()
     if len(name) > 200:
