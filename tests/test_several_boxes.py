@@ -121,8 +121,9 @@ def test_every_box_on_the_article_page_gets_its_newsletter_into_a_confirmation_e
 
 def test_a_box_filled_in_again_sends_nothing_more_until_the_resend_interval_has_passed(app, client, smtp, drain):
     fill_in_box(client, "daily-briefing")
+    fill_in_box(client, "daily-briefing")  # the same request again: it was in the email already
     fill_in_box(client, "weekly-explainer")
-    fill_in_box(client, "daily-briefing")  # the same request again: both were in an email already
+    fill_in_box(client, "daily-briefing")  # both were in an email already
     fill_in_box(client, "weekly-explainer")
     drain()
     first, second = confirmations_to(smtp)
