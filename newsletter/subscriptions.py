@@ -201,33 +201,33 @@ def sign_up(
         # Answered like any signup (no enumeration), but a blocked address changes and gets nothing.
         return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
 
-    existing = {newsletter.id: (newsletter, subscription) for subscription, newsletter in session.execute(
+    # Keyed by the newsletter objects themselves: one session holds one object per row.
+    subscriptions = {newsletter: subscription for subscription, newsletter in session.execute(
         select(Subscription, Newsletter).join(Newsletter, Newsletter.id == Subscription.newsletter_id)
         .where(Subscription.reader_id == reader.id))}
     for newsletter in newsletters:
-        subscription = existing.get(newsletter.id, (None, None))[1]
+        subscription = subscriptions.get(newsletter)
         if subscription is None:
-            subscription = Subscription(reader_id=reader.id, newsletter_id=newsletter.id, status="pending",
-                                        created_at=now, pending_since=now)
-            session.add(subscription)
-            existing[newsletter.id] = (newsletter, subscription)
+            subscriptions[newsletter] = Subscription(reader_id=reader.id, newsletter_id=newsletter.id,
+                                                     status="pending", created_at=now, pending_since=now)
+            session.add(subscriptions[newsletter])
         elif subscription.status == "unsubscribed":
             subscription.status, subscription.pending_since = "pending", now
         else:
             continue
         _record(session, reader, newsletter, "signup_requested", source, now)
 
-    pending = sorted(((n, s) for n, s in existing.values() if s.status == "pending" and n.is_active),
-                     key=lambda pair: pair[0].name)
-    not_yet_named = any(not _named_since_pending(subscription) for _, subscription in pending)
+    pending = sorted((newsletter for newsletter, subscription in subscriptions.items()
+                      if subscription.status == "pending" and newsletter.is_active), key=lambda n: n.name)
+    not_yet_named = any(not _named_since_pending(subscriptions[newsletter]) for newsletter in pending)
     interval = timedelta(seconds=config["NEWSLETTER_CONFIRM_RESEND_INTERVAL"])
     resend_due = reader.confirmation_sent_at is None or now - reader.confirmation_sent_at >= interval
     if not pending or not (not_yet_named or resend_due):
         return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
-    emails.enqueue_confirmation(session, reader, [newsletter for newsletter, _ in pending], config)
+    emails.enqueue_confirmation(session, reader, pending, config)
     reader.confirmation_sent_at = now
-    for _, subscription in pending:
-        subscription.confirmation_sent_at = now
+    for newsletter in pending:
+        subscriptions[newsletter].confirmation_sent_at = now
     return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=True)
 
 
