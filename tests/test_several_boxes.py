@@ -17,10 +17,12 @@ from email.message import EmailMessage
 import requests
 import sqlalchemy as sa
 
-from newsletter import catalog
+from newsletter import accounts, catalog
 from newsletter.extensions import db
+from newsletter.models import utcnow
 
 from .conftest import hidden_fields, link_in, query
+from .test_admin_auth import PASSWORD, log_in
 
 ARTICLE = "https://news.example/north-korean-troops-open-fire-on-russian-unit"
 THANKS = "Thank you for signing up for this newsletter. We've sent you a confirmation email."
@@ -172,6 +174,45 @@ def test_a_newsletter_archived_while_pending_is_left_out_of_the_next_email(app, 
     first, second = confirmations_to(smtp)
     assert named_in(first) == {"The Weekly Explainer"}
     assert named_in(second) == {"The Daily Briefing"}
+
+
+def make_pending_unmailed(app, slug: str, address: str = READER) -> None:
+    """A pending subscription no email ever named: what the old resend rule left behind (migration 0006 keeps it so)."""
+    with app.app_context():
+        db.session.execute(sa.text(
+            "INSERT INTO subscriptions (reader_id, newsletter_id, status, created_at, pending_since) "
+            "SELECT r.id, n.id, 'pending', :now, :now FROM readers r, newsletters n "
+            "WHERE r.email = :address AND n.slug = :slug"), {"now": utcnow(), "address": address, "slug": slug})
+        db.session.commit()
+        db.session.remove()
+
+
+def test_a_newsletter_left_unmailed_before_the_upgrade_is_mailed_at_the_next_signup_or_an_admins_resend(
+        app, client, smtp, drain):
+    add_newsletters(app)
+    fill_in_box(client, "daily-briefing")
+    make_pending_unmailed(app, "weekly-explainer")
+    fill_in_box(client, "daily-briefing")  # within the resend interval, but Weekly was never mailed
+    drain()
+    assert [named_in(m) for m in confirmations_to(smtp)] == [
+        {"The Daily Briefing"}, {"The Daily Briefing", "The Weekly Explainer"}]
+
+    make_pending_unmailed(app, "culture-digest")
+    with app.app_context():
+        accounts.create_admin(db.session, "editor@example.org", PASSWORD, "admin")
+        db.session.commit()
+        db.session.remove()
+    editor = app.test_client()
+    assert log_in(editor, "editor@example.org", PASSWORD).status_code == 303
+    [(reader_id,)] = query(app, "SELECT id FROM readers")
+    token = hidden_fields(editor.get("/admin/newsletters").get_data(as_text=True))["csrf_token"]
+    assert editor.post(f"/admin/readers/{reader_id}/resend", data={"csrf_token": token}).status_code == 303
+    # The resend named Culture Digest: the reader's own signup for it now sends nothing more.
+    fill_in_box(client, "culture-digest")
+    drain()
+    *_, resent = confirmations_to(smtp)
+    assert len(confirmations_to(smtp)) == 3
+    assert named_in(resent) == {"The Daily Briefing", "The Weekly Explainer", "Culture Digest"}
 
 
 def test_two_boxes_sent_at_the_same_moment_both_reach_the_reader(app, live_server, smtp):
