@@ -12,10 +12,10 @@ from .extensions import db
 
 @click.command("purge-pending")
 @click.option("--days", type=click.IntRange(min=1), default=None,
-              help="Signups older than this many days go (default NEWSLETTER_PENDING_RETENTION_DAYS).")
+              help="Readers inactive for longer than this many days go (default NEWSLETTER_PENDING_RETENTION_DAYS).")
 @with_appcontext
 def purge_pending(days: int | None) -> None:
-    """Delete readers who never confirmed any subscription and last signed up more than N days ago.
+    """Delete readers who never confirmed anything and last asked, or were sent a confirmation, over N days ago.
 
     Run it daily, e.g. from cron. Confirmed (even if unsubscribed later), blocked and erased
     readers are never touched.

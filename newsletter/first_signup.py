@@ -119,7 +119,7 @@ def insert_reader(session: Session, address: str, name: str | None, newsletters:
 
     The row is only inserted while every (id, slug) of `newsletters` is still an active newsletter,
     which makes entries from newsletter_cache safe to sign up with. A new reader is always sent a
-    confirmation, hence confirmation_sent_at.
+    confirmation, hence confirmation_sent_at (and its subscriptions', see add_subscriptions).
     """
     connection = session.connection()
     parameters: dict[str, Any] = {"address": address, "reader_name": name, "now": now, "count": len(newsletters)}
@@ -132,7 +132,7 @@ def insert_reader(session: Session, address: str, name: str | None, newsletters:
 
 def add_subscriptions(session: Session, reader_id: int, newsletters: Sequence[Newsletter], now: datetime,
                       event_source: Mapping[str, str | None], mail: Mapping[str, Any]) -> None:
-    """The reader's pending subscriptions, a signup_requested event for each, and its confirmation mail.
+    """The reader's pending subscriptions, a signup_requested event for each, and the confirmation mail naming them.
 
     `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail` is an outbox row.
     """
@@ -196,8 +196,8 @@ def _whole_signup(mail_columns: tuple[str, ...]) -> Executable:
     )
     subscriptions = (
         postgresql.insert(Subscription)
-        .from_select(["reader_id", "newsletter_id", "status", "created_at", "pending_since"],
-                     select(reader.c.id, Newsletter.id, literal_column("'pending'"), now, now)
+        .from_select(["reader_id", "newsletter_id", "status", "created_at", "pending_since", "confirmation_sent_at"],
+                     select(reader.c.id, Newsletter.id, literal_column("'pending'"), now, now, now)
                      .select_from(reader)
                      .join(Newsletter, in_list(Newsletter.id, "newsletter_ids", Integer(), "postgresql")))
         .returning(Subscription.newsletter_id)
@@ -221,8 +221,8 @@ def _whole_signup(mail_columns: tuple[str, ...]) -> Executable:
 def _subscription_inserts(dialect: str, mail_columns: tuple[str, ...]) -> list[Executable]:
     reader_id, now = bindparam("the_reader", type_=Integer()), bindparam("now", type_=UTCDateTime())
     subscriptions = _INSERTS[dialect](Subscription).from_select(
-        ["reader_id", "newsletter_id", "status", "created_at", "pending_since"],
-        select(reader_id, Newsletter.id, literal_column("'pending'"), now, now)
+        ["reader_id", "newsletter_id", "status", "created_at", "pending_since", "confirmation_sent_at"],
+        select(reader_id, Newsletter.id, literal_column("'pending'"), now, now, now)
         .where(in_list(Newsletter.id, "newsletter_ids", Integer(), dialect)),
     )
     event_columns = ["reader_id", "newsletter_id", "action", "occurred_at", *CONSENT_SOURCE_COLUMNS]

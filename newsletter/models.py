@@ -122,6 +122,9 @@ class Subscription(db.Model):
     pending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a confirmation email last named this newsletter; before pending_since, the pending
+    # subscription has not been in one yet (see subscriptions.sign_up).
+    confirmation_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     reader: Mapped[Reader] = relationship(back_populates="subscriptions")
     newsletter: Mapped[Newsletter] = relationship()

@@ -207,7 +207,11 @@ def erase_reader(session: Session, reader_id: int, *, source: Source) -> Reader:
 
 
 def _stale_pending(session: Session, cutoff: datetime, among: Iterable[int] | None = None) -> list[int]:
-    """Ids of readers who never confirmed anything and whose last signup activity is before `cutoff`."""
+    """Ids of readers who never confirmed anything and whose last signup activity is before `cutoff`.
+
+    Activity is any signup request and any confirmation email sent, not only the first: a reader who
+    asked again, or was mailed a new link, last week has a link that still works.
+    """
     recent_or_confirmed = exists().where(
         Subscription.reader_id == Reader.id,
         or_(
@@ -215,16 +219,24 @@ def _stale_pending(session: Session, cutoff: datetime, among: Iterable[int] | No
             Subscription.created_at >= cutoff,
             Subscription.pending_since >= cutoff,
             Subscription.unsubscribed_at >= cutoff,
+            Subscription.confirmation_sent_at >= cutoff,
         ),
     )
     ever_confirmed = exists().where(ConsentEvent.reader_id == Reader.id, ConsentEvent.action == "confirmed")
+    recently_requested = exists().where(
+        ConsentEvent.reader_id == Reader.id,
+        ConsentEvent.action.in_(("signup_requested", "confirmation_resent")),
+        ConsentEvent.occurred_at >= cutoff,
+    )
     query = select(Reader.id).where(
         Reader.erased_at.is_(None),
         # A blocked address is the admin's record of "never mail this": it stays.
         Reader.blocked_at.is_(None),
         Reader.created_at < cutoff,
+        or_(Reader.confirmation_sent_at.is_(None), Reader.confirmation_sent_at < cutoff),
         ~recent_or_confirmed,
         ~ever_confirmed,
+        ~recently_requested,
     )
     if among is not None:
         query = query.where(Reader.id.in_(list(among)))
@@ -232,7 +244,7 @@ def _stale_pending(session: Session, cutoff: datetime, among: Iterable[int] | No
 
 
 def purge_pending(session: Session, older_than_days: int) -> int:
-    """Delete readers who never confirmed and last signed up more than `older_than_days` ago; how many.
+    """Delete readers who never confirmed and were last active more than `older_than_days` ago; how many.
 
     Deleted, not erased: they never gave consent, so there is nothing to prove and nobody to count,
     and an anonymized row would stay `pending` forever. Their subscriptions, consent events and

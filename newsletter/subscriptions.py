@@ -81,12 +81,20 @@ def _wording(locale: str, names: str) -> str:  # `locale` keys the cache: gettex
     return _("Send me %(names)s by email. I can unsubscribe at any time from a link in every email.", names=names)
 
 
+_JOINERS = "\u200c\u200d"  # ZERO WIDTH NON-JOINER, ZERO WIDTH JOINER
+
+
 def check_name(name: str | None) -> str | None:
     """The reader's name, stripped, or ValueError saying why it can't be stored."""
     if name is None:
         return None
     if any(unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") for char in name):
         raise ValueError(_("A name must be one line of text, without control characters."))
+    # Direction overrides and isolates reorder the text around a name in our emails and pages, and
+    # zero-width characters hide text in it. The two joiners stay: emoji sequences (👩‍💻) and
+    # Persian or Indic spelling need them, and they move nothing.
+    if any(unicodedata.category(char) == "Cf" and char not in _JOINERS for char in name):
+        raise ValueError(_("A name can't contain invisible formatting characters, such as text direction marks."))
     name = name.strip()
     if len(name) > 200:
         raise ValueError(_("A name can be at most 200 characters long."))
@@ -171,7 +179,9 @@ def sign_up(
     """Make the reader's subscriptions to `newsletters` (from find_newsletters) pending; queue one confirmation.
 
     The outcome looks the same to the caller whether the address is new, pending or confirmed.
-    A confirmed reader gets no mail; any reader gets at most one confirmation per resend interval.
+    A confirmed reader gets no mail. A newsletter pending but not yet named in a confirmation email
+    (a second signup box on the page) gets one at once; otherwise a reader gets at most one
+    confirmation per resend interval. Each email names every newsletter still pending.
     """
     now = utcnow()
     new_reader = first_signup.sign_up_new(
@@ -184,44 +194,47 @@ def sign_up(
 
     # A known address, or a newsletter changed since it was looked up: look it up again.
     newsletters = find_newsletters(session, [newsletter.slug for newsletter in newsletters])
+    # The name is only stored with a new address: anyone may type anyone's address, and the name
+    # greets the reader in our emails.
     reader = _upsert_locked_reader(session, address, name, now)
     if reader.blocked_at is not None:
         # Answered like any signup (no enumeration), but a blocked address changes and gets nothing.
         return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
-    if name and not reader.name:
-        reader.name = name
 
-    existing = {
-        s.newsletter_id: s
-        for s in session.scalars(select(Subscription).where(Subscription.reader_id == reader.id))
-    }
+    # Keyed by the newsletter objects themselves: one session holds one object per row.
+    subscriptions = {newsletter: subscription for subscription, newsletter in session.execute(
+        select(Subscription, Newsletter).join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(Subscription.reader_id == reader.id))}
     for newsletter in newsletters:
-        subscription = existing.get(newsletter.id)
+        subscription = subscriptions.get(newsletter)
         if subscription is None:
-            subscription = Subscription(reader_id=reader.id, newsletter_id=newsletter.id, status="pending",
-                                        created_at=now, pending_since=now)
-            session.add(subscription)
-            existing[newsletter.id] = subscription
+            subscriptions[newsletter] = Subscription(reader_id=reader.id, newsletter_id=newsletter.id,
+                                                     status="pending", created_at=now, pending_since=now)
+            session.add(subscriptions[newsletter])
         elif subscription.status == "unsubscribed":
             subscription.status, subscription.pending_since = "pending", now
         else:
             continue
         _record(session, reader, newsletter, "signup_requested", source, now)
 
+    pending = sorted((newsletter for newsletter, subscription in subscriptions.items()
+                      if subscription.status == "pending" and newsletter.is_active), key=lambda n: n.name)
+    not_yet_named = any(not _named_since_pending(subscriptions[newsletter]) for newsletter in pending)
     interval = timedelta(seconds=config["NEWSLETTER_CONFIRM_RESEND_INTERVAL"])
-    recently_sent = reader.confirmation_sent_at is not None and now - reader.confirmation_sent_at < interval
-    queued = False
-    if not recently_sent and any(s.status == "pending" for s in existing.values()):
-        requested = {n.id for n in newsletters}
-        pending_elsewhere = any(s.status == "pending" and nid not in requested for nid, s in existing.items())
-        # Only a reader with other pending signups needs the database to list them all.
-        pending = pending_newsletters(session, reader) if pending_elsewhere else [
-            n for n in newsletters if existing[n.id].status == "pending"]
-        if pending:
-            emails.enqueue_confirmation(session, reader, pending, config)
-            reader.confirmation_sent_at = now
-            queued = True
-    return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=queued)
+    resend_due = reader.confirmation_sent_at is None or now - reader.confirmation_sent_at >= interval
+    if not pending or not (not_yet_named or resend_due):
+        return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
+    emails.enqueue_confirmation(session, reader, pending, config)
+    reader.confirmation_sent_at = now
+    for newsletter in pending:
+        subscriptions[newsletter].confirmation_sent_at = now
+    return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=True)
+
+
+def _named_since_pending(subscription: Subscription) -> bool:
+    """Whether a confirmation email named the pending subscription since it last became pending."""
+    sent, since = subscription.confirmation_sent_at, subscription.pending_since
+    return sent is not None and (since is None or sent >= since)
 
 
 def pending_newsletters(session: Session, reader: Reader) -> list[Newsletter]:
@@ -379,9 +392,9 @@ def resend_confirmation(session: Session, reader_id: int, *, source: Source, con
                         ) -> list[Newsletter]:
     """Queue a new confirmation email for every pending subscription, whatever the resend interval; the newsletters.
 
-    The send is recorded (confirmation_sent_at, and a `confirmation_resent` event per newsletter),
-    so the public resend interval counts from it. ActionRefused if nothing is pending or the reader
-    is blocked or erased.
+    The send is recorded (the reader's and each subscription's confirmation_sent_at, and a
+    `confirmation_resent` event per newsletter), so the public resend interval counts from it.
+    ActionRefused if nothing is pending or the reader is blocked or erased.
     """
     reader = _locked_reader(session, reader_id)
     if reader is None:
@@ -396,6 +409,12 @@ def resend_confirmation(session: Session, reader_id: int, *, source: Source, con
     now = utcnow()
     emails.enqueue_confirmation(session, reader, pending, config)
     reader.confirmation_sent_at = now
+    session.execute(
+        update(Subscription)
+        .where(Subscription.reader_id == reader.id, Subscription.newsletter_id.in_([n.id for n in pending]))
+        .values(confirmation_sent_at=now)
+        .execution_options(synchronize_session=False)
+    )
     for newsletter in pending:
         _record(session, reader, newsletter, "confirmation_resent", source, now)
     return pending

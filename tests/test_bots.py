@@ -372,6 +372,114 @@ def test_one_address_flooded_from_many_ips_gets_one_confirmation(app, smtp, drai
     assert query(app, "SELECT count(*) FROM readers WHERE email = 'victim@example.com'") == [(1,)]
 
 
+def test_spellings_of_one_address_share_one_budget(app, smtp, drain):
+    """Keyed on the address as a signup stores it, not as typed: width, case and IDNA forms count as one."""
+    app.config["NEWSLETTER_RATE_LIMIT_EMAIL"] = "3/10minutes"
+    spellings = ["ada@example.org", "ada@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.org", "ADA@EXAMPLE.ORG",
+                 " Ada@Example.Org ", "\uff41\uff44\uff41@example.org", "ada@EXAMPLE.org"]
+    answers = []
+    for number, spelling in enumerate(spellings):
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"10.0.2.{number + 1}"
+        answers.append(api_signup(client, spelling))
+    assert [answer.status_code for answer in answers] == [202, 202, 202, 429, 429, 429]
+    assert all(answer.get_json()["errors"]["request"][0].startswith(EMAIL_MESSAGE) for answer in answers[3:])
+
+    # The iframe form counts on the same budget, whatever the spelling.
+    browser = app.test_client()
+    browser.environ_base["REMOTE_ADDR"] = "10.0.2.100"
+    frame = browser.get("/embed/weekly-explainer")
+    wide = "ADA@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.ORG"
+    refused = browser.post("/embed/weekly-explainer", data={**hidden_fields(frame.text), "email": wide})
+    assert refused.status_code == 429 and EMAIL_MESSAGE in text(refused)
+    # A spelling that is no address at all is refused as such, and reaches nobody.
+    dotted = api_signup(app.test_client(), "ada@example.org.")
+    assert dotted.status_code == 422 and "email" in dotted.get_json()["errors"]
+    # Another address is unaffected.
+    assert api_signup(app.test_client(), "grace@example.org").status_code == 202
+
+    drain()
+    # Readers are told apart by the local part as typed (ada, ADA); the budget was theirs together.
+    assert Counter(recipients(smtp)) == {"ada@example.org": 1, "ADA@example.org": 1, "grace@example.org": 1}
+
+
+# --- names: only the address's owner names themselves -----------------------------------------------
+
+def test_a_signup_by_anyone_never_names_or_renames_a_known_reader(app, client, smtp, drain):
+    app.config["NEWSLETTER_CONFIRM_RESEND_INTERVAL"] = 0  # so that every signup below sends an email
+    api_signup(client, "nameless@example.org")
+    api_signup(client, "ada@example.org", name="Ada")
+    # A stranger types their addresses into forms on every channel, with a name of their choosing.
+    api_signup(client, "nameless@example.org", name="Your Bank Security Team")
+    api_signup(client, "ada@example.org", name="Eve")
+    page = client.get("/subscribe")
+    client.post("/subscribe", data={**hidden_fields(page.text), "email": "nameless@example.org",
+                                    "name": "Mallory", "newsletters": ["weekly-explainer"]})
+    frame = client.get("/embed/weekly-explainer")
+    client.post("/embed/weekly-explainer", data={**hidden_fields(frame.text), "email": "ada@example.org",
+                                                 "name": "Mallory"})
+    assert sorted(query(app, "SELECT email, name FROM readers")) == [("ada@example.org", "Ada"),
+                                                                     ("nameless@example.org", None)]
+    drain()
+    greetings = [(m["To"].addresses[0].addr_spec, m["To"].addresses[0].display_name,
+                  m.get_body(("plain",)).get_content().splitlines()[0]) for m in smtp.inbox.messages]
+    assert len(greetings) == 6
+    assert set(greetings) == {("nameless@example.org", "", "Hello,"), ("ada@example.org", "Ada", "Hello Ada,")}
+
+
+INVISIBLE = [
+    pytest.param("\u202e", id="right-to-left-override"),
+    pytest.param("\u202d", id="left-to-right-override"),
+    pytest.param("\u2066", id="left-to-right-isolate"),
+    pytest.param("\u2067", id="right-to-left-isolate"),
+    pytest.param("\u2069", id="pop-directional-isolate"),
+    pytest.param("\u200b", id="zero-width-space"),
+    pytest.param("\u200e", id="left-to-right-mark"),
+    pytest.param("\u200f", id="right-to-left-mark"),
+    pytest.param("\u2060", id="word-joiner"),
+    pytest.param("\ufeff", id="byte-order-mark"),
+    pytest.param("\u00ad", id="soft-hyphen"),
+    pytest.param("\U000e0041", id="tag-letter"),
+]
+INVISIBLE_MESSAGE = "A name can't contain invisible formatting characters"
+
+
+@pytest.mark.parametrize("character", INVISIBLE)
+def test_names_with_direction_overrides_or_invisible_characters_are_refused_on_every_channel(
+        app, client, smtp, drain, character):
+    name = f"Ada{character} Lovelace"
+    api = api_signup(client, "ada@example.com", name=name)
+    assert api.status_code == 422 and api.get_json()["errors"]["name"][0].startswith(INVISIBLE_MESSAGE)
+    script = api_signup(client, "ada@example.com", name=name, embed="script")
+    assert script.status_code == 422 and script.get_json()["errors"]["name"][0].startswith(INVISIBLE_MESSAGE)
+    page = client.get("/subscribe")
+    hosted = client.post("/subscribe", data={**hidden_fields(page.text), "email": "ada@example.com", "name": name,
+                                             "newsletters": ["daily-briefing"]})
+    assert hosted.status_code == 422 and INVISIBLE_MESSAGE in text(hosted)
+    assert 'value="ada@example.com"' in hosted.text  # what the reader typed is kept for the second try
+    frame = client.get("/embed/daily-briefing")
+    iframe = client.post("/embed/daily-briefing", data={**hidden_fields(frame.text), "email": "ada@example.com",
+                                                        "name": name})
+    assert iframe.status_code == 422 and INVISIBLE_MESSAGE in text(iframe)
+    assert_nothing_stored(app)
+    drain()
+    assert smtp.inbox.messages == []
+
+
+def test_the_refusal_of_an_invisible_character_speaks_ukrainian(app, client):
+    answer = api_signup(client, "ada@example.com", name="\u202eecalevoL adA", lang="uk")
+    assert answer.status_code == 422
+    assert answer.get_json()["errors"]["name"] == [
+        "Ім’я не може містити невидимих символів форматування, як-от позначок напрямку тексту."]
+
+
+@pytest.mark.parametrize("name", ["Ådå Łøvëlacé 👩\u200d💻", "\u0645\u0647\u0631\u0627\u0646\u200c\u067e\u0648\u0631",
+                                  "\u05e2\u05d3\u05d4 \u05dc\u05d1\u05dc\u05d9\u05d9\u05e1"])
+def test_names_that_need_joiners_or_run_right_to_left_are_taken(app, client, name):
+    assert api_signup(client, "ada@example.com", name=name).status_code == 202
+    assert query(app, "SELECT name FROM readers") == [(name,)]
+
+
 # --- shared counters across processes (gunicorn + Redis) -------------------------------------------
 
 REDIS_DB = 15

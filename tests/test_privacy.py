@@ -423,6 +423,70 @@ def test_purge_pending_removes_exactly_the_stale_never_confirmed_readers(app, cl
     assert runner.invoke(args=["purge-pending", "--days", "0"]).exit_code != 0
 
 
+def _backdate_everything(app, days: int) -> None:
+    """Move every stored moment `days` into the past, as if the signups so far happened then."""
+    columns = {"readers": ["created_at", "confirmation_sent_at"],
+               "subscriptions": ["created_at", "pending_since", "confirmation_sent_at"],
+               "consent_events": ["occurred_at"], "outbox_messages": ["created_at"]}
+    with app.app_context():
+        for table, names in columns.items():
+            for column in names:
+                for row_id, moment in db.session.execute(sa.text(f"SELECT id, {column} FROM {table}")).all():
+                    if moment is None:
+                        continue
+                    if isinstance(moment, str):  # SQLite hands raw text to a plain text() query
+                        moment = datetime.fromisoformat(moment)
+                    moment = moment.replace(tzinfo=None) - timedelta(days=days)
+                    db.session.execute(sa.text(f"UPDATE {table} SET {column} = :moment WHERE id = :row_id"),
+                                       {"moment": moment, "row_id": row_id})
+        db.session.commit()
+        db.session.remove()
+
+
+def test_purge_pending_keeps_a_reader_who_signed_up_again_within_the_retention(app, client, runner):
+    for address in (ADA, BOB):
+        assert client.post("/api/v1/subscriptions", json={"email": address, "newsletters": ["daily-briefing"]}
+                           ).status_code == 202
+    _backdate_everything(app, 40)
+    # Ada asks again (and is sent a new confirmation email); Bob never came back.
+    assert client.post("/api/v1/subscriptions", json={"email": ADA, "newsletters": ["daily-briefing"]}
+                       ).status_code == 202
+    _backdate_everything(app, 2)
+
+    result = runner.invoke(args=["purge-pending", "--days", "30"])
+    assert "Purged 1 never-confirmed reader older than 30 days." in result.output, result.output
+    assert query(app, "SELECT email FROM readers") == [(ADA,)]
+
+    _backdate_everything(app, 30)
+    assert "Purged 1 never-confirmed" in runner.invoke(args=["purge-pending", "--days", "30"]).output
+    assert query(app, "SELECT count(*) FROM readers") == [(0,)]
+
+
+def test_purge_pending_counts_the_last_signup_request_and_the_last_confirmation_email(app, runner):
+    with app.app_context():
+        [daily] = db.session.execute(sa.text("SELECT id FROM newsletters WHERE slug = 'daily-briefing'")).one()
+        s = db.session
+        two_days_ago = utcnow() - timedelta(days=2)
+        _reader(s, "old@example.org", 40, [(daily, "pending", 40)])
+        _reader(s, "mailed-lately@example.org", 40, [(daily, "pending", 40)])
+        _reader(s, "asked-lately@example.org", 40, [(daily, "pending", 40)])
+        _reader(s, "resent-lately@example.org", 40, [(daily, "pending", 40)])
+        s.flush()
+        ids = dict(s.execute(sa.select(Reader.email, Reader.id)).all())
+        s.execute(sa.update(Reader).where(Reader.email == "mailed-lately@example.org")
+                  .values(confirmation_sent_at=two_days_ago))
+        for email, action in (("asked-lately@example.org", "signup_requested"),
+                              ("resent-lately@example.org", "confirmation_resent")):
+            s.add(ConsentEvent(reader_id=ids[email], newsletter_id=daily, action=action, occurred_at=two_days_ago,
+                               source="api"))
+        s.commit()
+        s.remove()
+
+    assert "Purged 1 never-confirmed" in runner.invoke(args=["purge-pending", "--days", "30"]).output
+    assert sorted(email for email, in query(app, "SELECT email FROM readers")) == [
+        "asked-lately@example.org", "mailed-lately@example.org", "resent-lately@example.org"]
+
+
 def test_purge_pending_leaves_a_reader_who_is_signing_up_right_now(app, client):
     assert client.post("/api/v1/subscriptions", json={"email": ADA, "newsletters": ["daily-briefing"]}
                        ).status_code == 202
