@@ -268,6 +268,9 @@ def test_preferences_max_age_is_a_setting(app, client, ada, clock):
     assert client.get(ada.preferences).status_code == 200
     clock.advance(120)
     assert client.get(ada.preferences).status_code == 410
+    # In the reader's language.
+    ukrainian = client.get(ada.preferences, headers={"Accept-Language": "uk"})
+    assert ukrainian.status_code == 410 and "Надіслати мені нове посилання" in ukrainian.get_data(as_text=True)
 
 
 def test_every_email_carries_a_fresh_link(app, client, drain, smtp, ada, clock):
