@@ -32,19 +32,24 @@ def request_source(channel: str, wording: str | None = None, *, page_url: str | 
 
 def is_token_url(url: str) -> bool:
     """Whether `url` is on our host (NEWSLETTER_PUBLIC_URL's or this request's) with a signed link in its path."""
-    try:
-        parts = urlsplit(url.strip())
-        host = (parts.hostname or "").lower()
-    except ValueError:  # e.g. a malformed IPv6 address: not a URL of ours
-        return False
     public = urlsplit(current_app.config["NEWSLETTER_PUBLIC_URL"])
     # Where our pages start on each of our hosts; any port, since a proxy may stand in front.
     roots: dict[str, set[str]] = {}
-    for our_host, root in ((public.hostname, public.path), (urlsplit("//" + request.host).hostname, request.script_root)):
-        roots.setdefault((our_host or "").lower(), {""}).add(root.rstrip("/"))
-    path = unquote(parts.path)
-    return any(_carries_token(path[len(root):]) for root in roots.get(host, ())
-               if not root or path.startswith(root + "/"))
+    for our_host, root in ((public.hostname, public.path), (_host_of("//" + request.host), request.script_root)):
+        if our_host:
+            roots.setdefault(our_host, {""}).add(root.rstrip("/"))
+    host = _host_of(url.strip())
+    if host not in roots:
+        return False
+    path = unquote(urlsplit(url.strip()).path)
+    return any(_carries_token(path[len(root):]) for root in roots[host] if not root or path.startswith(root + "/"))
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return (urlsplit(url).hostname or "").lower() or None
+    except ValueError:  # e.g. a malformed IPv6 address: not one of ours
+        return None
 
 
 def _carries_token(path: str) -> bool:

@@ -94,6 +94,8 @@ def test_every_page_with_a_signed_link_in_its_url_sends_no_referrer(app, client,
     for page, response in answers.items():
         assert response.headers.get("Referrer-Policy") == "no-referrer", page
     assert [r.status_code for r in answers.values()] == [200] * 6 + [400, 400] + [200] * 2 + [410] * 3
+    # A damaged preferences link, too, leads to a new one.
+    assert 'href="/preferences/new-link"' in answers["damaged link"].get_data(as_text=True)
     # Pages without a signed link keep the browser's default.
     for path in ("/subscribe", "/thanks", "/preferences/new-link"):
         assert "Referrer-Policy" not in client.get(path).headers, path
