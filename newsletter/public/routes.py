@@ -180,7 +180,9 @@ def _expired_preferences_link() -> tuple[str, int]:
 
 
 @blueprint.route("/preferences/<token>", methods=["GET", "POST"])
-def preferences(token: str) -> str | tuple[str, int]:
+# The form checks its own CSRF token: over https CSRFProtect also wants a Referer, and no-referrer sends none.
+@csrf.exempt
+def preferences(token: str) -> tuple[str, int]:
     try:
         reader = _preferences_reader(token)
     except tokens.ExpiredToken:
@@ -192,7 +194,8 @@ def preferences(token: str) -> str | tuple[str, int]:
                                               source=source("preferences"))
         db.session.commit()
     pairs = subscriptions.subscriptions_of(db.session, reader.id)
-    return render_template("public/preferences.html", form=form, pairs=pairs, reader=reader, saved=saved)
+    status = 400 if form.errors.get("csrf_token") else 200
+    return render_template("public/preferences.html", form=form, pairs=pairs, reader=reader, saved=saved), status
 
 
 @blueprint.get("/preferences/<token>/data.json")
@@ -210,13 +213,14 @@ def my_data(token: str) -> Response | tuple[str, int]:
 
 
 @blueprint.route("/preferences/new-link", methods=["GET", "POST"])
+@csrf.exempt  # the form checks its own CSRF token; the expired link's page sends no Referer
 @link_request_limits
 def new_preferences_link() -> str | tuple[str, int]:
     """Ask for a fresh preferences link by address; the answer is the same whoever the address is."""
     form = NewLinkForm()
     if not form.validate_on_submit():
-        return render_template("public/new_link.html", form=form, expired=False, sent=False), \
-            422 if form.errors else 200
+        status = 400 if form.errors.get("csrf_token") else 422 if form.errors else 200
+        return render_template("public/new_link.html", form=form, expired=False, sent=False), status
     preferences_links.send_preferences_link(db.session, form.normalized_email, current_app.config)
     db.session.commit()
     return render_template("public/new_link.html", form=form, expired=False, sent=True)
