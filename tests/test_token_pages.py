@@ -26,7 +26,6 @@ from newsletter.provenance import is_token_url
 
 from .conftest import hidden_fields, link_in, query
 from .test_admin_auth import PASSWORD, log_in
-from .test_links import clock  # noqa: F401 (a fixture)
 from .test_links import ONE_CLICK, mail, path_of, press_confirm, sign_up, text_of
 
 PUBLIC = "http://127.0.0.1:5000"  # the tests' NEWSLETTER_PUBLIC_URL: the host of every link in our emails

@@ -16,7 +16,6 @@ from urllib.parse import unquote, urlsplit
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0007_scrub_token_urls'
 down_revision = '0005'
 branch_labels = None

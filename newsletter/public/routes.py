@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response
 
 from .. import abuse, origins, preferences_links, privacy, subscriptions, tokens
 from ..extensions import csrf, db
-from ..models import Newsletter
+from ..models import Newsletter, Reader
 from ..provenance import request_source as source
 from ..ratelimits import link_request_limits, signup_limits
 from . import blueprint
@@ -170,7 +170,7 @@ def unsubscribe(token: str) -> str | tuple[str, int]:
     return page
 
 
-def _preferences_reader(token: str):
+def _preferences_reader(token: str) -> Reader:
     """The reader of a preferences (or data download) link; ExpiredToken once it is too old."""
     return _reader_or_gone(tokens.read_preferences(token, current_app.config["NEWSLETTER_PREFERENCES_MAX_AGE"]))
 
