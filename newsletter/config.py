@@ -154,6 +154,9 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         "NEWSLETTER_CONFIRM_RESEND_INTERVAL": _duration(
             "NEWSLETTER_CONFIRM_RESEND_INTERVAL", get("CONFIRM_RESEND_INTERVAL"), 5 * 60
         ),
+        "NEWSLETTER_PREFERENCES_MAX_AGE": _duration(
+            "NEWSLETTER_PREFERENCES_MAX_AGE", get("PREFERENCES_MAX_AGE"), 30 * DAY
+        ),
         "NEWSLETTER_CHECK_DELIVERABILITY": _flag("NEWSLETTER_CHECK_DELIVERABILITY", get("CHECK_DELIVERABILITY"), False),
         "NEWSLETTER_DNS_TIMEOUT": _duration("NEWSLETTER_DNS_TIMEOUT", get("DNS_TIMEOUT"), 3),
         "MAX_CONTENT_LENGTH": _integer("NEWSLETTER_MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 64 * 1024),

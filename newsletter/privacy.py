@@ -135,17 +135,38 @@ def describe_reader(session: Session, reader: Reader) -> dict[str, Any]:
     }
 
 
-def export_reader(session: Session, reader_id: int) -> dict[str, Any]:
-    """Everything stored about one reader (GDPR art. 15 / 20), as a JSON-ready dict; UnknownReader if none."""
+# What the reader's own copy says of a change staff made, in place of who made it (see staff_hidden).
+BY_AN_ADMINISTRATOR = {"admin": "By an administrator", "api": "By an administrator, through the API"}
+
+
+def staff_hidden(event: dict[str, Any]) -> dict[str, Any]:
+    """A consent_history entry as its reader sees it: a change made by staff says so, not who, from where.
+
+    The admin's and the API's wording names the account or token, and the IP address and browser are
+    theirs. A signup through the API is the reader's own (the site's form sent it), so it stays whole.
+    """
+    by_staff = event["source"] == "admin" or (event["source"] == "api" and event["action"] != "signup_requested")
+    if not by_staff:
+        return event
+    return {**event, "page_url": None, "ip_address": None, "user_agent": None,
+            "wording": BY_AN_ADMINISTRATOR[event["source"]]}
+
+
+def export_reader(session: Session, reader_id: int, *, for_reader: bool = False) -> dict[str, Any]:
+    """Everything stored about one reader (GDPR art. 15 / 20), as a JSON-ready dict; UnknownReader if none.
+
+    `for_reader`: the reader's own download, in which staff who changed their subscriptions are not named.
+    """
     reader = session.get(Reader, reader_id) if 0 < reader_id <= MAX_ID else None
     if reader is None:
         raise UnknownReader(reader_id)
+    events = consent_history(session, reader.id)
     return {
         "format": EXPORT_FORMAT,
         "exported_at": _iso(utcnow()),
         "reader": _reader_fields(reader),
         "subscriptions": subscription_history(session, reader.id),
-        "consent_events": consent_history(session, reader.id),
+        "consent_events": [staff_hidden(event) for event in events] if for_reader else events,
         "emails": email_history(session, reader),
     }
 

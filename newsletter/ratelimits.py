@@ -43,3 +43,34 @@ def signup_limits(view: View) -> View:
         return limited(*args, **kwargs)
 
     return signup_view  # type: ignore[return-value]
+
+
+def link_request_limits(view: View) -> View:
+    """Limit POSTs asking for a fresh preferences link per IP and per address, with the signup rates.
+
+    Counted apart from signups, so that asking for a link never costs a reader a signup; the
+    structure is signup_limits'.
+    """
+    per_email = limiter.shared_limit(
+        lambda: current_app.config["NEWSLETTER_RATE_LIMIT_EMAIL"],
+        scope="link-request-email",
+        key_func=abuse.submitted_email,
+        exempt_when=lambda: not abuse.submitted_email(),
+        methods=["POST"],
+        error_message=lambda: _("Too many requests for this email address. Please wait a few minutes and try again."),
+    )
+    per_ip = limiter.shared_limit(
+        lambda: current_app.config["NEWSLETTER_RATE_LIMIT_IP"],
+        scope="link-request-ip",
+        methods=["POST"],
+        error_message=lambda: _("Too many requests from your network. Please wait a few minutes and try again."),
+    )
+    limited = per_email(per_ip(view))
+
+    @wraps(view)
+    def limited_view(*args: object, **kwargs: object) -> object:
+        if not current_app.config["RATELIMIT_ENABLED"]:
+            return view(*args, **kwargs)
+        return limited(*args, **kwargs)
+
+    return limited_view  # type: ignore[return-value]

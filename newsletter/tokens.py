@@ -93,9 +93,9 @@ def read_unsubscribe(token: str) -> tuple[int, int]:
     return _integer(payload.get("r"), UNSUBSCRIBE), _integer(payload.get("n"), UNSUBSCRIBE)
 
 
-def read_preferences(token: str) -> int:
-    """The reader id from a preferences link."""
-    return _integer(verify(PREFERENCES, token).payload.get("r"), PREFERENCES)
+def read_preferences(token: str, max_age: int) -> int:
+    """The reader id from a preferences (or data download) link; ExpiredToken after `max_age` seconds."""
+    return _integer(verify(PREFERENCES, token, max_age=max_age).payload.get("r"), PREFERENCES)
 
 
 def cursor_token(after_id: int) -> str:

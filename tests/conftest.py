@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -23,9 +24,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
+from itsdangerous import TimestampSigner
 from werkzeug.serving import make_server
 
-from newsletter import catalog, create_app, outbox
+from newsletter import catalog, create_app, outbox, subscriptions
 from newsletter.extensions import db, limiter
 from newsletter.mailer import transport_for
 
@@ -282,3 +284,20 @@ def faulty_database_url(pg_cluster, instance_dir: Path) -> str:
     url = pg_cluster.create_database(f"faults_{uuid.uuid4().hex[:8]}")
     _upgrade(url, instance_dir)
     return url
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Moves the service's clock forward: the time in signed links and the time of domain changes."""
+
+    class Clock:
+        offset = 0.0
+
+        def advance(self, seconds: float) -> None:
+            self.offset += seconds
+
+    clock = Clock()
+    real_time, real_utcnow = time.time, subscriptions.utcnow
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(real_time() + clock.offset))
+    monkeypatch.setattr(subscriptions, "utcnow", lambda: real_utcnow() + timedelta(seconds=clock.offset))
+    return clock

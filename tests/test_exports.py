@@ -176,12 +176,20 @@ def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
+def download(client, fields: dict[str, str], *, buffered: bool = True):
+    """What the admin's browser sends on pressing Download: the exports page's form, with its CSRF token."""
+    page = client.get("/admin/exports")
+    assert page.status_code == 200
+    return client.post("/admin/exports/download", data={**hidden_fields(page.get_data(as_text=True)), **fields},
+                       buffered=buffered)
+
+
 # --- 100,000 rows through each channel -----------------------------------------------------------
 
 
 def test_admin_download_of_all_newsletters_matches_the_database(app, client, big_list, accounts_):
     log_in(client, "viewer@example.org")  # a viewer may export: it is reading
-    response = client.get("/admin/exports/download?newsletter=&format=csv")
+    response = download(client, {"newsletter": "", "format": "csv"})
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
     disposition = response.headers["Content-Disposition"]
@@ -324,7 +332,7 @@ def test_erased_readers_are_never_exported(app, runner, client, accounts_):
         client.get("/api/v1/newsletters/daily-briefing/subscribers.ndjson", headers=bearer(accounts_["secret"])).data,
     ]
     log_in(client, "editor@example.org")
-    outputs.append(client.get("/admin/exports/download?newsletter=daily-briefing").data)
+    outputs.append(download(client, {"newsletter": "daily-briefing"}).data)
     for output in outputs:
         assert b"kept@example.org" in output and b"gone@example.org" not in output and b"Gone" not in output
     assert [record.row_count for record in records(app)] == [1, 1, 1]
@@ -341,7 +349,7 @@ def test_exports_page_lists_every_export_with_who_and_what(app, client, runner, 
     page = client.get("/admin/exports")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    assert 'action="/admin/exports/download"' in html and 'method="get"' in html
+    assert 'action="/admin/exports/download"' in html and 'method="post"' in html
     assert "the command line" in html and "API token &#39;sending platform&#39;" in html
     assert "status: confirmed" in html
     assert 'href="/admin/exports"' in html  # in the admin's navigation
@@ -350,13 +358,46 @@ def test_exports_page_lists_every_export_with_who_and_what(app, client, runner, 
 def test_a_download_cut_off_stays_unfinished_and_the_first_bytes_leave_at_once(app, client, accounts_):
     add_reader(app, "one@example.org", "One")
     log_in(client, "editor@example.org")
-    response = client.get("/admin/exports/download?newsletter=daily-briefing", buffered=False)
+    response = download(client, {"newsletter": "daily-briefing"}, buffered=False)
     chunks = iter(response.response)
     assert next(chunks) == b"email,name,status,subscribed_at,confirmed_at,source\r\n"
     response.close()  # the browser went away after the header row
     [record] = records(app)
     assert record.finished_at is None and record.row_count is None
     assert "not finished" in client.get("/admin/exports").get_data(as_text=True)
+
+
+def test_a_download_needs_the_forms_post_with_its_csrf_token(app, client, accounts_):
+    """Another site's link or form can't start an export in the admin's name; the API stays a GET."""
+    add_reader(app, "one@example.org", "One")
+    log_in(client, "viewer@example.org")
+
+    # A link to the download (a bookmark, an <img>, a navigation from elsewhere): the form, filled in, no file.
+    link = client.get("/admin/exports/download?newsletter=daily-briefing&format=ndjson")
+    assert link.status_code == 303 and b"one@example.org" not in link.data
+    form = client.get(link.headers["Location"]).get_data(as_text=True)
+    assert 'value="daily-briefing" selected' in form and 'value="ndjson" checked' in form
+    assert client.head("/admin/exports/download?newsletter=daily-briefing").status_code == 303
+    assert records(app) == []
+
+    # Another site's form: a POST without our token, or with a made-up one, is refused with a page saying why.
+    for forged in ({}, {"csrf_token": "forged"}):
+        refused = client.post("/admin/exports/download", data={"newsletter": "daily-briefing", **forged})
+        assert refused.status_code == 400 and refused.mimetype == "text/html"
+        assert "came from another site" in refused.get_data(as_text=True)
+        assert b"one@example.org" not in refused.data
+    assert records(app) == []
+
+    # The page's own form downloads, recorded as the viewer's export.
+    response = download(client, {"newsletter": "daily-briefing"})
+    assert response.status_code == 200 and b"one@example.org" in response.data
+    [record] = records(app)
+    assert (record.channel, record.admin_id) == ("admin", accounts_["viewer"])
+
+    # The API's export, with its bearer token, is a GET as before.
+    api = client.get("/api/v1/newsletters/daily-briefing/subscribers.csv", headers=bearer(accounts_["secret"]))
+    assert api.status_code == 200 and b"one@example.org" in api.data
+    assert len(records(app)) == 2
 
 
 BAD_FILTERS = [
@@ -381,7 +422,7 @@ def test_bad_filters_get_a_specific_error_on_every_channel(app, client, runner, 
     assert result.exit_code == 2 and why in result.output
 
     log_in(client, "viewer@example.org")
-    page = client.get(f"/admin/exports/download?newsletter=daily-briefing&{field}={value}")
+    page = download(client, {"newsletter": "daily-briefing", field: value})
     assert page.status_code == 422 and why in page.get_data(as_text=True).replace("&#39;", "'")
     assert records(app) == []
 
@@ -396,7 +437,7 @@ def test_until_before_since_and_unknown_newsletters_are_refused(app, client, run
     result = runner.invoke(args=["export", "nope"])
     assert result.exit_code == 2 and "no newsletter called 'nope'" in result.output
     log_in(client, "viewer@example.org")
-    page = client.get("/admin/exports/download?newsletter=nope&format=xlsx")
+    page = download(client, {"newsletter": "nope", "format": "xlsx"})
     assert page.status_code == 422
     assert records(app) == []
 

@@ -342,6 +342,51 @@ def test_the_data_export_holds_everything_stored_about_the_reader(app, client, m
         assert {**copy, "exported_at": None} == {**data, "exported_at": None}
 
 
+STAFF_BROWSER = "Mozilla/5.0 (Windows NT 10.0) NewsroomBrowser/7.1"
+
+
+def test_the_readers_own_download_says_what_staff_did_but_not_who(app, client, mailbox, admins):
+    links = sign_up_and_confirm(client, mailbox, ADA, ("daily-briefing", "weekly-explainer"))
+    ada = reader_id_of(app, ADA)
+    [(daily,)] = query(app, "SELECT id FROM newsletters WHERE slug = 'daily-briefing'")
+    # An administrator unsubscribes Ada from one newsletter in the admin, from the newsroom's network...
+    editor = app.test_client()
+    log_in(editor, "editor@example.org", PASSWORD)
+    fields = hidden_fields(editor.get(f"/admin/readers/{ada}").get_data(as_text=True))
+    assert editor.post(f"/admin/readers/{ada}/unsubscribe", data={**fields, "newsletter_id": str(daily)},
+                       headers={"User-Agent": STAFF_BROWSER}, environ_base={"REMOTE_ADDR": "198.51.100.7"}
+                       ).status_code == 303
+    # ...and a program with an API token from the other.
+    secret = _token(app)
+    assert client.post(f"/api/v1/readers/{ada}/unsubscribe", json={"newsletters": ["weekly-explainer"]},
+                       headers={"Authorization": f"Bearer {secret}", "User-Agent": "crm-sync/2.0"},
+                       environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 200
+    staff = ("editor@example.org", "privacy test", secret[:8], STAFF_BROWSER, "198.51.100.7", "crm-sync/2.0",
+             "203.0.113.9")
+
+    # Ada's own download, from her preferences page: what was done, and by whom in general terms only.
+    download = client.get(f"{links['preferences']}/data.json")
+    assert download.status_code == 200
+    text = download.get_data(as_text=True)
+    assert not [who for who in staff if who in text]
+    events = download.get_json()["consent_events"]
+    assert [(e["action"], e["source"], e["wording"], e["ip_address"], e["user_agent"], e["page_url"])
+            for e in events if e["action"] == "unsubscribed"] == [
+        ("unsubscribed", "admin", "By an administrator", None, None, None),
+        ("unsubscribed", "api", "By an administrator, through the API", None, None, None)]
+    # Her own doings keep all they record: the page she signed up on, her browser.
+    assert events[0]["action"] == "signup_requested" and events[0]["page_url"] == PAGE
+    assert events[0]["user_agent"] == BROWSER and events[0]["wording"]
+
+    # The admin's and the API's exports of her data still say who acted, from where.
+    log_in(client, "viewer@example.org", PASSWORD)
+    admin_copy = client.get(f"/admin/readers/{ada}/export.json").get_data(as_text=True)
+    api_copy = client.get(f"/api/v1/readers/{ada}/export", headers={"Authorization": f"Bearer {secret}"}
+                          ).get_data(as_text=True)
+    for copy in (admin_copy, api_copy):
+        assert [who for who in staff if who in copy] == list(staff)
+
+
 def test_download_my_data_speaks_ukrainian(app, client, mailbox):
     links = sign_up_and_confirm(client, mailbox, ADA)
     page = html.unescape(client.get(links["preferences"], headers=UK).get_data(as_text=True))

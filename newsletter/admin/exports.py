@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import render_template, request
+from flask import redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 from werkzeug.wrappers import Response
@@ -22,17 +22,23 @@ def exports_page() -> tuple[str, int]:
 
 
 @blueprint.get("/exports/download")
+@admin_view()
+def download_link() -> Response:
+    """An old bookmark or another site's link: the form, filled in, and no download until it is sent."""
+    return redirect(url_for("admin.exports_page", **request.args.to_dict(flat=False)), code=303)
+
+
+@blueprint.post("/exports/download")
 @admin_view()  # viewers too: exporting is reading
 def download_export() -> Response | tuple[str, int]:
-    # A GET with the filters in the query string, so that the browser saves the file as it streams in.
-    # No CSRF token: it changes nothing but the log of exports, and the SameSite session cookie is not
-    # sent with other sites' requests for it.
-    args = request.args
+    # A POST with the CSRF token (CSRFProtect checks it): another site can't start an export in the
+    # admin's name. The browser still saves the streamed answer as a file.
+    fields = request.form
     try:
-        newsletter = exports.newsletter_named(db.session, args["newsletter"]) if args.get("newsletter") else None
-        selection = exports.parse_selection(newsletter, status=args.getlist("status"),
-                                            **{name: args.get(name) for name in exports.DATE_FILTERS})
-        record = exports.start(db.session, selection, args.get("format") or "csv", channel="admin",
+        newsletter = exports.newsletter_named(db.session, fields["newsletter"]) if fields.get("newsletter") else None
+        selection = exports.parse_selection(newsletter, status=fields.getlist("status"),
+                                            **{name: fields.get(name) for name in exports.DATE_FILTERS})
+        record = exports.start(db.session, selection, fields.get("format") or "csv", channel="admin",
                                admin_id=current_user.id)
     except exports.InvalidExport as error:
         db.session.rollback()
@@ -44,5 +50,5 @@ def download_export() -> Response | tuple[str, int]:
 def _page(errors: dict[str, list[str]], status: int) -> tuple[str, int]:
     newsletters = db.session.scalars(select(Newsletter).order_by(Newsletter.name)).all()
     return render_template("admin/exports.html", newsletters=newsletters, statuses=SUBSCRIPTION_STATUSES,
-                           values=request.args, errors=errors,
+                           values=request.form if request.method == "POST" else request.args, errors=errors,
                            past=exports.recent(db.session)), status

@@ -57,3 +57,19 @@ class SignupForm(FlaskForm):
 
 class PreferencesForm(FlaskForm):
     newsletters = NewsletterChoices(_l("Newsletters"), validate_choice=False, coerce=int)
+
+
+class NewLinkForm(FlaskForm):
+    """An address to email a fresh preferences link to."""
+
+    email = EmailField(_l("Email address"),
+                       validators=[InputRequired(_l("Enter your email address.")), Length(max=320)])
+
+    normalized_email: str = ""
+
+    def validate_email(self, field: EmailField) -> None:
+        # Syntax only: whether the address is known must not show, and unknown ones get nothing anyway.
+        try:
+            self.normalized_email = addresses.normalize(field.data or "")
+        except addresses.InvalidAddress as error:
+            raise ValidationError(str(error)) from None

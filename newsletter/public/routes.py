@@ -13,13 +13,13 @@ from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
 
-from .. import abuse, origins, privacy, subscriptions, tokens
+from .. import abuse, origins, preferences_links, privacy, subscriptions, tokens
 from ..extensions import csrf, db
-from ..models import Newsletter
+from ..models import Newsletter, Reader
 from ..provenance import request_source as source
-from ..ratelimits import signup_limits
+from ..ratelimits import link_request_limits, signup_limits
 from . import blueprint
-from .forms import PreferencesForm, SignupForm
+from .forms import NewLinkForm, PreferencesForm, SignupForm
 from .intake import Outcome, take_signup
 
 
@@ -27,6 +27,15 @@ def _active_newsletters() -> list[Newsletter]:
     return list(db.session.scalars(
         select(Newsletter).where(Newsletter.archived_at.is_(None)).order_by(Newsletter.name)
     ))
+
+
+@blueprint.after_app_request
+def _no_referrer_from_signed_links(response: Response) -> Response:
+    """Pages whose URL holds a signed link (error pages too) tell the browser not to pass that URL on."""
+    # Else the Referer of a form's POST, a followed link or a loaded image carries the key to the reader.
+    if request.view_args and "token" in request.view_args:
+        response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 @blueprint.get("/")
@@ -155,32 +164,63 @@ def unsubscribe(token: str) -> str | tuple[str, int]:
         )
     except subscriptions.UnknownReader:
         raise tokens.InvalidToken("reader") from None
-    page = render_template("public/unsubscribed.html", left=left, newsletter=newsletter, everything=everything,
-                           preferences_token=tokens.preferences_token(reader_id))
+    # No preferences link here: mailbox providers' servers POST the one-click link and see this page.
+    page = render_template("public/unsubscribed.html", left=left, newsletter=newsletter, everything=everything)
     db.session.commit()
     return page
 
 
+def _preferences_reader(token: str) -> Reader:
+    """The reader of a preferences (or data download) link; ExpiredToken once it is too old."""
+    return _reader_or_gone(tokens.read_preferences(token, current_app.config["NEWSLETTER_PREFERENCES_MAX_AGE"]))
+
+
+def _expired_preferences_link() -> tuple[str, int]:
+    return render_template("public/new_link.html", form=NewLinkForm(), expired=True, sent=False), 410
+
+
 @blueprint.route("/preferences/<token>", methods=["GET", "POST"])
-def preferences(token: str) -> str | tuple[str, int]:
-    reader_id = tokens.read_preferences(token)
-    reader = _reader_or_gone(reader_id)
+# The form checks its own CSRF token: over https CSRFProtect also wants a Referer, and no-referrer sends none.
+@csrf.exempt
+def preferences(token: str) -> tuple[str, int]:
+    try:
+        reader = _preferences_reader(token)
+    except tokens.ExpiredToken:
+        return _expired_preferences_link()
     form = PreferencesForm()
     saved = None
     if form.validate_on_submit():
-        saved = subscriptions.set_preferences(db.session, reader_id, form.newsletters.data or [],
+        saved = subscriptions.set_preferences(db.session, reader.id, form.newsletters.data or [],
                                               source=source("preferences"))
         db.session.commit()
     pairs = subscriptions.subscriptions_of(db.session, reader.id)
-    return render_template("public/preferences.html", form=form, pairs=pairs, reader=reader, saved=saved)
+    status = 400 if form.errors.get("csrf_token") else 200
+    return render_template("public/preferences.html", form=form, pairs=pairs, reader=reader, saved=saved), status
 
 
 @blueprint.get("/preferences/<token>/data.json")
-def my_data(token: str) -> Response:
+def my_data(token: str) -> Response | tuple[str, int]:
     """Everything stored about the reader of a preferences link, as a JSON file (the right of access)."""
-    reader = _reader_or_gone(tokens.read_preferences(token))
-    data = privacy.export_reader(db.session, reader.id)
+    try:
+        reader = _preferences_reader(token)
+    except tokens.ExpiredToken:
+        return _expired_preferences_link()
+    data = privacy.export_reader(db.session, reader.id, for_reader=True)
     response = Response(json.dumps(data, ensure_ascii=False, indent=2) + "\n", mimetype="application/json")
     response.headers["Content-Disposition"] = 'attachment; filename="my-newsletter-data.json"'
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@blueprint.route("/preferences/new-link", methods=["GET", "POST"])
+@csrf.exempt  # the form checks its own CSRF token; the expired link's page sends no Referer
+@link_request_limits
+def new_preferences_link() -> str | tuple[str, int]:
+    """Ask for a fresh preferences link by address; the answer is the same whoever the address is."""
+    form = NewLinkForm()
+    if not form.validate_on_submit():
+        status = 400 if form.errors.get("csrf_token") else 422 if form.errors else 200
+        return render_template("public/new_link.html", form=form, expired=False, sent=False), status
+    preferences_links.send_preferences_link(db.session, form.normalized_email, current_app.config)
+    db.session.commit()
+    return render_template("public/new_link.html", form=form, expired=False, sent=True)

@@ -1,0 +1,52 @@
+"""Fresh preferences links on request: a reader whose link has expired asks for a new one by address."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from flask import render_template
+from flask_babel import gettext as _
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from . import outbox, tokens
+from .links import external_url
+from .models import OutboxMessage, Reader, utcnow
+
+KIND = "preferences_link"
+
+
+def send_preferences_link(session: Session, address: str, config: Mapping[str, Any]) -> bool:
+    """Queue an email with a fresh preferences link to the reader at normalized `address`; whether one was queued.
+
+    Nobody is told which: the page answers the same for every address. Erased, blocked and unknown
+    addresses get nothing, and an address gets at most one such email per NEWSLETTER_CONFIRM_RESEND_INTERVAL.
+    """
+    # Locked: two requests at once for one address see each other's email, not none.
+    reader = session.scalars(select(Reader).where(Reader.email == address).with_for_update()).first()
+    if reader is None or reader.erased_at is not None or reader.blocked_at is not None:
+        return False
+    since = utcnow() - timedelta(seconds=config["NEWSLETTER_CONFIRM_RESEND_INTERVAL"])
+    if session.scalar(select(exists().where(OutboxMessage.reader_id == reader.id, OutboxMessage.kind == KIND,
+                                            OutboxMessage.created_at > since))):
+        return False
+    outbox.enqueue(session, **preferences_link_email(reader, config))
+    return True
+
+
+def preferences_link_email(reader: Reader, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The email carrying a fresh preferences link, as outbox.message_row's arguments."""
+    context = {
+        "reader": reader,
+        "link": external_url("public.preferences", token=tokens.preferences_token(reader.id)),
+        "days": max(1, config["NEWSLETTER_PREFERENCES_MAX_AGE"] // 86400),
+    }
+    return {
+        "kind": KIND, "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
+        "subject": _("Your link to choose your newsletters"),
+        "body_text": render_template("email/preferences_link.txt", **context),
+        "body_html": render_template("email/preferences_link.html", **context),
+        "mail_from": config["NEWSLETTER_MAIL_FROM"],
+    }
