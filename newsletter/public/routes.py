@@ -13,7 +13,7 @@ from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
 
-from .. import abuse, origins, privacy, subscriptions, tokens
+from .. import abuse, metrics, origins, privacy, subscriptions, tokens
 from ..extensions import csrf, db
 from ..models import Newsletter
 from ..provenance import request_source as source
@@ -89,6 +89,7 @@ def confirm(token: str) -> str | tuple[str, int]:
             raise tokens.InvalidToken("reader") from None
         page = _confirmed_page(result)
         db.session.commit()
+        metrics.count("confirmations", "email-link", len(result.confirmed))
         return page
     # GET must not confirm: mail scanners prefetch links.
     _reader_or_gone(reader_id)
@@ -158,6 +159,7 @@ def unsubscribe(token: str) -> str | tuple[str, int]:
     page = render_template("public/unsubscribed.html", left=left, newsletter=newsletter, everything=everything,
                            preferences_token=tokens.preferences_token(reader_id))
     db.session.commit()
+    metrics.count("unsubscribes", "one-click" if one_click else "unsubscribe-page", len(left))
     return page
 
 
@@ -171,6 +173,7 @@ def preferences(token: str) -> str | tuple[str, int]:
         saved = subscriptions.set_preferences(db.session, reader_id, form.newsletters.data or [],
                                               source=source("preferences"))
         db.session.commit()
+        metrics.count("unsubscribes", "preferences", len(saved[1]))
     pairs = subscriptions.subscriptions_of(db.session, reader.id)
     return render_template("public/preferences.html", form=form, pairs=pairs, reader=reader, saved=saved)
 
