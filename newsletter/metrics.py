@@ -72,8 +72,8 @@ class OutboxCollector(Collector):
     def _read(self) -> tuple[dict[str, int], datetime | None]:
         session = self.session_factory()
         try:
-            counts = dict(session.execute(
-                select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).tuples().all())
+            counts = {status: number for status, number in session.execute(
+                select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status))}
             oldest = session.scalar(select(func.min(OutboxMessage.created_at))
                                     .where(OutboxMessage.status == "pending"))
         finally:
