@@ -369,7 +369,7 @@ class Server:
                  "-b", f"127.0.0.1:{self.port}", "--access-logfile", str(self.access_log),
                  "--access-logformat", "%(p)s %(s)s", "wsgi:app"],
                 cwd=PROJECT, env=env, stdout=output, stderr=subprocess.STDOUT)
-        _wait_for(lambda: _answers(f"{self.url}/healthz"), f"answer from {name}", [self.process])
+        _wait_for(lambda: _answers(f"{self.url}/api/v1/forms?newsletters=daily-briefing"), f"answer from {name}", [self.process])
 
     def signup(self, email: str, client_ip: str) -> int:
         response = requests.post(f"{self.url}/api/v1/subscriptions", timeout=30,
