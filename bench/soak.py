@@ -16,6 +16,7 @@ The report:
   answers         by status (503 with Retry-After is what an outage should give)
   p99 latency     before the stop, while the database is down (from the stop to its start), after
   emails          every signup answered 202 must reach the SMTP sink as a confirmation email
+  timeline        per 5 s of the schedule: requests, 2xx, non-2xx and p99 latency
 
 Run it with the project's venv (and `pip install '.[test]'`: it reuses the tests' cluster and aiosmtpd):
 
@@ -272,6 +273,14 @@ def report(options: Options, answers: list[Sent], outage: Outage, lateness: floa
     print(f"  confirmation in the outbox   {len(accepted) - len(missing_outbox)} of {len(accepted)}")
     print(f"  confirmation email received  {len(accepted) - len(missing_mail)} of {len(accepted)}"
           + (f"   (the worker exited with {worker_exit})" if worker_exit is not None else ""))
+    print()
+    print(f"  {'seconds':>9}  {'sent':>5}  {'2xx':>5}  {'non-2xx':>7}  {'p99':>8}")
+    step = 5.0
+    for start in range(0, math.ceil(seconds / step)):
+        slice_ = [sent for sent in answers if start * step <= sent.scheduled < (start + 1) * step]
+        bad = sum(not 200 <= sent.status < 300 for sent in slice_)
+        print(f"  {start * step:4.0f}-{(start + 1) * step:<4.0f}  {len(slice_):5}  {len(slice_) - bad:5}  {bad:7}  "
+              f"{p99_ms(slice_):>8}")
     for sent in unanswered[:3]:
         print(f"    no answer at {sent.started:.1f} s: {sent.error}")
     ok = lost == 0 and not missing_outbox and not missing_mail
