@@ -265,7 +265,8 @@ def report(options: Options, answers: list[Sent], outage: Outage, lateness: floa
     print("  answers                      " + ", ".join(
         f"{status or 'no answer'}: {number}" for status, number in sorted(by_status.items())))
     if retry_after:
-        print("  503 Retry-After              " + ", ".join(f"{value}: {number}" for value, number in retry_after.items()))
+        print("  503 Retry-After              "
+              + ", ".join(f"{value}: {number}" for value, number in retry_after.items()))
     print(f"  p99 latency before           {p99_ms(before)}   ({len(before)} requests)")
     print(f"  p99 latency during           {p99_ms(during)}   ({len(during)} requests, stop to start)")
     print(f"  p99 latency after            {p99_ms(after)}   ({len(after)} requests)")

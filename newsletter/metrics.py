@@ -8,8 +8,10 @@ every process reports the same, whole truth.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -22,6 +24,11 @@ from sqlalchemy.orm import Session
 from .models import OutboxMessage
 
 __all__ = ["CONTENT_TYPE_LATEST", "count", "exposition", "observe_request"]
+
+logger = logging.getLogger(__name__)
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Outside gunicorn_conf (e.g. `newsletter serve`) nothing else makes the folder.
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 SIGNUPS = Counter("newsletter_signups", "Signup requests taken (stored), by channel.", ["channel"])
 CONFIRMATIONS = Counter("newsletter_confirmations", "Subscriptions confirmed, by channel.", ["channel"])
@@ -36,12 +43,24 @@ _COUNTERS = {"signups": SIGNUPS, "confirmations": CONFIRMATIONS, "unsubscribes":
 def count(what: str, channel: str, amount: int = 1) -> None:
     """Count `amount` signups, confirmations or unsubscribes of `channel`; call it after the commit."""
     if amount > 0:
-        _COUNTERS[what].labels(channel=channel).inc(amount)
+        with _never_failing("count %s", what):
+            _COUNTERS[what].labels(channel=channel).inc(amount)
 
 
 def observe_request(endpoint: str | None, status: int, seconds: float) -> None:
     """Record one answered request: its endpoint (None when no route matched) and status class."""
-    REQUEST_SECONDS.labels(endpoint=endpoint or "none", status=f"{status // 100}xx").observe(seconds)
+    with _never_failing("time %s", endpoint):
+        REQUEST_SECONDS.labels(endpoint=endpoint or "none", status=f"{status // 100}xx").observe(seconds)
+
+
+@contextmanager
+def _never_failing(what: str, *args: object) -> Iterator[None]:
+    # The change is committed by now: a metrics failure (e.g. the multiprocess folder's disk full)
+    # must not turn its answer into an error.
+    try:
+        yield
+    except Exception:  # noqa: BLE001
+        logger.exception("metrics: could not " + what, *args)
 
 
 class OutboxCollector(Collector):
