@@ -187,6 +187,22 @@ def test_database_down_answers_503_with_retry_after_and_recovers_by_itself(fault
                              "WHERE r.email = 'before-api@example.com'") == [("confirmed",)]
 
 
+def test_no_free_connection_in_the_pool_answers_503(faulty_database_url, smtp):
+    """Every pooled connection busy for longer than pool_timeout: the database is out of reach for this request."""
+    app = make_app(faulty_database_url, smtp.url, SQLALCHEMY_ENGINE_OPTIONS={
+        "pool_pre_ping": True, "pool_size": 1, "max_overflow": 0, "pool_timeout": 0.5})
+    client = app.test_client()
+    body = {"email": "ada@example.com", "newsletters": ["daily-briefing"]}
+    with app.app_context():
+        engine = db.engine
+    with engine.connect():  # the pool's only connection, held by someone else
+        refused = client.post("/api/v1/subscriptions", json=body)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert client.post("/api/v1/subscriptions", json=body).status_code == 202
+    engine.dispose()
+
+
 def test_sqlite_locked_past_the_busy_timeout_answers_503(sqlite_template, tmp_path, smtp):
     path = tmp_path / "locked.sqlite3"
     shutil.copy(sqlite_template, path)
