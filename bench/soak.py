@@ -29,7 +29,6 @@ status is 1 when a request was lost or an accepted signup's email never arrived.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import secrets

@@ -7,7 +7,6 @@ a redis-server of the test's own is killed and started again, and gunicorn runs 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import sqlite3
