@@ -64,7 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     cors.init_app(app, resources={r"/api/v1/*": {"origins": app.config["NEWSLETTER_ALLOWED_ORIGINS"]}},
                   methods=["GET", "POST"], allow_headers=["Content-Type", "Accept-Language"], max_age=3600)
 
-    from . import errors
+    from . import errors, health
     from .admin import blueprint as admin_blueprint
     from .api import blueprint as api_blueprint
     from .embed import blueprint as embed_blueprint
@@ -76,6 +76,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_blueprint)
     app.register_blueprint(admin_blueprint)
     errors.register(app)
+    health.register(app)
     app.after_request(_no_framing_by_default)
 
     from .cli import register_commands
@@ -113,8 +114,11 @@ class RowIdConverter(IntegerConverter):
 def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # Many threads of one process write to one file: wait for the lock instead of failing.
+        # (sqlite3's timeout is SQLite's busy timeout; after it the request answers 503.)
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    return {"pool_pre_ping": True}
+    # pre_ping: a connection that a database restart broke is replaced before use, not failed on.
+    # connect_timeout: with the server unreachable, answer 503 within seconds rather than hang.
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
 
 
 @event.listens_for(Engine, "connect")
@@ -125,12 +129,11 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA busy_timeout = 30000")
         cursor.close()
 
 
 @event.listens_for(Engine, "begin")
 def _sqlite_begin(connection: Any) -> None:
-    if connection.dialect.name == "sqlite":
+    if connection.dialect.name == "sqlite" and not connection.get_execution_options().get("newsletter_read_only"):
         # Take the write lock at the start: two deferred transactions upgrading to write would deadlock.
         connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -122,6 +123,30 @@ def _rate(name: str, raw: str | None, default: str) -> str:
     return value
 
 
+def _networks(raw: str | None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for item in (raw or "").split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"NEWSLETTER_METRICS_ALLOW: {item.strip()!r} is not a network such as 10.0.0.0/8 "
+                              "or an address such as 127.0.0.1") from None
+    return networks
+
+
+def _redis_options(url: str | None) -> dict[str, object]:
+    if not url:
+        return {}
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # Short timeouts and one quick retry: with Redis gone a signup must not wait seconds for it
+    # (redis-py's default retries back off for up to ten) before the limits fall back to memory.
+    return {"socket_connect_timeout": 1, "socket_timeout": 1, "retry": Retry(NoBackoff(), 1)}
+
+
 def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """Flask config keys built from the NEWSLETTER_* variables in `environ` (default: os.environ)."""
     env = os.environ if environ is None else environ
@@ -175,9 +200,15 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         "NEWSLETTER_RATE_LIMIT_IP": _rate("NEWSLETTER_RATE_LIMIT_IP", get("RATE_LIMIT_IP"), "20/minute;200/hour"),
         "NEWSLETTER_RATE_LIMIT_EMAIL": _rate("NEWSLETTER_RATE_LIMIT_EMAIL", get("RATE_LIMIT_EMAIL"), "5/10minutes;20/day"),
         "RATELIMIT_STORAGE_URI": get("REDIS_URL") or "memory://",
+        "RATELIMIT_STORAGE_OPTIONS": _redis_options(get("REDIS_URL")),
+        # Redis down: count in this process's memory (logged once), and go back to Redis when it answers.
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        "RATELIMIT_SWALLOW_ERRORS": True,
         "RATELIMIT_ENABLED": _flag("NEWSLETTER_RATE_LIMITS", get("RATE_LIMITS"), True),
         # Off: a per-address "remaining" count would tell anyone how often an address was signed up.
         "RATELIMIT_HEADERS_ENABLED": False,
+        "NEWSLETTER_METRICS_TOKEN": get("METRICS_TOKEN") or None,
+        "NEWSLETTER_METRICS_ALLOW": _networks(get("METRICS_ALLOW")),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "None" if cross_site_cookie else "Lax",
         "SESSION_COOKIE_SECURE": production or cross_site_cookie,

@@ -8,9 +8,15 @@ from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
+from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError, ServiceUnavailable
 
+from . import outages
 from .tokens import ExpiredToken, InvalidToken
+
+# How long a client should wait before trying again while the database is out of reach.
+RETRY_AFTER_SECONDS = 5
+# The views that take signups: their 503 says plainly that the signup was not taken.
+SIGNUP_ENDPOINTS = {"public.subscribe", "embed.index", "embed.single", "api.create_subscription"}
 
 # Werkzeug's names of the errors a reader may meet, as page titles in the reader's language.
 TITLES = {
@@ -22,6 +28,7 @@ TITLES = {
     415: _l("Unsupported Media Type"),
     429: _l("Too Many Requests"),
     500: _l("Internal Server Error"),
+    503: _l("Service Unavailable"),
 }
 
 
@@ -65,11 +72,26 @@ def register(app: Flask) -> None:
         return render_template("public/bad_link.html", expired=expired), 410 if expired else 400
 
     @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> tuple[Response | str, int]:
+    def unexpected(error: Exception) -> tuple[Response | str, int] | tuple[Response | str, int, dict[str, str]]:
         if isinstance(error, HTTPException):
             return http_error(error)
+        if outages.database_unavailable(error):
+            return database_unavailable(error)
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         message = _("Something went wrong on our side. Nothing you sent was lost; please try again in a minute.")
         if _wants_json():
             return jsonify({"errors": {"request": [message]}}), InternalServerError.code
         return render_template("public/error.html", title=_("Server error"), message=message), 500
+
+    def database_unavailable(error: Exception) -> tuple[Response | str, int, dict[str, str]]:
+        # One line, no traceback: an outage is expected to happen, and it is logged once per request.
+        app.logger.warning("database unavailable on %s %s: %s", request.method, request.path,
+                           outages.summary(error))
+        if request.method == "POST" and request.endpoint in SIGNUP_ENDPOINTS:
+            message = _("Your signup was not taken: our service is briefly unavailable. "
+                        "Please send it again in a few seconds.")
+        else:
+            message = _("Our service is briefly unavailable, and nothing you sent was saved. "
+                        "Please try again in a few seconds.")
+        unavailable = ServiceUnavailable(message, retry_after=RETRY_AFTER_SECONDS)
+        return http_error(unavailable)

@@ -9,7 +9,7 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from .. import abuse, addresses, origins, subscriptions
+from .. import abuse, addresses, metrics, origins, subscriptions
 from ..extensions import db
 from ..provenance import request_source
 from ..ratelimits import signup_limits
@@ -124,6 +124,7 @@ def create_subscription() -> tuple[Response, int]:
                             page_url=body.get("page_url"), form_id=body.get("form_id"))
     subscriptions.sign_up(db.session, address, chosen, name=name, config=current_app.config, source=source)
     db.session.commit()
+    metrics.count("signups", source.channel)
     # The same answer for new, pending and confirmed addresses: nobody learns who is subscribed.
     return accepted
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
-from .. import privacy, subscribers, subscriptions, tokens
+from .. import metrics, privacy, subscribers, subscriptions, tokens
 from ..authz import token_required
 from ..extensions import db
 from ..models import SUBSCRIPTION_STATUSES, Newsletter, Reader, Subscription
@@ -180,6 +180,7 @@ def unsubscribe_reader(reader: str) -> Response:
     for newsletter_id in [None] if chosen is None else [n.id for n in chosen]:
         left += subscriptions.unsubscribe(db.session, found.id, newsletter_id, source=source)
     db.session.commit()
+    metrics.count("unsubscribes", "api", len(left))
     return jsonify({"unsubscribed": [n.slug for n in left], "reader": privacy.describe_reader(db.session, found)})
 
 

@@ -6,7 +6,7 @@ from enum import Enum
 
 from flask import current_app, request
 
-from .. import abuse, subscriptions
+from .. import abuse, metrics, subscriptions
 from ..extensions import db
 from ..provenance import request_source
 from .forms import SignupForm
@@ -41,4 +41,5 @@ def take_signup(form: SignupForm, channel: str, *, check_fill_time: bool) -> Out
         form.newsletters.errors = list(rejected.errors.get("newsletters", []))
         return Outcome.INVALID
     db.session.commit()
+    metrics.count("signups", channel)
     return Outcome.SUBSCRIBED

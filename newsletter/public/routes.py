@@ -13,7 +13,7 @@ from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
 
-from .. import abuse, origins, preferences_links, privacy, subscriptions, tokens
+from .. import abuse, metrics, origins, preferences_links, privacy, subscriptions, tokens
 from ..extensions import csrf, db
 from ..models import Newsletter, Reader
 from ..provenance import request_source as source
@@ -98,6 +98,7 @@ def confirm(token: str) -> str | tuple[str, int]:
             raise tokens.InvalidToken("reader") from None
         page = _confirmed_page(result)
         db.session.commit()
+        metrics.count("confirmations", "email-link", len(result.confirmed))
         return page
     # GET must not confirm: mail scanners prefetch links.
     _reader_or_gone(reader_id)
@@ -167,6 +168,7 @@ def unsubscribe(token: str) -> str | tuple[str, int]:
     # No preferences link here: mailbox providers' servers POST the one-click link and see this page.
     page = render_template("public/unsubscribed.html", left=left, newsletter=newsletter, everything=everything)
     db.session.commit()
+    metrics.count("unsubscribes", "one-click" if one_click else "unsubscribe-page", len(left))
     return page
 
 
@@ -193,6 +195,7 @@ def preferences(token: str) -> tuple[str, int]:
         saved = subscriptions.set_preferences(db.session, reader.id, form.newsletters.data or [],
                                               source=source("preferences"))
         db.session.commit()
+        metrics.count("unsubscribes", "preferences", len(saved[1]))
     pairs = subscriptions.subscriptions_of(db.session, reader.id)
     status = 400 if form.errors.get("csrf_token") else 200
     return render_template("public/preferences.html", form=form, pairs=pairs, reader=reader, saved=saved), status
