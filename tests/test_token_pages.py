@@ -204,7 +204,7 @@ def test_a_public_url_with_a_path_prefix(app):
 # migration 0007 scrubs the signed links stored before
 
 
-MIGRATION = "0007_scrub_token_urls"
+MIGRATION = "0007"
 
 
 def test_the_migration_scrubs_stored_signed_links(app):

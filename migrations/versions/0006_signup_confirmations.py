@@ -1,14 +1,14 @@
 """Subscriptions remember when a confirmation email last named them, so that a signup in a second box
 on a page gets its own email at once.
 
-Revision ID: 0006_signup_confirmations
+Revision ID: 0006
 Revises: 0005
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0006_signup_confirmations'
+revision = '0006'
 down_revision = '0005'
 branch_labels = None
 depends_on = None

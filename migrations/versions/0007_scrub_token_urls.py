@@ -7,8 +7,8 @@ A URL counts as a signed link when its path ends in /confirm/<token>, /unsubscri
 itsdangerous token (three dot-separated base64url parts): the host may have been any name the service
 answered to, and an article page with such a path is implausible.
 
-Revision ID: 0007_scrub_token_urls
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 import re
 from urllib.parse import unquote, urlsplit
@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlsplit
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007_scrub_token_urls'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
