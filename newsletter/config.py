@@ -171,6 +171,13 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
                                                           get("PENDING_RETENTION_DAYS"), 30)),
         "NEWSLETTER_RATE_LIMIT_IP": _rate("NEWSLETTER_RATE_LIMIT_IP", get("RATE_LIMIT_IP"), "20/minute;200/hour"),
         "NEWSLETTER_RATE_LIMIT_EMAIL": _rate("NEWSLETTER_RATE_LIMIT_EMAIL", get("RATE_LIMIT_EMAIL"), "5/10minutes;20/day"),
+        "NEWSLETTER_LOGIN_LIMIT_IP": _rate("NEWSLETTER_LOGIN_LIMIT_IP", get("LOGIN_LIMIT_IP"), "10/minute;50/hour"),
+        "NEWSLETTER_LOGIN_LIMIT_ACCOUNT": _rate("NEWSLETTER_LOGIN_LIMIT_ACCOUNT", get("LOGIN_LIMIT_ACCOUNT"),
+                                                "5/10minutes;50/day"),
+        "NEWSLETTER_ADMIN_IDLE_TIMEOUT": _positive("NEWSLETTER_ADMIN_IDLE_TIMEOUT", _duration(
+            "NEWSLETTER_ADMIN_IDLE_TIMEOUT", get("ADMIN_IDLE_TIMEOUT"), 30 * 60)),
+        "NEWSLETTER_ADMIN_SESSION_MAX_AGE": _positive("NEWSLETTER_ADMIN_SESSION_MAX_AGE", _duration(
+            "NEWSLETTER_ADMIN_SESSION_MAX_AGE", get("ADMIN_SESSION_MAX_AGE"), 12 * 3600)),
         "RATELIMIT_STORAGE_URI": get("REDIS_URL") or "memory://",
         "RATELIMIT_ENABLED": _flag("NEWSLETTER_RATE_LIMITS", get("RATE_LIMITS"), True),
         # Off: a per-address "remaining" count would tell anyone how often an address was signed up.
