@@ -62,11 +62,18 @@ def hash_password(password: str) -> str:
 
 def _find(session: Session, email: str) -> AdminUser | None:
     address = login_address(email)
-    try:
-        address.encode("utf-8")
-    except UnicodeEncodeError:  # no stored address has it, and the database driver can't send it
+    # No stored address has a NUL or a lone surrogate, and PostgreSQL refuses to be sent one.
+    if "\x00" in address or not _encodes(address):
         return None
     return session.scalars(select(AdminUser).where(func.lower(AdminUser.email) == address)).first()
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def get_admin(session: Session, email: str) -> AdminUser:

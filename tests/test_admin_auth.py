@@ -104,6 +104,29 @@ def test_a_stranger_hammering_an_account_is_throttled_but_the_admin_still_logs_i
     assert log_in(client_at(app, "192.0.2.201"), "viewer@example.org", PASSWORD).status_code == 303
 
 
+def test_an_unknown_address_is_throttled_just_like_an_account(app, admin):
+    app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="2/hour")
+    answers = {}
+    for address, ip_address in (("editor@example.org", "203.0.113.1"), ("ghost@example.org", "203.0.113.2")):
+        stranger = client_at(app, ip_address)
+        statuses = [log_in(stranger, address, "a guess, wrong!").status_code for _ in range(3)]
+        answers[address] = (statuses, _without_csrf_token(log_in(stranger, address, "a guess!!").get_data(as_text=True)))
+    assert answers["editor@example.org"] == answers["ghost@example.org"]
+    assert answers["ghost@example.org"][0] == [401, 401, 429]
+
+
+@pytest.mark.parametrize("email", ["%ED%A0%80%40example.org", "editor%00%40example.org", "x" * 400, "not+an+address",
+                                   "%FF%FE%40example.org"])
+def test_a_malformed_login_address_is_a_wrong_login_not_an_error(app, client, admin, email):
+    from urllib.parse import urlencode
+
+    fields = hidden_fields(client.get("/admin/login").get_data(as_text=True))
+    body = f"{urlencode({**fields, 'password': PASSWORD})}&email={email}"
+    response = client.post("/admin/login", data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code in (401, 422)
+    assert client.get("/admin/").status_code == 302
+
+
 def test_unlock_forgets_an_accounts_failed_logins(app, runner, admin):
     app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="2/hour")
     stranger = client_at(app, "203.0.113.66")
