@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -122,6 +123,17 @@ def _rate(name: str, raw: str | None, default: str) -> str:
     return value
 
 
+def _networks(name: str, raw: str | None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for item in (raw or "").split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{name}: {item.strip()!r} is not a network such as 192.0.2.0/24 or 2001:db8::/48") from None
+    return networks
+
+
 def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """Flask config keys built from the NEWSLETTER_* variables in `environ` (default: os.environ)."""
     env = os.environ if environ is None else environ
@@ -174,6 +186,8 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         "NEWSLETTER_LOGIN_LIMIT_IP": _rate("NEWSLETTER_LOGIN_LIMIT_IP", get("LOGIN_LIMIT_IP"), "10/minute;50/hour"),
         "NEWSLETTER_LOGIN_LIMIT_ACCOUNT": _rate("NEWSLETTER_LOGIN_LIMIT_ACCOUNT", get("LOGIN_LIMIT_ACCOUNT"),
                                                 "5/10minutes;50/day"),
+        "NEWSLETTER_LOGIN_TRUSTED_NETWORKS": _networks("NEWSLETTER_LOGIN_TRUSTED_NETWORKS",
+                                                       get("LOGIN_TRUSTED_NETWORKS")),
         "NEWSLETTER_ADMIN_IDLE_TIMEOUT": _positive("NEWSLETTER_ADMIN_IDLE_TIMEOUT", _duration(
             "NEWSLETTER_ADMIN_IDLE_TIMEOUT", get("ADMIN_IDLE_TIMEOUT"), 30 * 60)),
         "NEWSLETTER_ADMIN_SESSION_MAX_AGE": _positive("NEWSLETTER_ADMIN_SESSION_MAX_AGE", _duration(

@@ -1,15 +1,17 @@
 """Admin login throttling: failed logins counted per client IP and per account, with Flask-Limiter.
 
 Only failures count, so an admin who types the right password is never slowed down by their own
-logins. A stranger who hammers an account throttles it for browsers that have not logged in to
-it before; the admin's own browser carries a signed "known device" cookie from its last successful
-login and is not held back by the account's count (the per-IP count still applies to it).
+logins. A stranger who hammers an account throttles it only for browsers that have not logged in
+to it before and are outside the trusted networks (NEWSLETTER_LOGIN_TRUSTED_NETWORKS): the admin's
+own browser carries a signed "known device" cookie from its last successful login, and neither it
+nor the office network is held back by the account's count (the per-IP count still applies).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Callable
 from functools import wraps
 from typing import TypeVar
@@ -49,6 +51,19 @@ def _device() -> URLSafeSerializer:
     return URLSafeSerializer(current_app.config["SECRET_KEY"], salt="newsletter.admin-device")
 
 
+def _trusted() -> bool:
+    """The login comes from a trusted network, or from a browser that logged in to the account before."""
+    return _from_trusted_network() or _known_device()
+
+
+def _from_trusted_network() -> bool:
+    try:
+        client = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(client in network for network in current_app.config["NEWSLETTER_LOGIN_TRUSTED_NETWORKS"])
+
+
 def _known_device() -> bool:
     """The browser logged in to the submitted account before (its device cookie names that account)."""
     cookie, account = request.cookies.get(DEVICE_COOKIE), _submitted_account()
@@ -73,7 +88,7 @@ def login_limits(view: View) -> View:
         lambda: current_app.config["NEWSLETTER_LOGIN_LIMIT_ACCOUNT"],
         scope=ACCOUNT_SCOPE,
         key_func=_submitted_account,
-        exempt_when=_known_device,
+        exempt_when=_trusted,
         methods=["POST"],
         deduct_when=lambda response: response.status_code == REFUSED,
         error_message=lambda: _("Too many failed logins for this account. Please wait a few minutes and try "

@@ -104,6 +104,47 @@ def test_a_stranger_hammering_an_account_is_throttled_but_the_admin_still_logs_i
     assert log_in(client_at(app, "192.0.2.201"), "viewer@example.org", PASSWORD).status_code == 303
 
 
+def test_a_trusted_network_logs_in_while_a_stranger_hammers_the_account(app, admin):
+    import ipaddress
+
+    app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="3/hour",
+                      NEWSLETTER_LOGIN_TRUSTED_NETWORKS=[ipaddress.ip_network("198.51.100.0/24")])
+    stranger = client_at(app, "203.0.113.66")
+    for _ in range(3):
+        assert log_in(stranger, "editor@example.org", "a guess, wrong!").status_code == 401
+    assert log_in(client_at(app, "192.0.2.1"), "editor@example.org", PASSWORD).status_code == 429
+    # A browser that never logged in before, from the trusted network: the account's count doesn't apply.
+    office = client_at(app, "198.51.100.23")
+    assert log_in(office, "editor@example.org", PASSWORD).status_code == 303
+    assert office.get("/admin/").status_code == 200
+
+
+@pytest.mark.parametrize("raw, networks", [
+    ("", []),
+    ("198.51.100.0/24, 2001:db8::/48", ["198.51.100.0/24", "2001:db8::/48"]),
+    ("10.1.2.3", ["10.1.2.3/32"]),
+])
+def test_trusted_networks_setting(tmp_path, raw, networks):
+    from newsletter import config
+
+    loaded = config.load(tmp_path, {"NEWSLETTER_LOGIN_TRUSTED_NETWORKS": raw})
+    assert [str(network) for network in loaded["NEWSLETTER_LOGIN_TRUSTED_NETWORKS"]] == networks
+
+
+@pytest.mark.parametrize("name, raw", [
+    ("NEWSLETTER_LOGIN_TRUSTED_NETWORKS", "the office"),
+    ("NEWSLETTER_LOGIN_LIMIT_IP", "lots"),
+    ("NEWSLETTER_LOGIN_LIMIT_ACCOUNT", "5 per fortnight"),
+    ("NEWSLETTER_ADMIN_IDLE_TIMEOUT", "0"),
+    ("NEWSLETTER_ADMIN_SESSION_MAX_AGE", "a day"),
+])
+def test_bad_login_settings_are_refused_by_name(tmp_path, name, raw):
+    from newsletter import config
+
+    with pytest.raises(config.ConfigError, match=name):
+        config.load(tmp_path, {name: raw})
+
+
 def test_an_unknown_address_is_throttled_just_like_an_account(app, admin):
     app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="2/hour")
     answers = {}

@@ -40,7 +40,7 @@ def write_from_another_connection(app, slug: str) -> None:
     """INSERT a newsletter through a connection of its own that waits at most 0.3 s for a lock."""
     url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
     statement = ("INSERT INTO newsletters (slug, name, description, send_welcome, created_at) "
-                 "VALUES ('{}', 'Written meanwhile', '', true, CURRENT_TIMESTAMP)".format(slug))
+                 f"VALUES ('{slug}', 'Written meanwhile', '', true, CURRENT_TIMESTAMP)")
     if url.get_backend_name() == "sqlite":
         connection = sqlite3.connect(url.database, timeout=0.3, isolation_level=None)
         try:

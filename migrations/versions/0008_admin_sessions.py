@@ -4,9 +4,8 @@ columns go (failed logins are throttled by Flask-Limiter instead); accounts can 
 Revision ID: 0008_admin_sessions
 Revises: 0005
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0008_admin_sessions'
 down_revision = '0005'

@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, IntegerField, PasswordField, StringField, TextAreaField
 from wtforms.validators import EqualTo, InputRequired, Length
+from wtforms.widgets import HiddenInput
 
 from ..accounts import MIN_PASSWORD_LENGTH
-from wtforms.widgets import HiddenInput
 
 
 class LoginForm(FlaskForm):
