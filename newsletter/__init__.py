@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +92,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 def _load_admin(login_key: str) -> Any:
     from flask import current_app
 
-    from .accounts import load_login
+    from .accounts import LoginLifetime, load_login
 
-    config = current_app.config
-    admin = load_login(db.session, login_key, idle=timedelta(seconds=config["NEWSLETTER_ADMIN_IDLE_TIMEOUT"]),
-                       max_age=timedelta(seconds=config["NEWSLETTER_ADMIN_SESSION_MAX_AGE"]))
+    admin = load_login(db.session, login_key, LoginLifetime.from_config(current_app.config))
     # Keep the login's last-seen time (or its end), and end the transaction: on SQLite it holds the
     # write lock, and the view may have slow work to do before it writes anything.
     db.session.commit()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -171,9 +173,27 @@ def _key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
 
 
-def start_login(session: Session, admin_id: int) -> AdminUser:
-    """A new login of the account: the admin, whose `login_key` the session cookie is to hold."""
+@dataclass(frozen=True)
+class LoginLifetime:
+    """How long a login lasts: `idle` without a page, `max_age` in all."""
+
+    idle: timedelta
+    max_age: timedelta
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LoginLifetime:
+        return cls(idle=timedelta(seconds=config["NEWSLETTER_ADMIN_IDLE_TIMEOUT"]),
+                   max_age=timedelta(seconds=config["NEWSLETTER_ADMIN_SESSION_MAX_AGE"]))
+
+
+def start_login(session: Session, admin_id: int, lifetime: LoginLifetime) -> AdminUser:
+    """A new login of the account: the admin, whose `login_key` the session cookie is to hold.
+
+    Logins that ran out and were never presented again are deleted here, so the table stays small.
+    """
     now = utcnow()
+    session.execute(delete(AdminSession).where(
+        (AdminSession.last_seen_at < now - lifetime.idle) | (AdminSession.created_at < now - lifetime.max_age)))
     admin = session.get_one(AdminUser, admin_id)
     key = secrets.token_urlsafe(32)
     session.add(AdminSession(admin_id=admin_id, key_hash=_key_hash(key), created_at=now, last_seen_at=now))
@@ -182,7 +202,7 @@ def start_login(session: Session, admin_id: int) -> AdminUser:
     return admin
 
 
-def load_login(session: Session, key: str, *, idle: timedelta, max_age: timedelta) -> AdminUser | None:
+def load_login(session: Session, key: str, lifetime: LoginLifetime) -> AdminUser | None:
     """The admin of a session cookie's login key, if that login is still open; an expired one ends here."""
     now = utcnow()
     row = session.execute(
@@ -192,7 +212,7 @@ def load_login(session: Session, key: str, *, idle: timedelta, max_age: timedelt
     if row is None:
         return None
     login, admin = row
-    if now - login.last_seen_at > idle or now - login.created_at > max_age:
+    if now - login.last_seen_at > lifetime.idle or now - login.created_at > lifetime.max_age:
         session.delete(login)
         return None
     if now - login.last_seen_at > TOUCH_EVERY:

@@ -408,3 +408,14 @@ def test_admins_remove_ends_the_logins_and_add_brings_the_account_back(app, clie
     assert back.exit_code == 0, back.output
     assert log_in(client, "viewer@example.org", PASSWORD).status_code == 401
     assert log_in(client, "viewer@example.org", NEW_PASSWORD).status_code == 303
+
+
+def test_logins_that_ran_out_or_were_replaced_leave_no_rows(app, client, admin):
+    forgotten = app.test_client()
+    assert log_in(forgotten, "viewer@example.org", PASSWORD).status_code == 303
+    _move_login_times(app, seen_ago=app.config["NEWSLETTER_ADMIN_IDLE_TIMEOUT"] + 60)  # then never came back
+    assert log_in(client, "editor@example.org", PASSWORD).status_code == 303
+    assert log_in(client, "editor@example.org", PASSWORD).status_code == 303  # again, over its own login
+    assert query(app, "SELECT a.email FROM admin_sessions s JOIN admin_users a ON a.id = s.admin_id") == [
+        ("editor@example.org",)]
+    assert client.get("/admin/").status_code == 200

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, request, session, url_for
+from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response
 
@@ -28,7 +28,9 @@ def login() -> Response | str | tuple[str, int]:
     if admin_id is None:
         # One answer for an unknown address, a wrong password and a removed account alike.
         return render_template("admin/login.html", form=form, error="Wrong email or password."), REFUSED
-    admin = accounts.start_login(db.session, admin_id)
+    if current_user.is_authenticated:  # logging in again, over a login of this browser
+        accounts.end_login(db.session, current_user.login_key)
+    admin = accounts.start_login(db.session, admin_id, accounts.LoginLifetime.from_config(current_app.config))
     db.session.commit()
     session.clear()  # a fresh session at login: nothing from before carries over
     login_user(admin)
