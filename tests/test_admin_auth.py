@@ -419,3 +419,30 @@ def test_logins_that_ran_out_or_were_replaced_leave_no_rows(app, client, admin):
     assert query(app, "SELECT a.email FROM admin_sessions s JOIN admin_users a ON a.id = s.admin_id") == [
         ("editor@example.org",)]
     assert client.get("/admin/").status_code == 200
+
+
+def test_with_redis_the_counts_live_there_without_addresses_and_unlock_clears_them(app, admin):
+    import secrets
+
+    import redis
+
+    from newsletter import create_app
+
+    # A key of this test's own: the counters' keys are keyed hashes, so they clash with no other run.
+    shared = create_app({**{name: app.config[name] for name in ("TESTING", "SQLALCHEMY_DATABASE_URI")},
+                         "SECRET_KEY": secrets.token_urlsafe(16), "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379",
+                         "NEWSLETTER_LOGIN_LIMIT_ACCOUNT": "2/hour"})
+    before = set(redis.Redis().scan_iter("LIMITS:*admin-login*"))
+    stranger = client_at(shared, "203.0.113.66")
+    for _ in range(2):
+        assert log_in(stranger, "editor@example.org", "a guess, wrong!").status_code == 401
+    assert log_in(client_at(shared, "192.0.2.1"), "editor@example.org", PASSWORD).status_code == 429
+    keys = set(redis.Redis().scan_iter("LIMITS:*admin-login*")) - before
+    assert keys and not any(b"editor" in key or b"example.org" in key for key in keys)
+
+    result = shared.test_cli_runner().invoke(args=["admins", "unlock", "editor@example.org", "--ip", "203.0.113.66"])
+    assert result.exit_code == 0, result.output
+    assert log_in(client_at(shared, "192.0.2.1"), "editor@example.org", PASSWORD).status_code == 303
+    assert not set(redis.Redis().scan_iter("LIMITS:*admin-login*")) & keys
+    with shared.app_context():
+        db.engine.dispose()
