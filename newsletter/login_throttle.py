@@ -43,8 +43,7 @@ def account_key(text: str) -> str:
 
 
 def _submitted_account() -> str:
-    email = request.form.get("email", "")
-    return account_key(email) if email.strip() else ""
+    return account_key(request.form.get("email", ""))
 
 
 def _device() -> URLSafeSerializer:
@@ -66,11 +65,11 @@ def _from_trusted_network() -> bool:
 
 def _known_device() -> bool:
     """The browser logged in to the submitted account before (its device cookie names that account)."""
-    cookie, account = request.cookies.get(DEVICE_COOKIE), _submitted_account()
-    if not cookie or not account:
+    cookie = request.cookies.get(DEVICE_COOKIE)
+    if not cookie:
         return False
     try:
-        return hmac.compare_digest(str(_device().loads(cookie)), account)
+        return hmac.compare_digest(str(_device().loads(cookie)), _submitted_account())
     except BadSignature:
         return False
 
