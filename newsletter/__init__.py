@@ -52,8 +52,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     login_manager.login_view = "admin.login"
     login_manager.login_message = "Log in to see that page."
     # Off: Flask-Login's check rewrites any session without a login (e.g. one holding only a CSRF
-    # token) and so adds Set-Cookie to public answers, making them differ. Logins end instead through
-    # AdminUser.session_nonce, which changes at every login and password change.
+    # token) and so adds Set-Cookie to public answers, making them differ. Logins end instead on the
+    # server: the cookie names an AdminSession row, which logout, a password change and idleness delete.
     login_manager.session_protection = None
     from .locale import select_locale
 
@@ -90,10 +90,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 @login_manager.user_loader
-def _load_admin(user_id: str) -> Any:
-    from .accounts import load_from_session
+def _load_admin(login_key: str) -> Any:
+    from flask import current_app
 
-    return load_from_session(db.session, user_id)
+    from .accounts import LoginLifetime, load_login
+
+    admin = load_login(db.session, login_key, LoginLifetime.from_config(current_app.config))
+    # Keep the login's last-seen time (or its end), and end the transaction: on SQLite it holds the
+    # write lock, and the view may have slow work to do before it writes anything.
+    db.session.commit()
+    return admin
 
 
 def _no_framing_by_default(response: Any) -> Any:

@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
+from .cli_admins import admins
 from .cli_export import export
 from .cli_privacy import purge_pending
 from .cli_tokens import tokens
@@ -156,32 +157,6 @@ def list_newsletters() -> None:
         state = "" if newsletter.is_active else "  (archived)"
         click.echo(f"{newsletter.slug:<{width}}  {count.get('pending', 0):>8} {count.get('confirmed', 0):>9} "
                    f"{count.get('unsubscribed', 0):>12}  {newsletter.name}{state}")
-
-
-@click.group()
-def admins() -> None:
-    """Admin accounts of the /admin area."""
-
-
-@admins.command("add")
-@click.argument("email")
-@click.option("--role", type=click.Choice(["admin", "viewer"]), default="admin", show_default=True,
-              help="viewer: read and export only.")
-@with_appcontext
-def add_admin(email: str, role: str) -> None:
-    """Add an admin account; the password is asked for (or read from stdin), never an argument."""
-    from . import accounts
-
-    if sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    try:
-        admin = accounts.create_admin(db.session, email, password, role)
-    except accounts.AccountError as error:
-        raise click.ClickException(str(error)) from None
-    db.session.commit()
-    click.echo(f"Added {admin.role} {admin.email}")
 
 
 @click.command()

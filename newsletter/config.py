@@ -123,16 +123,14 @@ def _rate(name: str, raw: str | None, default: str) -> str:
     return value
 
 
-def _networks(raw: str | None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _networks(name: str, raw: str | None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     networks = []
     for item in (raw or "").split(","):
-        if not item.strip():
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item.strip(), strict=False))
-        except ValueError:
-            raise ConfigError(f"NEWSLETTER_METRICS_ALLOW: {item.strip()!r} is not a network such as 10.0.0.0/8 "
-                              "or an address such as 127.0.0.1") from None
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{name}: {item.strip()!r} is not a network such as 192.0.2.0/24 or 2001:db8::/48") from None
     return networks
 
 
@@ -199,6 +197,15 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
                                                           get("PENDING_RETENTION_DAYS"), 30)),
         "NEWSLETTER_RATE_LIMIT_IP": _rate("NEWSLETTER_RATE_LIMIT_IP", get("RATE_LIMIT_IP"), "20/minute;200/hour"),
         "NEWSLETTER_RATE_LIMIT_EMAIL": _rate("NEWSLETTER_RATE_LIMIT_EMAIL", get("RATE_LIMIT_EMAIL"), "5/10minutes;20/day"),
+        "NEWSLETTER_LOGIN_LIMIT_IP": _rate("NEWSLETTER_LOGIN_LIMIT_IP", get("LOGIN_LIMIT_IP"), "10/minute;50/hour"),
+        "NEWSLETTER_LOGIN_LIMIT_ACCOUNT": _rate("NEWSLETTER_LOGIN_LIMIT_ACCOUNT", get("LOGIN_LIMIT_ACCOUNT"),
+                                                "5/10minutes;50/day"),
+        "NEWSLETTER_LOGIN_TRUSTED_NETWORKS": _networks("NEWSLETTER_LOGIN_TRUSTED_NETWORKS",
+                                                       get("LOGIN_TRUSTED_NETWORKS")),
+        "NEWSLETTER_ADMIN_IDLE_TIMEOUT": _positive("NEWSLETTER_ADMIN_IDLE_TIMEOUT", _duration(
+            "NEWSLETTER_ADMIN_IDLE_TIMEOUT", get("ADMIN_IDLE_TIMEOUT"), 30 * 60)),
+        "NEWSLETTER_ADMIN_SESSION_MAX_AGE": _positive("NEWSLETTER_ADMIN_SESSION_MAX_AGE", _duration(
+            "NEWSLETTER_ADMIN_SESSION_MAX_AGE", get("ADMIN_SESSION_MAX_AGE"), 12 * 3600)),
         "RATELIMIT_STORAGE_URI": get("REDIS_URL") or "memory://",
         "RATELIMIT_STORAGE_OPTIONS": _redis_options(get("REDIS_URL")),
         # Redis down: count in this process's memory (logged once), and go back to Redis when it answers.
@@ -208,7 +215,7 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         # Off: a per-address "remaining" count would tell anyone how often an address was signed up.
         "RATELIMIT_HEADERS_ENABLED": False,
         "NEWSLETTER_METRICS_TOKEN": get("METRICS_TOKEN") or None,
-        "NEWSLETTER_METRICS_ALLOW": _networks(get("METRICS_ALLOW")),
+        "NEWSLETTER_METRICS_ALLOW": _networks("NEWSLETTER_METRICS_ALLOW", get("METRICS_ALLOW")),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "None" if cross_site_cookie else "Lax",
         "SESSION_COOKIE_SECURE": production or cross_site_cookie,

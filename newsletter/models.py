@@ -215,24 +215,42 @@ class AdminUser(db.Model):
     role: Mapped[str] = mapped_column(String(16), default="viewer")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Changes on every login and password change: old session cookies stop working.
-    session_nonce: Mapped[str] = mapped_column(String(64))
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Removed accounts stay, so that the export log and API tokens still say who; they can't log in.
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
 
-    # Flask-Login's user protocol.
+    # Flask-Login's user protocol. `login_key` is the key of the login this request came with
+    # (an AdminSession's), set when the session cookie is loaded; get_id() hands it to Flask-Login.
     is_authenticated = True
     is_active = True
     is_anonymous = False
+    login_key: str = ""
 
     def get_id(self) -> str:
-        return f"{self.id}:{self.session_nonce}"
+        return self.login_key
 
     @property
     def can_change(self) -> bool:
         return self.role == "admin"
+
+
+class AdminSession(db.Model):
+    """One login of an admin: the cookie holds a random key, this row its SHA-256 hash.
+
+    Deleting the row ends the login, whoever holds a copy of the cookie.
+    """
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("admin_users.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    admin: Mapped[AdminUser] = relationship()
 
 
 class ApiToken(db.Model):

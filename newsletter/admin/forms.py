@@ -4,13 +4,29 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, IntegerField, PasswordField, StringField, TextAreaField
-from wtforms.validators import InputRequired, Length
+from wtforms.validators import EqualTo, InputRequired, Length
 from wtforms.widgets import HiddenInput
+
+from ..accounts import MIN_PASSWORD_LENGTH
 
 
 class LoginForm(FlaskForm):
     email = EmailField("Email address", validators=[InputRequired("Enter your email address."), Length(max=320)])
     password = PasswordField("Password", validators=[InputRequired("Enter your password."), Length(max=1024)])
+
+
+class PasswordForm(FlaskForm):
+    """Change one's own password: the current one, and the new one twice."""
+
+    current = PasswordField("Current password", validators=[InputRequired("Enter your current password."),
+                                                            Length(max=1024)])
+    new = PasswordField("New password", validators=[
+        InputRequired("Enter a new password."),
+        Length(min=MIN_PASSWORD_LENGTH, max=1024,
+               message=f"The new password must be {MIN_PASSWORD_LENGTH} to 1024 characters long."),
+    ], description=f"At least {MIN_PASSWORD_LENGTH} characters.")
+    repeat = PasswordField("New password again", validators=[
+        InputRequired("Enter the new password again."), EqualTo("new", "The two new passwords differ.")])
 
 
 class ActionForm(FlaskForm):

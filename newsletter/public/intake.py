@@ -23,6 +23,9 @@ def take_signup(form: SignupForm, channel: str, *, check_fill_time: bool) -> Out
     """Validate and store a submitted signup form; commit when it is taken."""
     if abuse.is_bot(request.form):
         return Outcome.IGNORED
+    # End the read the page made (its newsletters) before validating: the address check may ask DNS,
+    # and on SQLite an open transaction holds the write lock.
+    db.session.commit()
     if not form.validate():
         return Outcome.INVALID
     if check_fill_time:
