@@ -15,6 +15,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
 from .cli_export import export
+from .cli_outbox import outbox_group
 from .cli_privacy import purge_pending
 from .cli_tokens import tokens
 from .config import ConfigError
@@ -46,6 +47,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(export)
     app.cli.add_command(tokens)
     app.cli.add_command(purge_pending)
+    app.cli.add_command(outbox_group)
 
 
 @click.group()
