@@ -82,6 +82,13 @@ def workers() -> Iterator[list[Worker]]:
 @pytest.fixture
 def faulty_app(faulty_database_url, smtp):
     """The app on the tests' own PostgreSQL cluster (which tests stop and restart), mailing the test SMTP server."""
+    # The cluster runs with synchronous_commit off, whose crash loses the last commits it acknowledged;
+    # a production server keeps them, and so must this database for "exactly once" to be checkable.
+    engine = sa.create_engine(faulty_database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        name = connection.exec_driver_sql("SELECT current_database()").scalar()
+        connection.exec_driver_sql(f'ALTER DATABASE "{name}" SET synchronous_commit = on')
+    engine.dispose()
     app = create_app({
         "TESTING": True,
         "SQLALCHEMY_DATABASE_URI": faulty_database_url,
