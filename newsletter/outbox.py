@@ -121,11 +121,10 @@ def _lease(config: dict[str, Any]) -> timedelta:
 
 @dataclass(frozen=True)
 class Claim:
-    """A message leased for sending, with what it looked like before the claim (to give the attempt back)."""
+    """A message leased for sending: its attempts count with this one (to give it back), and the email."""
 
     row_id: int
     attempts: int
-    due_at: datetime
     message: EmailMessage | None
     build_error: Exception | None
 
@@ -157,7 +156,6 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
     if row is None:
         session.rollback()
         return None
-    due_at = row.next_attempt_at
     row.attempts += 1
     row.next_attempt_at = now + _lease(config)
     try:
@@ -165,7 +163,7 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
         build_error = None
     except ValueError as error:
         message, build_error = None, error
-    claim = Claim(row.id, row.attempts, due_at, message, build_error)
+    claim = Claim(row.id, row.attempts, message, build_error)
     session.commit()
     return claim
 
@@ -206,7 +204,9 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
         row.last_error = describe_error(error)
     if verdict == "relay":
         if row.attempts == claim.attempts:  # not claimed again by another worker after the lease ran out
-            row.attempts, row.next_attempt_at = claim.attempts - 1, claim.due_at
+            # Due now, behind the others already due: a message that itself makes the relay hang up
+            # can't hold up the rest, and none spends an attempt while the relay is away.
+            row.attempts, row.next_attempt_at = claim.attempts - 1, now
     elif verdict == "permanent" or (verdict == "temporary"
                                     and row.attempts >= config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"]):
         # For a failed message, next_attempt_at keeps when it failed (what `outbox retry --since` reads).

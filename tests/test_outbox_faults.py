@@ -316,6 +316,16 @@ def test_421_in_reply_to_a_message_pauses_instead_of_failing_it(app, client, smt
     assert statuses(app) == {"shutdown@example.org": ("sent", 1)}
 
 
+def test_a_message_that_makes_the_relay_hang_up_does_not_hold_up_the_others(app, client, smtp, drain):
+    rcpt_refusing(smtp, {"poison@example.org": "421 4.4.2 Closing connection"})
+    sign_up(client, "poison@example.org")
+    sign_up(client, "fine@example.org")
+    assert "421" in drain().stopped_by_error  # the first in line: sending pauses
+    result = drain()  # after the pause the others go first
+    assert result.sent == 1
+    assert statuses(app) == {"poison@example.org": ("pending", 0), "fine@example.org": ("sent", 1)}
+
+
 def rcpt_refusing(smtp, refusals: dict[str, str]) -> None:
     """Make the SMTP server answer RCPT TO for the given addresses with the given reply."""
 
