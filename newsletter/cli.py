@@ -222,7 +222,12 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     click.echo(f"Worker sending via {_describe_transport(app)}; Ctrl-C to stop.", err=True)
-    outbox.run(sender, stopping, poll_seconds=poll, max_pause=max_pause)
+    try:
+        outbox.run(sender, stopping, poll_seconds=poll, max_pause=max_pause)
+    finally:
+        if sender.unrecorded:
+            click.echo(f"Stopped with {len(sender.unrecorded)} sent or tried message(s) not recorded (the database "
+                       "was away): they are sent again once their claim runs out.", err=True)
 
 
 @click.command("unsubscribe-mail")

@@ -270,11 +270,6 @@ class Sender:
         return result
 
 
-def send_next(session: Session, transport: Transport, config: dict[str, Any], result: DrainResult) -> bool:
-    """Claim one due message, send it and record the outcome; False when nothing is due or the relay is away."""
-    return Sender(transport, config).send_next(session, result)
-
-
 def drain(session: Session, transport: Transport, config: dict[str, Any], limit: int | None = None) -> DrainResult:
     """Send due messages until none is due, the relay is away, or `limit` were handled."""
     return Sender(transport, config).drain(session, limit)
@@ -291,7 +286,8 @@ class Backoff:
     def next(self) -> float:
         """The pause after one more failure."""
         self.failures += 1
-        return min(self.first * 2 ** (self.failures - 1), self.most)
+        # The exponent stops growing: after a day-long outage 2 ** failures would not fit in a float.
+        return min(self.first * 2 ** min(self.failures - 1, 30), self.most)
 
     def reset(self) -> None:
         self.failures = 0

@@ -245,6 +245,15 @@ def test_relay_down_longer_than_every_retry_spends_no_attempts(app, client, smtp
     assert worker.terminate() == 0
 
 
+def test_pauses_double_from_one_second_to_the_longest_and_start_again_after_a_success():
+    backoff = outbox.Backoff(most=30)
+    assert [backoff.next() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    for _ in range(5000):  # an outage of a day and more, tried every 30 s
+        assert backoff.next() == 30
+    backoff.reset()
+    assert backoff.next() == 1
+
+
 class BrokenRelay:
     """A TCP server on a free port that greets with `greeting` (or never, or hangs up at once)."""
 
