@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from newsletter import catalog, create_app, outbox, subscriptions
 from newsletter.extensions import db, limiter
 
-from .conftest import SECRET, query
+from .conftest import SECRET, free_port, query
 from .test_outbox import make_due, outbox_rows, sign_up, wait_until
 
 SCRIPT = Path(sys.executable).with_name("newsletter")
@@ -309,6 +309,43 @@ def test_relay_that_will_not_talk_pauses_sending_without_spending_attempts(app, 
     app.config["NEWSLETTER_SMTP_URL"] = smtp.url
     assert drain().sent == 2
     assert statuses(app) == {address: ("sent", 1) for address in addresses}
+
+
+@pytest.fixture
+def relay_refusing_logins(smtp) -> Iterator[str]:
+    """An SMTP server (aiosmtpd) that offers AUTH and refuses every login; its URL with a user and password."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    port = free_port()
+    controller = Controller(smtp.inbox, hostname="127.0.0.1", port=port, auth_require_tls=False,
+                            authenticator=lambda *args: AuthResult(success=False, handled=False))
+    controller.start()
+    yield f"smtp://newsletters:wrong-password@127.0.0.1:{port}"
+    controller.stop()
+
+
+@pytest.mark.parametrize("failure, shown", [
+    ("login refused", "SMTPAuthenticationError"),
+    ("no STARTTLS", "STARTTLS"),
+    ("TLS handshake", "SSL"),
+])
+def test_relay_refusing_the_login_or_tls_pauses_sending_without_spending_attempts(
+        app, client, smtp, drain, relay_refusing_logins, failure, shown):
+    url = {"login refused": relay_refusing_logins, "no STARTTLS": f"{smtp.url}?tls=starttls",
+           "TLS handshake": f"smtps://127.0.0.1:{smtp.port}"}[failure]
+    app.config.update(NEWSLETTER_SMTP_URL=url, NEWSLETTER_OUTBOX_MAX_ATTEMPTS=1)
+    sign_up(client, "configured@example.org")
+    for _ in range(2):
+        result = drain()
+        assert (result.sent, result.retrying, result.failed) == (0, 0, 0)
+        assert shown in result.stopped_by_error
+    assert statuses(app) == {"configured@example.org": ("pending", 0)}
+    assert smtp.inbox.messages == []
+
+    app.config["NEWSLETTER_SMTP_URL"] = smtp.url  # the operator fixes the setting
+    assert drain().sent == 1
+    assert statuses(app) == {"configured@example.org": ("sent", 1)}
 
 
 def test_421_in_reply_to_a_message_pauses_instead_of_failing_it(app, client, smtp, drain):
