@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -36,7 +36,7 @@ class Since(click.ParamType):
         except ValueError:
             self.fail(f"{text!r} is neither a date (2026-12-01, 2026-12-01T09:30) nor a duration (30m, 12h, 2d)",
                       param, ctx)
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @click.group("outbox")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.policy
 import logging
 import smtplib
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -244,7 +245,7 @@ class Sender:
         if claim.message is not None:
             try:
                 self.transport.send(claim.message)
-            except Exception as send_error:  # classified by _verdict; none may stop the sender
+            except Exception as send_error:  # noqa: BLE001 (classified by _verdict; none may stop the sender)
                 error = send_error
         self._record(session, Outcome(claim, error), result)
         return result.stopped_by_error is None
@@ -348,10 +349,8 @@ def run(sender: Sender, stop: threading.Event, *, poll_seconds: float,
 def _reset_session(session: Any) -> None:
     # After a lost connection the transaction is gone: roll back (which can fail too) and start afresh;
     # pool_pre_ping makes the next checkout a live connection.
-    try:
+    with contextlib.suppress(SQLAlchemyError):
         session.rollback()
-    except Exception:
-        pass
     session.remove()
 
 
@@ -387,7 +386,7 @@ def status_summary(session: Session) -> StatusSummary:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # Failures that were decisions, not delivery problems: erasure and blocks cancel a reader's mail.

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from newsletter import catalog, create_app, outbox, subscriptions
 from newsletter.extensions import db, limiter
 
-from .conftest import SECRET, free_port, query
+from .conftest import SECRET, free_port
 from .test_outbox import make_due, outbox_rows, sign_up, wait_until
 
 SCRIPT = Path(sys.executable).with_name("newsletter")
@@ -498,7 +498,7 @@ def test_outbox_status_and_retry(app, client, runner, smtp, drain):
 
     nothing = runner.invoke(args=["outbox", "retry", "--since", "2999-01-01"])
     assert (nothing.exit_code, nothing.output.strip()) == (0, "Queued 0 failed messages again.")
-    blocked_message = [row.id for row in outbox_rows(app) if row.to_address == "blocked@example.org"][0]
+    blocked_message = next(row.id for row in outbox_rows(app) if row.to_address == "blocked@example.org")
     refused = runner.invoke(args=["outbox", "retry", "--id", str(blocked_message)])
     assert refused.exit_code == 1
     assert "blocked" in refused.output and "Traceback" not in refused.output
