@@ -1,6 +1,7 @@
 """Faults the outbox meets in a deployment, caused for real: PostgreSQL restarting or stopped under the
-worker and the in-process drainer, an SMTP relay that is down, hangs up, answers 421 or refuses one
-recipient, a message deleted while it is being sent, and the `outbox status` / `outbox retry` commands."""
+worker and the in-process drainer; an SMTP relay that is down, never greets, hangs up, answers 421,
+refuses the login or TLS, or refuses one recipient; a message deleted or erased while it is being sent;
+and the `outbox status` / `outbox retry` commands."""
 
 from __future__ import annotations
 
