@@ -58,8 +58,11 @@ class Worker:
         return self.process.poll() is None
 
     def wait_for_output(self, text: str, times: int = 1, timeout: float = 60) -> None:
-        wait_until(lambda: self.output().count(text) >= times or not self.alive(),
-                   f"{text!r} {times}x in the worker's output", timeout)
+        try:
+            wait_until(lambda: self.output().count(text) >= times or not self.alive(),
+                       f"{text!r} {times}x in the worker's output", timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error}:\n{self.output()}") from None
         assert self.alive(), self.output()
 
     def terminate(self) -> int:
@@ -179,22 +182,27 @@ def test_worker_waits_out_a_stopped_database_and_sigterm_stops_it_while_it_pause
     try:
         worker = Worker(worker_env(faulty_app.config["SQLALCHEMY_DATABASE_URI"], smtp.url, tmp_path), tmp_path)
         workers.append(worker)
-        # 1 s, 2 s, 4 s… : it keeps trying, one line each time, and does not exit.
+        # It keeps trying, one line each time, pausing 1 s, 2 s, 4 s…, and does not exit.
         worker.wait_for_output("trying again in 4 s")
-        assert worker.output().count("the database is unavailable") == 3
+        tries = [line for line in worker.output().splitlines() if "the database is unavailable" in line]
+        assert [line.rsplit("trying again in ", 1)[1] for line in tries] == ["1 s", "2 s", "4 s"], worker.output()
         assert "Traceback" not in worker.output()
     finally:
         pg_cluster.start()
     smtp.inbox.wait_for(len(queued), timeout=60)
+    worker.wait_for_output("sending again")
     assert delivered(smtp) == Counter(queued_message_ids(faulty_app))
 
     pg_cluster.stop("immediate")
     try:
-        # Sending went well in between, so the pauses start again at 1 s: 1, 2, 4, 8.
+        # Sending went well in between, so the pauses start again at 1 s: 1, 2, 4, then 8.
         worker.wait_for_output("trying again in 8 s", times=worker.output().count("trying again in 8 s") + 1)
         # In that 8 s pause, SIGTERM ends it at once.
         worker.process.send_signal(signal.SIGTERM)
-        assert worker.process.wait(timeout=5) == 0, worker.output()
+        try:
+            assert worker.process.wait(timeout=5) == 0, worker.output()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"SIGTERM did not end the pause:\n{worker.output()}") from None
         assert "Traceback" not in worker.output()
     finally:
         pg_cluster.start()
