@@ -303,8 +303,6 @@ def main(argv: list[str] | None = None) -> int:
         # Its own folder, which the cluster hands to the postgres user (see PostgresCluster.init).
         cluster = PostgresCluster(bin_dir, Path(tempfile.mkdtemp(prefix="newsletter-soak-pg-")))
         cluster.init()
-        with open(cluster.data / "postgresql.conf", "a") as conf:
-            conf.write("synchronous_commit = on\n")  # a commit answered is a commit kept, even after a crash
         cluster.start()
         sink = Sink()
         sink.controller.start()

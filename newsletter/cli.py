@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from .cli_admins import admins
 from .cli_export import export
+from .cli_outbox import outbox_group
 from .cli_privacy import purge_pending
 from .cli_tokens import tokens
 from .config import ConfigError
@@ -47,6 +48,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(export)
     app.cli.add_command(tokens)
     app.cli.add_command(purge_pending)
+    app.cli.add_command(outbox_group)
 
 
 @click.group()
@@ -162,33 +164,45 @@ def list_newsletters() -> None:
 @click.command()
 @click.option("--once", is_flag=True, help="Send what is due, then exit.")
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between looks at the outbox.")
+@click.option("--max-pause", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Longest pause in an outage of the database or the mail relay (pauses start at 1 s and double).")
 @with_appcontext
-def worker(once: bool, poll: float) -> None:
-    """Send the outbox's emails; run several on PostgreSQL to send faster."""
+def worker(once: bool, poll: float, max_pause: float) -> None:
+    """Send the outbox's emails; run several on PostgreSQL to send faster.
+
+    It lives through database restarts and mail relay outages: it logs them, pauses and goes on.
+    SIGTERM or Ctrl-C stops it after the message in hand.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from . import outbox
     from .mailer import transport_for
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    transport = transport_for(app.config)
-    stopping = threading.Event()
-    if not once:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stopping.set())
-        click.echo(f"Worker sending via {_describe_transport(app)}; Ctrl-C to stop.", err=True)
-    total = outbox.DrainResult()
-    try:
-        while True:
-            result = outbox.drain(db.session, transport, app.config)
-            total.sent += result.sent
-            total.retrying += result.retrying
-            total.failed += result.failed
-            if once or stopping.wait(poll):
-                break
-    finally:
-        transport.close()
-        db.session.remove()
+    sender = outbox.Sender(transport_for(app.config), app.config)
     if once:
-        click.echo(f"sent {total.sent}, will retry {total.retrying}, failed {total.failed}", err=True)
+        try:
+            result = sender.drain(db.session)
+        except SQLAlchemyError as error:
+            raise click.ClickException(f"The database is unavailable: {outbox.describe_error(error)}") from None
+        finally:
+            sender.transport.close()
+            db.session.remove()
+        click.echo(f"sent {result.sent}, will retry {result.retrying}, failed {result.failed}", err=True)
+        if result.stopped_by_error:
+            raise click.ClickException(f"The mail relay is unavailable ({result.stopped_by_error}); "
+                                       "the messages wait for it without spending their attempts.")
+        return
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    click.echo(f"Worker sending via {_describe_transport(app)}; Ctrl-C to stop.", err=True)
+    try:
+        outbox.run(sender, stopping, poll_seconds=poll, max_pause=max_pause)
+    finally:
+        if sender.unrecorded:
+            click.echo(f"Stopped with {len(sender.unrecorded)} sent or tried message(s) not recorded (the database "
+                       "was away): they are sent again once their claim runs out.", err=True)
 
 
 @click.command("unsubscribe-mail")

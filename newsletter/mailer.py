@@ -11,7 +11,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class PermanentFailure(Exception):
-    """The server refused the message for good (5xx): retrying won't help."""
+    """The server refused this message for good (5xx to its sender, recipient or data): retrying won't help."""
+
+
+class TemporaryFailure(Exception):
+    """The server put this message off (4xx to its sender, recipient or data) while it takes other mail."""
+
+
+class RelayUnavailable(Exception):
+    """The relay takes no mail now (refused, timed out, 421, login or TLS failed, hung up): not the message's fault."""
+
+
+# Replies about the relay, not the message: 421 closes the channel; 530/535/538 ask for a (working) login.
+RELAY_CODES = frozenset({421, 530, 534, 535, 538})
 
 
 class Transport(Protocol):
@@ -27,11 +39,16 @@ class FolderTransport:
         self.folder = Path(folder)
 
     def send(self, message: EmailMessage) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = message["Message-ID"].strip("<>").replace("/", "_")
         temporary = self.folder / f".{name}.tmp"
-        temporary.write_bytes(message.as_bytes(policy=message.policy.clone(utf8=True)))
-        temporary.replace(self.folder / f"{name}.eml")
+        content = message.as_bytes(policy=message.policy.clone(utf8=True))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(content)
+            temporary.replace(self.folder / f"{name}.eml")
+        except OSError as error:
+            # A full disk or a missing mount is the folder's outage, as a relay's would be.
+            raise RelayUnavailable(_describe(error)) from error
 
     def close(self) -> None:
         pass
@@ -65,40 +82,57 @@ class SmtpTransport:
         return connection
 
     def send(self, message: EmailMessage) -> None:
+        """Send one message; raises PermanentFailure, TemporaryFailure or RelayUnavailable."""
         try:
             self._deliver(message)
         except smtplib.SMTPServerDisconnected:
             # A kept-open connection may have timed out on the server's side: one fresh try.
-            self._connection = None
-            self._deliver(message)
+            self._drop()
+            try:
+                self._deliver(message)
+            except smtplib.SMTPServerDisconnected as error:
+                raise RelayUnavailable(_describe(error)) from error
 
     def _deliver(self, message: EmailMessage) -> None:
         if self._connection is None:
-            self._connection = self._connect()
+            try:
+                self._connection = self._connect()
+            except (OSError, smtplib.SMTPException) as error:
+                # Refused, timed out, 421 or another greeting, EHLO, STARTTLS or login failed.
+                raise RelayUnavailable(_describe(error)) from error
         try:
             self._connection.send_message(message)
-        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
-            self._raise_classified(error)
-        except (OSError, smtplib.SMTPException):
+        except smtplib.SMTPServerDisconnected:
             self._drop()
             raise
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as error:
+            self._raise_classified(error)
+        except smtplib.SMTPNotSupportedError:
+            raise  # the message needs what this server lacks (e.g. SMTPUTF8): the caller's verdict
+        except (OSError, smtplib.SMTPException) as error:
+            self._drop()
+            raise RelayUnavailable(_describe(error)) from error
 
     def _drop(self) -> None:
         if self._connection is not None:
             try:
                 self._connection.close()
+            except OSError:
+                pass
             finally:
                 self._connection = None
 
-    @staticmethod
-    def _raise_classified(error: smtplib.SMTPException) -> None:
+    def _raise_classified(self, error: smtplib.SMTPException) -> None:
         if isinstance(error, smtplib.SMTPRecipientsRefused):
             codes = [code for code, _ in error.recipients.values()]
         else:
             codes = [getattr(error, "smtp_code", 0)]
-        if codes and all(500 <= code < 600 for code in codes):
-            raise PermanentFailure(str(error)) from error
-        raise error
+        if not codes or any(code in RELAY_CODES or not 400 <= code < 600 for code in codes):
+            self._drop()
+            raise RelayUnavailable(_describe(error)) from error
+        if all(500 <= code < 600 for code in codes):
+            raise PermanentFailure(_describe(error)) from error
+        raise TemporaryFailure(_describe(error)) from error
 
     def close(self) -> None:
         if self._connection is not None:
@@ -107,6 +141,12 @@ class SmtpTransport:
             except (OSError, smtplib.SMTPException):
                 pass
             self._connection = None
+
+
+def _describe(error: BaseException) -> str:
+    """One line naming the error, e.g. "ConnectionRefusedError: [Errno 111] Connection refused"."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def transport_for(config: dict) -> Transport:

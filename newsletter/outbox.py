@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.policy
 import logging
 import smtplib
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -16,11 +17,12 @@ from typing import Any
 
 from flask import Flask, current_app
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import Select, and_, event, func, insert, not_, or_, select, update
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .mailer import PermanentFailure, Transport, transport_for
-from .models import OutboxMessage, utcnow
+from .mailer import PermanentFailure, RelayUnavailable, Transport, transport_for
+from .models import OUTBOX_STATUSES, OutboxMessage, Reader, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ class DrainResult:
     sent: int = 0
     retrying: int = 0
     failed: int = 0
+    # Set when the relay can't take mail: why. Sending stops there, and no message spent an attempt.
     stopped_by_error: str | None = None
 
 
@@ -112,17 +115,31 @@ def _backoff(attempts: int, base_seconds: int) -> timedelta:
     return min(timedelta(seconds=base_seconds * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
 
 
-# Errors about one message (4xx for this recipient or sender); any other error means the server is away.
-MESSAGE_ERRORS = (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPDataError)
-
-
 def _lease(config: dict[str, Any]) -> timedelta:
     # Long enough for connect + send with every SMTP timeout used up; a crashed sender's message is due again after it.
     return timedelta(seconds=4 * config["NEWSLETTER_SMTP_TIMEOUT"] + 60)
 
 
-def send_next(session: Session, transport: Transport, config: dict[str, Any], result: DrainResult) -> bool:
-    """Claim one due message, send it and record the outcome; False when nothing is due or the server is away.
+@dataclass(frozen=True)
+class Claim:
+    """A message leased for sending: its attempts count with this one (to give it back), and the email."""
+
+    row_id: int
+    attempts: int
+    message: EmailMessage | None
+    build_error: Exception | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a claimed message, kept until the database has taken it."""
+
+    claim: Claim
+    error: Exception | None
+
+
+def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
+    """Lease the next due message and commit; None when nothing is due.
 
     Claiming is a short transaction of its own (FOR UPDATE SKIP LOCKED on PostgreSQL) that leases the
     message by moving its next attempt past the send: other workers skip it, and no transaction (or
@@ -139,8 +156,7 @@ def send_next(session: Session, transport: Transport, config: dict[str, Any], re
     ).first()
     if row is None:
         session.rollback()
-        return False
-    row_id = row.id
+        return None
     row.attempts += 1
     row.next_attempt_at = now + _lease(config)
     try:
@@ -148,49 +164,194 @@ def send_next(session: Session, transport: Transport, config: dict[str, Any], re
         build_error = None
     except ValueError as error:
         message, build_error = None, error
+    claim = Claim(row.id, row.attempts, message, build_error)
     session.commit()
-
-    error: Exception | None = build_error
-    if message is not None:
-        try:
-            transport.send(message)
-        except (PermanentFailure, OSError, smtplib.SMTPException, ValueError) as send_error:
-            error = send_error
-    _record_outcome(session, session.get(OutboxMessage, row_id), error, config, result)
-    session.commit()
-    return result.stopped_by_error is None
+    return claim
 
 
-def _record_outcome(session: Session, row: OutboxMessage, error: Exception | None, config: dict[str, Any],
-                    result: DrainResult) -> None:
+def _verdict(error: Exception | None) -> str:
+    """sent, relay (not the message's fault), permanent (this message never goes) or temporary."""
     if error is None:
-        row.status, row.sent_at, row.last_error = "sent", utcnow(), None
+        return "sent"
+    if isinstance(error, (RelayUnavailable, OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError)):
+        return "relay"
+    if isinstance(error, (PermanentFailure, smtplib.SMTPNotSupportedError, ValueError)):
+        # Refused for good (5xx), or a message this server can't take (e.g. no SMTPUTF8).
+        return "permanent"
+    # A 4xx for this message, or an error the transport could not classify: it spends an attempt,
+    # so one message that always breaks ends up failed instead of holding up the rest.
+    return "temporary"
+
+
+def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], result: DrainResult) -> None:
+    """Write what became of a claimed message and commit; a message deleted or cancelled meanwhile stays so."""
+    claim, error = outcome.claim, outcome.error
+    verdict = _verdict(error)
+    row = session.get(OutboxMessage, claim.row_id, with_for_update=True, populate_existing=True)
+    if row is None:
+        # purge-pending or a deletion took it while it was being sent: nothing is left to record.
+        session.rollback()
+        log.warning("outbox message %s was deleted while being sent (%s); nothing to record", claim.row_id, verdict)
+        return
+    if row.status != "pending":
+        # Erasure or a block cancelled it meanwhile; its record (and what it scrubbed) stands.
+        session.rollback()
+        log.info("outbox message %s became %s while being sent (%s); left as it is", row.id, row.status, verdict)
+        return
+    now = utcnow()
+    if verdict == "sent":
+        row.status, row.sent_at, row.last_error = "sent", now, None
+    else:
+        row.last_error = describe_error(error)
+    if verdict == "relay":
+        if row.attempts == claim.attempts:  # not claimed again by another worker after the lease ran out
+            # Due now, behind the others already due: a message that itself makes the relay hang up
+            # can't hold up the rest, and none spends an attempt while the relay is away.
+            row.attempts, row.next_attempt_at = claim.attempts - 1, now
+    elif verdict == "permanent" or (verdict == "temporary"
+                                    and row.attempts >= config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"]):
+        # For a failed message, next_attempt_at keeps when it failed (what `outbox retry --since` reads).
+        row.status, row.next_attempt_at = "failed", now
+    elif verdict == "temporary":
+        row.next_attempt_at = now + _backoff(row.attempts, config["NEWSLETTER_OUTBOX_RETRY_BASE"])
+    status, attempts, next_attempt_at, last_error = row.status, row.attempts, row.next_attempt_at, row.last_error
+    session.commit()
+    if verdict == "sent":
         result.sent += 1
-        return
-    row.last_error = f"{type(error).__name__}: {error}"
-    permanent = isinstance(error, (PermanentFailure, smtplib.SMTPNotSupportedError, ValueError))
-    if permanent or row.attempts >= config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"]:
-        # Refused for good (5xx), a message this server can't take (e.g. no SMTPUTF8), or out of tries.
-        row.status = "failed"
+    elif verdict == "relay":
+        result.stopped_by_error = last_error
+    elif status == "failed":
         result.failed += 1
-        log.warning("outbox message %s failed after %s attempts: %s", row.id, row.attempts, row.last_error)
-        return
-    row.next_attempt_at = utcnow() + _backoff(row.attempts, config["NEWSLETTER_OUTBOX_RETRY_BASE"])
-    result.retrying += 1
-    log.info("outbox message %s will be retried at %s: %s", row.id, row.next_attempt_at, row.last_error)
-    if not isinstance(error, MESSAGE_ERRORS):
-        result.stopped_by_error = row.last_error
+        log.warning("outbox message %s failed after %s attempts: %s", claim.row_id, attempts, last_error)
+    else:
+        result.retrying += 1
+        log.info("outbox message %s will be retried at %s: %s", claim.row_id, next_attempt_at, last_error)
+
+
+class Sender:
+    """Sends due messages through one transport; an outcome the database could not take is kept and written later."""
+
+    def __init__(self, transport: Transport, config: dict[str, Any]) -> None:
+        self.transport = transport
+        self.config = config
+        self.unrecorded: list[Outcome] = []
+
+    def send_next(self, session: Session, result: DrainResult) -> bool:
+        """Claim one due message, send it and record the outcome; False when nothing is due or the relay is away."""
+        claim = claim_next(session, self.config)
+        if claim is None:
+            return False
+        error = claim.build_error
+        if claim.message is not None:
+            try:
+                self.transport.send(claim.message)
+            except Exception as send_error:  # noqa: BLE001 (classified by _verdict; none may stop the sender)
+                error = send_error
+        self._record(session, Outcome(claim, error), result)
+        return result.stopped_by_error is None
+
+    def _record(self, session: Session, outcome: Outcome, result: DrainResult) -> None:
+        # Held until written: after a database outage the sent message is marked sent, not sent again.
+        self.unrecorded.append(outcome)
+        record_outcome(session, outcome, self.config, result)
+        self.unrecorded.remove(outcome)
+
+    def drain(self, session: Session, limit: int | None = None,
+              stop: threading.Event | None = None) -> DrainResult:
+        """Send due messages until none is due, the relay is away, `limit` were handled or `stop` is set."""
+        result = DrainResult()
+        for outcome in list(self.unrecorded):
+            self.unrecorded.remove(outcome)
+            self._record(session, outcome, result)
+        handled = 0
+        while (limit is None or handled < limit) and not (stop is not None and stop.is_set()):
+            if not self.send_next(session, result):
+                break
+            handled += 1
+        return result
 
 
 def drain(session: Session, transport: Transport, config: dict[str, Any], limit: int | None = None) -> DrainResult:
-    """Send due messages until none is due, the server fails, or `limit` were handled."""
-    result = DrainResult()
-    handled = 0
-    while limit is None or handled < limit:
-        if not send_next(session, transport, config, result):
-            break
-        handled += 1
-    return result
+    """Send due messages until none is due, the relay is away, or `limit` were handled."""
+    return Sender(transport, config).drain(session, limit)
+
+
+class Backoff:
+    """Pauses after failures in a row: 1 s, doubling up to `most` (30 s); a success starts again at 1 s."""
+
+    def __init__(self, most: float = 30.0, first: float = 1.0) -> None:
+        self.first = min(first, most)
+        self.most = most
+        self.failures = 0
+
+    def next(self) -> float:
+        """The pause after one more failure."""
+        self.failures += 1
+        # The exponent stops growing: after a day-long outage 2 ** failures would not fit in a float.
+        return min(self.first * 2 ** min(self.failures - 1, 30), self.most)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def describe_error(error: BaseException | None) -> str:
+    """One line for the log: the driver's own error for a database error, without SQL or parameters."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    if error is None:
+        return ""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:500] if text else type(error).__name__
+
+
+def run(sender: Sender, stop: threading.Event, *, poll_seconds: float,
+        wake: threading.Event | None = None, max_pause: float = 30.0) -> None:
+    """Send the outbox until `stop` is set, living through database and relay outages.
+
+    An outage is logged in one line per try, and sending pauses (1 s doubling to `max_pause`) and
+    goes on when it is over. Needs an app context.
+    """
+    from .extensions import db
+
+    backoff = Backoff(most=max_pause)
+    trouble = False
+    while not stop.is_set():
+        try:
+            result = sender.drain(db.session, stop=stop)
+            problem = result.stopped_by_error and f"the mail relay is unavailable ({result.stopped_by_error})"
+        except SQLAlchemyError as error:
+            problem = f"the database is unavailable ({describe_error(error)})"
+        except Exception as error:  # a bug: the traceback once, then one line per try
+            if not trouble:
+                log.exception("the outbox sender hit an unexpected error")
+            problem = f"an unexpected error ({describe_error(error)})"
+        finally:
+            _reset_session(db.session)
+            sender.transport.close()
+        if problem:
+            trouble = True
+            pause = backoff.next()
+            held = f"; {len(sender.unrecorded)} outcome(s) held until it is back" if sender.unrecorded else ""
+            log.warning("outbox: %s; trying again in %g s%s", problem, pause, held)
+            stop.wait(pause)
+            continue
+        if trouble:
+            log.warning("outbox: sending again")
+            trouble = False
+        backoff.reset()
+        if wake is None:
+            stop.wait(poll_seconds)
+        else:
+            wake.wait(poll_seconds)
+            wake.clear()
+
+
+def _reset_session(session: Any) -> None:
+    # After a lost connection the transaction is gone: roll back (which can fail too) and start afresh;
+    # pool_pre_ping makes the next checkout a live connection.
+    with contextlib.suppress(SQLAlchemyError):
+        session.rollback()
+    session.remove()
 
 
 def counts(session: Session) -> dict[str, int]:
@@ -199,15 +360,84 @@ def counts(session: Session) -> dict[str, int]:
     return {status: number for status, number in rows}
 
 
+@dataclass
+class StatusSummary:
+    """The outbox at a glance: counts per status, the oldest pending message's age, how many are due."""
+
+    counts: dict[str, int]
+    oldest_pending_age: timedelta | None
+    due_now: int
+    last_error: str | None
+
+
+def status_summary(session: Session) -> StatusSummary:
+    """Counts per status (every status named), the oldest pending message's age, the number due now, the last error."""
+    now = utcnow()
+    by_status = dict.fromkeys(OUTBOX_STATUSES, 0) | counts(session)
+    pending = OutboxMessage.status == "pending"
+    oldest = session.scalar(select(func.min(OutboxMessage.created_at)).where(pending))
+    due = session.scalar(select(func.count()).select_from(OutboxMessage)
+                         .where(pending, OutboxMessage.next_attempt_at <= now)) or 0
+    # The newest pending message that met an error says what holds the queue up now.
+    last_error = session.scalar(select(OutboxMessage.last_error)
+                                .where(pending, OutboxMessage.last_error.is_not(None))
+                                .order_by(OutboxMessage.id.desc()).limit(1))
+    return StatusSummary(by_status, now - _aware(oldest) if oldest is not None else None, due, last_error)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# Failures that were decisions, not delivery problems: erasure and blocks cancel a reader's mail.
+CANCELLED_ERRORS = ("erased",)
+CANCELLED_PREFIX = "Not sent:"
+
+
+def retryable_failed(since: datetime | None = None, message_id: int | None = None) -> Select[Any]:
+    """The failed messages `outbox retry` may send again: never one cancelled by an erasure or a block."""
+    query = (
+        select(OutboxMessage.id)
+        .outerjoin(Reader, Reader.id == OutboxMessage.reader_id)
+        .where(OutboxMessage.status == "failed",
+               Reader.erased_at.is_(None), Reader.blocked_at.is_(None),
+               or_(OutboxMessage.last_error.is_(None),
+                   and_(OutboxMessage.last_error.not_in(CANCELLED_ERRORS),
+                        not_(OutboxMessage.last_error.startswith(CANCELLED_PREFIX, autoescape=True)))))
+    )
+    if since is not None:
+        query = query.where(OutboxMessage.next_attempt_at >= since)
+    if message_id is not None:
+        query = query.where(OutboxMessage.id == message_id)
+    return query
+
+
+def retry_failed(session: Session, since: datetime | None = None, message_id: int | None = None) -> int:
+    """Queue failed messages again (pending, no attempts, due now); how many. The caller commits."""
+    ids = list(session.scalars(retryable_failed(since, message_id)))
+    if not ids:
+        return 0
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "failed")
+        .values(status="pending", attempts=0, next_attempt_at=utcnow(), last_error=None)
+        .execution_options(synchronize_session=False)
+    )
+    note_enqueued(session)
+    return len(ids)
+
+
 class InProcessDrainer:
     """A background thread that sends the outbox in the web process: the embedded default.
 
     It wakes when a transaction that enqueued mail commits, and polls now and then for retries.
+    Like the worker, it lives through database and relay outages (see `run`).
     """
 
-    def __init__(self, app: Flask, poll_seconds: float = 5.0) -> None:
+    def __init__(self, app: Flask, poll_seconds: float = 5.0, max_pause: float = 30.0) -> None:
         self.app = app
         self.poll_seconds = poll_seconds
+        self.max_pause = max_pause
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="outbox-drainer", daemon=True)
@@ -224,22 +454,17 @@ class InProcessDrainer:
         self._wake.set()
         self._thread.join(timeout=10)
 
-    def _run(self) -> None:
-        from .extensions import db
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
 
+    def _run(self) -> None:
         with self.app.app_context():
-            transport = transport_for(self.app.config)
-            while not self._stop.is_set():
-                self._wake.wait(self.poll_seconds)
-                self._wake.clear()
-                try:
-                    drain(db.session, transport, self.app.config)
-                    transport.close()
-                except Exception:
-                    log.exception("the in-process outbox drainer hit an error; it will try again")
-                    db.session.rollback()
-                finally:
-                    db.session.remove()
+            sender = Sender(transport_for(self.app.config), self.app.config)
+            try:
+                run(sender, self._stop, poll_seconds=self.poll_seconds, wake=self._wake,
+                    max_pause=self.max_pause)
+            finally:
+                sender.transport.close()
 
 
 def attach_drainer(app: Flask, drainer: InProcessDrainer) -> None:

@@ -165,13 +165,15 @@ def test_worker_once_sends_pending_messages(app, client, runner, smtp):
     assert len(smtp.inbox.messages) == 2
 
 
-def test_worker_once_reports_retries_when_smtp_is_down(app, client, runner, smtp):
+def test_worker_once_reports_the_relay_outage_without_spending_attempts(app, client, runner, smtp):
     smtp.stop()
     client.post("/api/v1/subscriptions", json={"email": "later@example.org", "newsletters": ["daily-briefing"]})
     result = runner.invoke(args=["worker", "--once"])
-    assert "sent 0, will retry 1, failed 0" in result.output, result.output
+    assert result.exit_code == 1
+    assert "sent 0, will retry 0, failed 0" in result.output, result.output
+    assert "The mail relay is unavailable" in result.output
     assert "Traceback" not in result.output
-    assert query(app, "SELECT status, attempts FROM outbox_messages") == [("pending", 1)]
+    assert query(app, "SELECT status, attempts FROM outbox_messages") == [("pending", 0)]
 
     smtp.start()
     result = runner.invoke(args=["worker", "--once"])
