@@ -1,4 +1,4 @@
-"""Rate limits on signups: per client IP and per submitted address, shared through Redis when configured."""
+"""Rate limits on signups and link requests: per client IP and per submitted address, shared through Redis when configured."""
 
 from __future__ import annotations
 
@@ -15,62 +15,51 @@ from .extensions import limiter
 View = TypeVar("View", bound=Callable[..., object])
 
 
-def signup_limits(view: View) -> View:
-    """Limit POSTs to `view` per IP and per email address, counting every signup endpoint together."""
-    per_email = limiter.shared_limit(
-        lambda: current_app.config["NEWSLETTER_RATE_LIMIT_EMAIL"],
-        scope="signup-email",
-        key_func=abuse.submitted_email,
-        exempt_when=lambda: not abuse.submitted_email(),
-        methods=["POST"],
-        # Callables: the message is read per request, in that request's language.
-        error_message=lambda: _("Too many signups for this email address. Please wait a few minutes and try again."),
-    )
-    per_ip = limiter.shared_limit(
-        lambda: current_app.config["NEWSLETTER_RATE_LIMIT_IP"],
-        scope="signup-ip",
-        methods=["POST"],
-        error_message=lambda: _("Too many signups from your network. Please wait a few minutes and try again."),
-    )
-    # Registered first, checked first: a request already refused per IP doesn't use up an address's budget.
-    limited = per_email(per_ip(view))
+def _per_address_and_ip(scope: str, email_message: Callable[[], str], ip_message: Callable[[], str]
+                        ) -> Callable[[View], View]:
+    """A decorator limiting POSTs per submitted address and per client IP, at the signup rates, under `scope`."""
 
-    @wraps(view)
-    def signup_view(*args: object, **kwargs: object) -> object:
-        # Flask-Limiter works out which limits apply even when they are off; with them off, don't ask it.
-        if not current_app.config["RATELIMIT_ENABLED"]:
-            return view(*args, **kwargs)
-        return limited(*args, **kwargs)
+    def decorate(view: View) -> View:
+        per_email = limiter.shared_limit(
+            lambda: current_app.config["NEWSLETTER_RATE_LIMIT_EMAIL"],
+            scope=f"{scope}-email",
+            key_func=abuse.submitted_email,
+            exempt_when=lambda: not abuse.submitted_email(),
+            methods=["POST"],
+            # Callables: the message is read per request, in that request's language.
+            error_message=email_message,
+        )
+        per_ip = limiter.shared_limit(
+            lambda: current_app.config["NEWSLETTER_RATE_LIMIT_IP"],
+            scope=f"{scope}-ip",
+            methods=["POST"],
+            error_message=ip_message,
+        )
+        # Registered first, checked first: a request already refused per IP doesn't use up an address's budget.
+        limited = per_email(per_ip(view))
 
-    return signup_view  # type: ignore[return-value]
+        @wraps(view)
+        def limited_view(*args: object, **kwargs: object) -> object:
+            # Flask-Limiter works out which limits apply even when they are off; with them off, don't ask it.
+            if not current_app.config["RATELIMIT_ENABLED"]:
+                return view(*args, **kwargs)
+            return limited(*args, **kwargs)
+
+        return limited_view  # type: ignore[return-value]
+
+    return decorate
 
 
-def link_request_limits(view: View) -> View:
-    """Limit POSTs asking for a fresh preferences link per IP and per address, with the signup rates.
+# Every signup endpoint counts together.
+signup_limits = _per_address_and_ip(
+    "signup",
+    lambda: _("Too many signups for this email address. Please wait a few minutes and try again."),
+    lambda: _("Too many signups from your network. Please wait a few minutes and try again."),
+)
 
-    Counted apart from signups, so that asking for a link never costs a reader a signup; the
-    structure is signup_limits'.
-    """
-    per_email = limiter.shared_limit(
-        lambda: current_app.config["NEWSLETTER_RATE_LIMIT_EMAIL"],
-        scope="link-request-email",
-        key_func=abuse.submitted_email,
-        exempt_when=lambda: not abuse.submitted_email(),
-        methods=["POST"],
-        error_message=lambda: _("Too many requests for this email address. Please wait a few minutes and try again."),
-    )
-    per_ip = limiter.shared_limit(
-        lambda: current_app.config["NEWSLETTER_RATE_LIMIT_IP"],
-        scope="link-request-ip",
-        methods=["POST"],
-        error_message=lambda: _("Too many requests from your network. Please wait a few minutes and try again."),
-    )
-    limited = per_email(per_ip(view))
-
-    @wraps(view)
-    def limited_view(*args: object, **kwargs: object) -> object:
-        if not current_app.config["RATELIMIT_ENABLED"]:
-            return view(*args, **kwargs)
-        return limited(*args, **kwargs)
-
-    return limited_view  # type: ignore[return-value]
+# Asking for a fresh preferences link is counted apart, so that it never costs a reader a signup.
+link_request_limits = _per_address_and_ip(
+    "link-request",
+    lambda: _("Too many requests for this email address. Please wait a few minutes and try again."),
+    lambda: _("Too many requests from your network. Please wait a few minutes and try again."),
+)

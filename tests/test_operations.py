@@ -239,11 +239,21 @@ def test_healthz_and_readyz_answer_without_cookie(client):
 
 
 def test_readyz_refuses_a_database_behind_the_code(app, client):
-    with app.app_context():
-        db.session.execute(db.text("UPDATE alembic_version SET version_num = '0004'"))
-        db.session.commit()
-        db.session.remove()
-    response = client.get("/readyz")
+    def set_version(version: str | None = None) -> str:
+        with app.app_context():
+            head = db.session.execute(db.text("SELECT version_num FROM alembic_version")).scalar_one()
+            if version:
+                db.session.execute(db.text("UPDATE alembic_version SET version_num = :v"), {"v": version})
+                db.session.commit()
+            db.session.remove()
+        return head
+
+    # PostgreSQL's database serves the whole test run: put its version back whatever happens.
+    head = set_version("0004")
+    try:
+        response = client.get("/readyz")
+    finally:
+        set_version(head)
     assert response.status_code == 503
     assert response.json["reason"] == "migrations not current"
     assert response.json["database"] == ["0004"]
