@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, IntegerField, PasswordField, StringField, TextAreaField
-from wtforms.validators import InputRequired, Length
+from wtforms.validators import InputRequired, Length, NumberRange
 from wtforms.widgets import HiddenInput
+
+from ..models import MAX_ID
 
 
 class LoginForm(FlaskForm):
@@ -43,4 +45,4 @@ class NewNewsletterForm(NewsletterForm):
 class UnsubscribeForm(FlaskForm):
     """Unsubscribe a reader from one newsletter."""
 
-    newsletter_id = IntegerField(widget=HiddenInput(), validators=[InputRequired()])
+    newsletter_id = IntegerField(widget=HiddenInput(), validators=[InputRequired(), NumberRange(min=1, max=MAX_ID)])
