@@ -720,3 +720,89 @@ def test_no_route_answers_500_to_bad_input(app, world, drain, smtp, channel, val
     assert not failures, "\n".join(failures)
     if refused:
         assert snapshot(app, WALKED_TABLES) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a reader erased or deleted while an admin's page (or an API client) still names them
+
+
+STALE_ACTIONS = ["unsubscribe", "resend", "block", "unblock"]
+
+
+@pytest.mark.parametrize("action", STALE_ACTIONS)
+def test_admin_action_on_an_erased_reader_from_a_stale_tab(app, world, drain, smtp, action):
+    data = {"newsletter_id": str(world.newsletter_id)} if action == "unsubscribe" else {}
+    drain()  # the live reader's confirmation
+    before = snapshot(app, WALKED_TABLES)
+    response = world.client.post(f"/admin/readers/{world.erased}/{action}",
+                                 data={"csrf_token": world.csrf_token, **data})
+    text = assert_friendly_page(response, 410)
+    assert f"Reader {world.erased} was erased" in text and "Nothing was changed." in text
+    assert snapshot(app, WALKED_TABLES) == before
+    # A reader deleted since (purge-pending) is simply not there.
+    gone = world.client.post(f"/admin/readers/{world.gone}/{action}", data={"csrf_token": world.csrf_token, **data})
+    assert f"There is no reader number {world.gone}" in assert_friendly_page(gone, 404)
+    assert snapshot(app, WALKED_TABLES) == before
+    assert drain().sent == 0
+
+
+def test_admin_erase_and_export_of_an_erased_or_deleted_reader(app, world):
+    before = snapshot(app, WALKED_TABLES)
+    again = world.client.post(f"/admin/readers/{world.erased}/erase", data={"csrf_token": world.csrf_token,
+                                                                            "confirm": "yes"})
+    assert again.status_code == 303  # erasing twice changes nothing more
+    export = world.client.get(f"/admin/readers/{world.erased}/export.json")
+    assert export.status_code == 200 and "erased@example.com" not in export.get_data(as_text=True)
+    assert snapshot(app, WALKED_TABLES)["readers"] == before["readers"]
+    for response in (world.client.post(f"/admin/readers/{world.gone}/erase",
+                                       data={"csrf_token": world.csrf_token, "confirm": "yes"}),
+                     world.client.get(f"/admin/readers/{world.gone}/export.json")):
+        assert_friendly_page(response, 404)
+
+
+def test_api_actions_on_an_erased_or_deleted_reader(app, world, drain, smtp):
+    headers = {"Authorization": f"Bearer {world.secret}"}
+    drain()  # the live reader's confirmation
+    before = snapshot(app, WALKED_TABLES)
+    for body in (None, {"newsletters": ["daily-briefing"]}):
+        response = world.client.post(f"/api/v1/readers/{world.erased}/unsubscribe", json=body, headers=headers)
+        assert response.status_code == 410
+        assert json_errors(response) == {"reader": [f"Reader {world.erased} was erased: nothing more can be done for "
+                                                    "them. Nothing was changed."]}
+    for method, suffix in (("GET", ""), ("GET", "/export"), ("DELETE", "")):
+        response = world.client.open(f"/api/v1/readers/{world.erased}{suffix}", method=method, headers=headers)
+        assert response.status_code == 200, (method, suffix)  # the anonymous record; erasing again changes nothing
+        assert "erased@example.com" not in response.get_data(as_text=True)
+    for method, suffix in (("GET", ""), ("GET", "/export"), ("POST", "/unsubscribe"), ("DELETE", "")):
+        response = world.client.open(f"/api/v1/readers/{world.gone}{suffix}", method=method, headers=headers)
+        assert response.status_code == 404 and "reader" in json_errors(response)
+    assert snapshot(app, WALKED_TABLES)["subscriptions"] == before["subscriptions"]
+    assert snapshot(app, WALKED_TABLES)["readers"] == before["readers"]
+    assert drain().sent == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the CLI: the same text, as arguments
+
+
+@pytest.mark.parametrize("value", [UNSTORABLE["nul"], "a\nb"], ids=["nul", "newline"])
+def test_cli_token_name_that_cant_be_stored_is_refused(app, runner, value):
+    result = runner.invoke(args=["tokens", "create", "--name", value])
+    assert result.exit_code == 1 and "without control characters" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert query(app, "SELECT COUNT(*) FROM api_tokens") == [(0,)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["daily\x00briefing"], "There is no newsletter called"),
+    (["x" * 10_000], "There is no newsletter called"),
+    (["daily-briefing", "--status", "confirmed\x00"], "status"),
+    (["daily-briefing", "--since", "2026-01-01\x00"], "since"),
+    (["all", "--confirmed-until", "9" * 30], "Confirmed until"),
+], ids=["nul-slug", "huge-slug", "nul-status", "nul-date", "huge-date"])
+def test_cli_export_refuses_bad_arguments(app, runner, args, message):
+    result = runner.invoke(args=["export", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+    assert query(app, "SELECT COUNT(*) FROM exports") == [(0,)]
