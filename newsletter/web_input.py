@@ -65,6 +65,8 @@ def _fields() -> Iterator[tuple[str, Any]]:
     for name, values in request.args.lists():
         yield name, [name, *values]
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        # Kept, so that a view that reads the raw body (request.get_data()) still finds it after the form is parsed.
+        request.get_data(cache=True)
         for name, values in request.form.lists():
             yield name, [name, *values]
         for name, files in request.files.lists():
