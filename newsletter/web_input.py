@@ -32,7 +32,7 @@ def problem(text: str, field: str) -> str | None:
 
 def unstorable_message(field: str) -> str:
     """The words for a `field` whose text can't be stored."""
-    return _("The %(field)s holds a character that is not text (a NUL, or half of a UTF-16 surrogate pair); "
+    return _("There is a character in %(field)s that is not text (a NUL, or half of a UTF-16 surrogate pair): "
              "remove it and send it again.", field=field)
 
 
@@ -45,16 +45,17 @@ class UnstorableInput(UnprocessableEntity):
 
 
 def _strings(value: Any) -> Iterator[str]:
-    """Every string inside a JSON value, keys included."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _strings(item)
+    """Every string inside a JSON value, keys included (a loop, not recursion: bodies can nest deeply)."""
+    waiting = [value]
+    while waiting:
+        item = waiting.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, list):
+            waiting.extend(item)
+        elif isinstance(item, dict):
+            waiting.extend(item.keys())
+            waiting.extend(item.values())
 
 
 def _fields() -> Iterator[tuple[str, Any]]:
