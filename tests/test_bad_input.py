@@ -799,19 +799,35 @@ def test_cli_token_name_that_cant_be_stored_is_refused(app, runner, value):
     assert query(app, "SELECT COUNT(*) FROM api_tokens") == [(0,)]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["daily\x00briefing"], "There is no newsletter called"),
-    (["x" * 10_000], "There is no newsletter called"),
-    (["daily-briefing", "--status", "confirmed\x00"], "status"),
-    (["daily-briefing", "--since", "2026-01-01\x00"], "since"),
-    (["all", "--confirmed-until", "9" * 30], "Confirmed until"),
-], ids=["nul-slug", "huge-slug", "nul-status", "nul-date", "huge-date"])
-def test_cli_export_refuses_bad_arguments(app, runner, args, message):
-    result = runner.invoke(args=["export", *args])
-    assert result.exit_code == 2, result.output
-    assert message in result.output and "Traceback" not in result.output
-    assert isinstance(result.exception, SystemExit)
-    assert query(app, "SELECT COUNT(*) FROM exports") == [(0,)]
+BAD_COMMANDS = [
+    pytest.param(["export", "daily\x00briefing"], "There is no newsletter called", id="export-nul-slug"),
+    pytest.param(["export", "x" * 10_000], "There is no newsletter called", id="export-huge-slug"),
+    pytest.param(["export", "daily-briefing", "--status", "confirmed\x00"], "status", id="export-nul-status"),
+    pytest.param(["export", "daily-briefing", "--status", "\ud800"], "status", id="export-surrogate-status"),
+    pytest.param(["export", "daily-briefing", "--since", "2026-01-01\x00"], "since", id="export-nul-date"),
+    pytest.param(["export", "all", "--confirmed-until", "9" * 30], "Confirmed until", id="export-huge-date"),
+    pytest.param(["tokens", "revoke", str(2**63)], "There is no API token", id="revoke-2**63"),
+    pytest.param(["tokens", "revoke", "--", "-1"], "There is no API token", id="revoke-negative"),
+    pytest.param(["purge-pending", "--days", str(2**63)], "--days", id="purge-2**63-days"),
+    pytest.param(["purge-pending", "--days", "99999999"], "--days", id="purge-99999999-days"),
+    pytest.param(["newsletters", "edit", "daily\x00briefing", "--name", "x"], "There is no newsletter called",
+                 id="edit-nul-slug"),
+    pytest.param(["newsletters", "edit", "daily-briefing", "--name", "x\x00"], "control characters",
+                 id="edit-nul-name"),
+    pytest.param(["newsletters", "add", "new\x00", "--name", "x"], "slug", id="add-nul-slug"),
+    pytest.param(["newsletters", "add", "new", "--name", "x", "--description", "a\x00"], "control characters",
+                 id="add-nul-description"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_COMMANDS)
+def test_cli_refuses_bad_arguments_with_a_message(app, runner, args, message):
+    before = snapshot(app, WALKED_TABLES)
+    result = runner.invoke(args=args)
+    assert result.exit_code in (1, 2), result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a message, not a traceback
+    assert message in result.output, result.output
+    assert snapshot(app, WALKED_TABLES) == before
 
 
 def test_form_bytes_that_are_not_utf8_are_kept_as_typed_text(app, client, drain, smtp):
