@@ -18,8 +18,10 @@ TITLES = {
     403: _l("Forbidden"),
     404: _l("Not Found"),
     405: _l("Method Not Allowed"),
+    410: _l("Gone"),
     413: _l("Request Entity Too Large"),
     415: _l("Unsupported Media Type"),
+    422: _l("Unprocessable Entity"),
     429: _l("Too Many Requests"),
     500: _l("Internal Server Error"),
 }

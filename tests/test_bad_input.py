@@ -592,7 +592,7 @@ VALID_FIELDS = {
     "newsletter": "daily-briefing", "signed_up_since": "2026-01-01", "signed_up_until": "2026-12-31",
     "confirmed_since": "2026-01-01", "confirmed_until": "2026-12-31", "next": "/admin/", "form": "1",
 }
-NUMERIC_FIELDS = ("newsletter_id", "page", "limit")
+NUMERIC_FIELDS = ("newsletter_id", "newsletters", "page", "limit")
 HEADERS = ("Referer", "User-Agent", "Accept-Language", "Origin")
 
 
