@@ -741,6 +741,8 @@ def test_gallery_shows_snippets_as_code_and_copies_them(app, live_server, browse
         if clipboard == "granted":
             expect(status).to_have_text("Copied")
             assert page.evaluate("navigator.clipboard.readText()") == text
+            ARTIFACTS.mkdir(exist_ok=True)
+            shoot(page.locator("section").first, "embed-gallery.png")
         else:
             expect(status).to_have_text("Selected: press Ctrl+C (⌘C on a Mac) to copy")
             assert page.evaluate("getSelection().toString()") == text
