@@ -25,11 +25,6 @@ def is_storable(text: str) -> bool:
     return _UNSTORABLE.search(text) is None
 
 
-def problem(text: str, field: str) -> str | None:
-    """What is wrong with `text` as a value of `field`, or None if a database can store it."""
-    return None if is_storable(text) else unstorable_message(field)
-
-
 def unstorable_message(field: str) -> str:
     """The words for a `field` whose text can't be stored."""
     return _("There is a character in %(field)s that is not text (a NUL, or half of a UTF-16 surrogate pair): "
@@ -85,7 +80,7 @@ def refuse_unstorable_input() -> None:
     errors: dict[str, list[str]] = {}
     for field, value in _fields():
         if not all(is_storable(text) for text in _strings(value)):
-            shown = field if is_storable(field) else "name of a field"
+            shown = field if is_storable(field) else "request"
             errors.setdefault(shown, [unstorable_message(shown)])
     if errors:
         raise UnstorableInput(errors)
