@@ -64,11 +64,15 @@ def _reader(reference: str) -> Reader:
         raise Missing("reader", f"There is no reader with the id or address {reference!r}.") from None
 
 
+def _erased(reader_id: int) -> Erased:
+    return Erased("reader", f"Reader {reader_id} was erased: nothing more can be done for them. Nothing was changed.")
+
+
 def _live_reader(reference: str) -> Reader:
     """The reader to act on; Erased (410) when they were erased, e.g. by another client a moment ago."""
     reader = _reader(reference)
     if reader.erased_at is not None:
-        raise Erased("reader", f"Reader {reader.id} was erased: nothing more can be done for them. Nothing was changed.")
+        raise _erased(reader.id)
     return reader
 
 
@@ -197,8 +201,7 @@ def unsubscribe_reader(reader: str) -> Response:
         for newsletter_id in [None] if chosen is None else [n.id for n in chosen]:
             left += subscriptions.unsubscribe(db.session, found.id, newsletter_id, source=source)
     except UnknownReader:  # erased between the look-up and the lock
-        raise Erased("reader", f"Reader {found.id} was erased: nothing more can be done for them. "
-                     "Nothing was changed.") from None
+        raise _erased(found.id) from None
     db.session.commit()
     return jsonify({"unsubscribed": [n.slug for n in left], "reader": privacy.describe_reader(db.session, found)})
 
