@@ -841,3 +841,14 @@ def test_form_bytes_that_are_not_utf8_are_kept_as_typed_text(app, client, drain,
     assert query(app, "SELECT page_url, form_id FROM consent_events") == [
         ("https://news.example/%ED%A0%80", "box%ED%A0%80")]
     assert drain().sent == 1
+
+
+@pytest.mark.parametrize("name, message", [
+    ("CRM\nsync", "without control characters"),
+    ("CRM%00sync", "There is a character in name that is not text"),
+], ids=["newline", "nul"])
+def test_admin_token_name_that_cant_be_stored_is_refused(app, world, name, message):
+    body = f"csrf_token={world.csrf_token}&role=viewer&name={quote(name, safe='%')}"
+    response = world.client.post("/admin/tokens", data=body, content_type="application/x-www-form-urlencoded")
+    assert message in assert_friendly_page(response, 422)
+    assert query(app, "SELECT name FROM api_tokens") == [("walker",)]
