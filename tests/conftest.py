@@ -264,3 +264,21 @@ def hidden_fields(html: str) -> dict[str, str]:
         if name:
             fields[name.group(1)] = value.group(1) if value else ""
     return fields
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A PostgreSQL cluster of this test run's own, which fault tests stop and start (tests/pg_cluster.py)."""
+    from .pg_cluster import own_cluster
+
+    yield from own_cluster()
+
+
+@pytest.fixture
+def faulty_database_url(pg_cluster, instance_dir: Path) -> str:
+    """A freshly migrated database on the tests' own cluster, started if a previous test left it down."""
+    if not pg_cluster.is_up():
+        pg_cluster.start()
+    url = pg_cluster.create_database(f"faults_{uuid.uuid4().hex[:8]}")
+    _upgrade(url, instance_dir)
+    return url
