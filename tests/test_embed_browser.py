@@ -720,6 +720,7 @@ def test_gallery_shows_snippets_as_code_and_copies_them(app, live_server, browse
         else:  # a browser that won't let the page write: the code is selected for Ctrl+C instead
             page.add_init_script("navigator.clipboard.writeText = () => Promise.reject(new Error('denied'))")
         page.goto(f"{live_server}/embed")
+        expect(page).to_have_title("Embed signup forms")
         code = page.locator(PLAIN_CODE)
         text = code.text_content()
         # The snippet is text on the page: its source shows, and no form of a snippet is live.

@@ -48,6 +48,7 @@ def test_gallery_snippets_are_escaped_code_not_live_markup(app, client):
     response = client.get("/embed")
     assert response.status_code == 200
     text = response.get_data(as_text=True)
+    assert "<title>Embed signup forms</title>" in text
     page = Gallery(text)
     base = app.config["NEWSLETTER_PUBLIC_URL"].rstrip("/")
     active = ["daily-briefing", "no-welcome", "odd-name", "weekly-explainer"]
@@ -83,5 +84,7 @@ def test_gallery_snippets_are_escaped_code_not_live_markup(app, client):
     assert buttons["code-daily-briefing-plain_form"]["aria-label"] == \
         "Copy the Plain HTML form code for The Daily Briefing"
     assert all("hidden" in attrs for attrs in buttons.values())  # shown by copy.js: no dead buttons without it
+    assert [attrs["src"] for tag, attrs in page.tags if tag == "script" and "copy.js" in (attrs.get("src") or "")] \
+        == ["/static/copy.js"]
     statuses = {attrs["id"] for tag, attrs in page.tags if attrs.get("role") == "status"}
     assert {f"{code_id}-status" for code_id in buttons} <= statuses
