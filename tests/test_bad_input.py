@@ -644,7 +644,8 @@ def _path(rule, world, **override: str) -> str:
              "token": world.links.get(rule.endpoint.split(".")[-1], "x"), "fmt": "csv"}
     path = rule.rule
     for argument in rule.arguments:
-        path = re.sub(rf"<(?:[^:>]+:)?{argument}>", override.get(argument, valid[argument]), path)
+        # An argument this walk doesn't know yet (a new route's) gets "1": the route is walked all the same.
+        path = re.sub(rf"<(?:[^:>]+:)?{argument}>", override.get(argument, valid.get(argument, "1")), path)
     return path
 
 
