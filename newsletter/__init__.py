@@ -64,7 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     cors.init_app(app, resources={r"/api/v1/*": {"origins": app.config["NEWSLETTER_ALLOWED_ORIGINS"]}},
                   methods=["GET", "POST"], allow_headers=["Content-Type", "Accept-Language"], max_age=3600)
 
-    from . import errors, health
+    from . import errors, health, web_input
     from .admin import blueprint as admin_blueprint
     from .api import blueprint as api_blueprint
     from .embed import blueprint as embed_blueprint
@@ -76,7 +76,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_blueprint)
     app.register_blueprint(admin_blueprint)
     errors.register(app)
-    health.register(app)
+    web_input.init_app(app)
+    health.register(app)  # after web_input: its clock is the first hook, so refused requests are timed too
     app.after_request(_no_framing_by_default)
 
     from .cli import register_commands

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,6 +24,9 @@ def create_token(session: Session, name: str, role: str = "admin", created_by_id
     """(the stored token, its secret text): the text is never stored and can't be shown again."""
     if not name.strip():
         raise ValueError("A token needs a name saying who uses it.")
+    # Shown in lists and in the consent history: one line, and text a database can store (no NUL, no lone surrogate).
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+        raise ValueError("The name must be one line of text, without control characters.")
     if role not in ROLES:
         raise ValueError(f"The role must be one of {', '.join(ROLES)}.")
     secret = PREFIX + secrets.token_urlsafe(32)

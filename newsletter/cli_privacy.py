@@ -11,7 +11,8 @@ from .extensions import db
 
 
 @click.command("purge-pending")
-@click.option("--days", type=click.IntRange(min=1), default=None,
+# At most a century: a cutoff further back is before the calendar's year 1.
+@click.option("--days", type=click.IntRange(min=1, max=36_500), default=None,
               help="Readers inactive for longer than this many days go (default NEWSLETTER_PENDING_RETENTION_DAYS).")
 @with_appcontext
 def purge_pending(days: int | None) -> None:

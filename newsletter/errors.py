@@ -24,8 +24,10 @@ TITLES = {
     403: _l("Forbidden"),
     404: _l("Not Found"),
     405: _l("Method Not Allowed"),
+    410: _l("Gone"),
     413: _l("Request Entity Too Large"),
     415: _l("Unsupported Media Type"),
+    422: _l("Unprocessable Entity"),
     429: _l("Too Many Requests"),
     500: _l("Internal Server Error"),
     503: _l("Service Unavailable"),
@@ -56,7 +58,9 @@ def register(app: Flask) -> None:
             # The window of the limit hit: by then the request is sure to be taken again.
             headers["Retry-After"] = str(error.limit.limit.get_expiry())
         if _wants_json():
-            return jsonify({"errors": {"request": [description]}}), code, headers
+            # An error that names its fields (web_input.UnstorableInput) answers in the API's field shape.
+            errors = getattr(error, "errors", None) or {"request": [description]}
+            return jsonify({"errors": errors}), code, headers
         if request.blueprint == "embed":
             return render_template("embed/message.html", title=title, message=description), code, headers
         return render_template("public/error.html", title=title, message=description), code, headers

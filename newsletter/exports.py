@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from .catalog import SLUG
 from .models import SUBSCRIPTION_STATUSES, AdminUser, ApiToken, ConsentEvent, ExportRecord, Newsletter, Reader, \
     Subscription, utcnow
 
@@ -77,7 +78,8 @@ class Selection:
 
 def newsletter_named(session: Session, slug: str) -> Newsletter:
     """The newsletter with this slug, archived or not, or InvalidExport."""
-    newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+    # Nothing that can't be a slug reaches the database (PostgreSQL refuses NUL in text).
+    newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug)) if SLUG.fullmatch(slug) else None
     if newsletter is None:
         raise InvalidExport({"newsletter": [f"There is no newsletter called {slug!r}."]})
     return newsletter

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -703,3 +704,63 @@ def test_screenshots_of_each_embed_kind(app, sites, page):
             shoot(page.locator(selector), name)
     for name in [*SHOTS, "embed-article.png"]:
         assert (ARTIFACTS / name).stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- the snippet gallery ----------
+
+PLAIN_CODE = "#code-daily-briefing-plain_form"
+
+
+@pytest.mark.parametrize("clipboard", ["granted", "refused"])
+def test_gallery_shows_snippets_as_code_and_copies_them(app, live_server, browser, clipboard):
+    context, page = _new_page(browser)
+    try:
+        if clipboard == "granted":
+            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server)
+        else:  # a browser that won't let the page write: the code is selected for Ctrl+C instead
+            page.add_init_script("navigator.clipboard.writeText = () => Promise.reject(new Error('denied'))")
+        page.goto(f"{live_server}/embed")
+        expect(page).to_have_title("Embed signup forms")
+        code = page.locator(PLAIN_CODE)
+        text = code.text_content()
+        # The snippet is text on the page: its source shows, and no form of a snippet is live.
+        assert text.startswith(f'<form action="{live_server}/subscribe" method="post">'), text
+        assert '<input type="hidden" name="newsletters" value="daily-briefing">' in text
+        expect(code).to_be_visible()
+        expect(page.get_by_text('<form action="', exact=False).first).to_be_visible()
+        expect(page.locator(".preview [data-newsletter] form").first).to_be_attached()  # embed.js drew its preview
+        assert page.locator("pre form, pre iframe, pre script, pre div").count() == 0
+        assert page.locator("form").count() == page.locator(".preview form").count() > 0
+        for preview in page.locator(".preview").all():
+            assert preview.get_attribute("role") == "region"
+            expect(preview.locator(".preview-label")).to_have_text(re.compile(r"^Preview: "))
+
+        button = page.get_by_role("button", name="Copy the Plain HTML form code for The Daily Briefing")
+        expect(button).to_have_text("Copy")
+        button.click()
+        status = page.locator(f"{PLAIN_CODE}-status")
+        if clipboard == "granted":
+            expect(status).to_have_text("Copied")
+            assert page.evaluate("navigator.clipboard.readText()") == text
+            ARTIFACTS.mkdir(exist_ok=True)
+            shoot(page.locator("section").first, "embed-gallery.png")
+        else:
+            expect(status).to_have_text("Selected: press Ctrl+C (⌘C on a Mac) to copy")
+            assert page.evaluate("getSelection().toString()") == text
+        assert status.get_attribute("aria-live") == "polite"
+        # (The browser's own request for /favicon.ico is a 404: not a script error.)
+        assert not [p for p in page.problems if "404" not in p], page.problems  # type: ignore[attr-defined]
+    finally:
+        context.close()
+
+
+def test_gallery_without_javascript_shows_selectable_code(app, live_server, page_without_js):
+    page = page_without_js
+    page.goto(f"{live_server}/embed")
+    code = page.locator(PLAIN_CODE)
+    expect(code).to_be_visible()
+    assert code.text_content().startswith(f'<form action="{live_server}/subscribe"')
+    # A copy button that can't work is not shown.
+    expect(page.get_by_role("button", name="Copy the Plain HTML form code for The Daily Briefing")).to_be_hidden()
+    code.select_text()
+    assert page.evaluate("getSelection().toString()") == code.text_content()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, IntegerField, PasswordField, StringField, TextAreaField
-from wtforms.validators import EqualTo, InputRequired, Length
+from wtforms.validators import EqualTo, InputRequired, Length, NumberRange
 from wtforms.widgets import HiddenInput
 
 from ..accounts import MIN_PASSWORD_LENGTH
+from ..models import MAX_ID
 
 
 class LoginForm(FlaskForm):
@@ -59,4 +60,4 @@ class NewNewsletterForm(NewsletterForm):
 class UnsubscribeForm(FlaskForm):
     """Unsubscribe a reader from one newsletter."""
 
-    newsletter_id = IntegerField(widget=HiddenInput(), validators=[InputRequired()])
+    newsletter_id = IntegerField(widget=HiddenInput(), validators=[InputRequired(), NumberRange(min=1, max=MAX_ID)])

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from werkzeug.exceptions import BadRequest, NotFound
+from werkzeug.exceptions import BadRequest, Gone, NotFound
 from werkzeug.wrappers import Response
 
 from .. import readers as reader_lookup
@@ -60,11 +60,22 @@ def reader(reader_id: int) -> str:
     )
 
 
+def _erased(reader_id: int) -> Gone:
+    return Gone(f"Reader {reader_id} was erased: their address and details are gone, so nothing can be done "
+                "for them any more. Nothing was changed.")
+
+
 def _act(reader_id: int, action: Callable[[], str]) -> Response:
     """Run an admin action on a reader: commit and flash its outcome, or roll back and flash why not."""
-    _reader(reader_id)
+    # A page open since before the reader was erased (or deleted) still shows the buttons.
+    if _reader(reader_id).erased_at is not None:
+        raise _erased(reader_id)
     try:
         message = action()
+    except subscriptions.UnknownReader:  # erased or deleted meanwhile
+        db.session.rollback()
+        raise _erased(reader_id) if db.session.get(Reader, reader_id) else NotFound(
+            f"There is no reader number {reader_id}.") from None
     except subscriptions.ActionRefused as refused:
         db.session.rollback()
         flash(str(refused))

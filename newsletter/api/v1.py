@@ -27,15 +27,23 @@ MAX_SEARCH = 320
 class Missing(Exception):
     """What the URL names doesn't exist: a 404 whose body says which part of the URL."""
 
+    status = 404
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.errors = {field: [message]}
 
 
+class Erased(Missing):
+    """The reader the URL names was erased: 410, nothing more can be done for them."""
+
+    status = 410
+
+
 @blueprint.errorhandler(Missing)
 def missing(error: Missing) -> tuple[Response, int]:
     db.session.rollback()
-    return jsonify({"errors": error.errors}), 404
+    return jsonify({"errors": error.errors}), error.status
 
 
 def _iso(moment: Any) -> str | None:
@@ -54,6 +62,18 @@ def _reader(reference: str) -> Reader:
         return privacy.find_reader(db.session, reference)
     except UnknownReader:
         raise Missing("reader", f"There is no reader with the id or address {reference!r}.") from None
+
+
+def _erased(reader_id: int) -> Erased:
+    return Erased("reader", f"Reader {reader_id} was erased: nothing more can be done for them. Nothing was changed.")
+
+
+def _live_reader(reference: str) -> Reader:
+    """The reader to act on; Erased (410) when they were erased, e.g. by another client a moment ago."""
+    reader = _reader(reference)
+    if reader.erased_at is not None:
+        raise _erased(reader.id)
+    return reader
 
 
 def _token_label() -> str:
@@ -173,12 +193,15 @@ def parse_unsubscribe(body: dict[str, Any] | None) -> list[Newsletter] | None:
 @blueprint.post("/readers/<reader>/unsubscribe")
 @token_required(change=True)
 def unsubscribe_reader(reader: str) -> Response:
-    found = _reader(reader)
+    found = _live_reader(reader)
     chosen = parse_unsubscribe(_body() if request.get_data() else None)
     source = request_source("api", f"Unsubscribed with {_token_label()}")
     left: list[Newsletter] = []
-    for newsletter_id in [None] if chosen is None else [n.id for n in chosen]:
-        left += subscriptions.unsubscribe(db.session, found.id, newsletter_id, source=source)
+    try:
+        for newsletter_id in [None] if chosen is None else [n.id for n in chosen]:
+            left += subscriptions.unsubscribe(db.session, found.id, newsletter_id, source=source)
+    except UnknownReader:  # erased between the look-up and the lock
+        raise _erased(found.id) from None
     db.session.commit()
     metrics.count("unsubscribes", "api", len(left))
     return jsonify({"unsubscribed": [n.slug for n in left], "reader": privacy.describe_reader(db.session, found)})
