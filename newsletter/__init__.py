@@ -119,13 +119,15 @@ class RowIdConverter(IntegerConverter):
 
 
 def _engine_options(url: str) -> dict[str, Any]:
+    # A statement's parameters stay out of error messages and logs: they hold addresses, names and
+    # emails with signed links in them.
     if url.startswith("sqlite"):
         # Many threads of one process write to one file: wait for the lock instead of failing.
         # (sqlite3's timeout is SQLite's busy timeout; after it the request answers 503.)
-        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}, "hide_parameters": True}
     # pre_ping: a connection that a database restart broke is replaced before use, not failed on.
     # connect_timeout: with the server unreachable, answer 503 within seconds rather than hang.
-    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}, "hide_parameters": True}
 
 
 @event.listens_for(Engine, "connect")

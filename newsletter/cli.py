@@ -13,6 +13,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
+from werkzeug.serving import WSGIRequestHandler
 
 from .cli_admins import admins
 from .cli_export import export
@@ -22,6 +23,7 @@ from .cli_tokens import tokens
 from .config import ConfigError
 from .extensions import db
 from .models import Newsletter, Subscription
+from .signed_paths import redact
 
 
 def _create_app() -> Flask:
@@ -273,7 +275,23 @@ def serve(host: str, port: int) -> None:
         Path(app.config["NEWSLETTER_MAIL_DIR"]).mkdir(parents=True, exist_ok=True)
     click.echo(f"Signup page: http://{host}:{port}/subscribe")
     click.echo(f"Emails are sent as {mail}")
-    run_simple(host, port, app, threaded=True, use_reloader=False)
+    run_simple(host, port, app, threaded=True, use_reloader=False, request_handler=_RedactingRequestHandler)
+
+
+class _RedactingRequestHandler(WSGIRequestHandler):
+    """The development server's handler, whose access log leaves signed links out."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path, requestline = getattr(self, "path", None), self.requestline
+        if path is not None:
+            self.path = redact(path)
+        self.requestline = redact(requestline)
+        try:
+            super().log_request(code, size)
+        finally:
+            if path is not None:
+                self.path = path
+            self.requestline = requestline
 
 
 if __name__ == "__main__":  # pragma: no cover

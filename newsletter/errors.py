@@ -10,7 +10,7 @@ from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError, ServiceUnavailable
 
-from . import outages
+from . import outages, signed_paths
 from .tokens import ExpiredToken, InvalidToken
 
 # How long a client should wait before trying again while the database is out of reach.
@@ -32,6 +32,11 @@ TITLES = {
     500: _l("Internal Server Error"),
     503: _l("Service Unavailable"),
 }
+
+
+def _logged_path() -> str:
+    """The request's path for a log line, its signed links (the keys to readers' subscriptions) left out."""
+    return signed_paths.redact(request.path)
 
 
 def _wants_json() -> bool:
@@ -81,7 +86,7 @@ def register(app: Flask) -> None:
             return http_error(error)
         if outages.database_unavailable(error):
             return database_unavailable(error)
-        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        app.logger.exception("unhandled error on %s %s", request.method, _logged_path())
         message = _("Something went wrong on our side. Nothing you sent was lost; please try again in a minute.")
         if _wants_json():
             return jsonify({"errors": {"request": [message]}}), InternalServerError.code
@@ -89,7 +94,7 @@ def register(app: Flask) -> None:
 
     def database_unavailable(error: Exception) -> tuple[Response | str, int, dict[str, str]]:
         # One line, no traceback: an outage is expected to happen, and it is logged once per request.
-        app.logger.warning("database unavailable on %s %s: %s", request.method, request.path,
+        app.logger.warning("database unavailable on %s %s: %s", request.method, _logged_path(),
                            outages.summary(error))
         if request.method == "POST" and request.endpoint in SIGNUP_ENDPOINTS:
             message = _("Your signup was not taken: our service is briefly unavailable. "

@@ -1,4 +1,6 @@
-"""gunicorn settings for metrics across workers: `gunicorn -c python:newsletter.gunicorn_conf wsgi:app`.
+"""gunicorn settings: `gunicorn -c python:newsletter.gunicorn_conf wsgi:app`.
+
+Access log lines (with --access-logfile) leave signed links out of the request line, path and Referer.
 
 With PROMETHEUS_MULTIPROC_DIR set (an empty folder the server may write to), each worker writes its
 counters to files there and /metrics adds up every worker's. Only hooks are set here, so command-line
@@ -10,6 +12,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
+from gunicorn.glogging import Logger
+
+from newsletter.signed_paths import redact
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger, with the signed links in a request's URL and Referer replaced by `…`."""
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+        atoms = super().atoms(resp, req, environ, request_time)
+        for key in ("r", "U", "f", "{referer}i"):
+            if isinstance(atoms.get(key), str):
+                atoms[key] = redact(atoms[key])
+        return atoms
+
+
+logger_class = RedactingLogger
 
 
 def on_starting(server: Any) -> None:

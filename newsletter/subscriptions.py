@@ -82,6 +82,12 @@ def _wording(locale: str, names: str) -> str:  # `locale` keys the cache: gettex
 
 
 _JOINERS = "\u200c\u200d"  # ZERO WIDTH NON-JOINER, ZERO WIDTH JOINER
+# Characters that show nothing although they are not formatting (Cf): Unicode's Default_Ignorable
+# ones of other categories (the Hangul fillers, the combining grapheme joiner, Khmer's inherent vowels,
+# Mongolian's variation selectors), and the blank Braille pattern.
+_BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0\u2800")
+# Variation selectors choose how the character before them looks (❤️): they stay, but show nothing alone.
+_VARIATION_SELECTORS = frozenset(chr(code) for code in (*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)))
 
 
 def check_name(name: str | None) -> str | None:
@@ -93,9 +99,11 @@ def check_name(name: str | None) -> str | None:
     # Direction overrides and isolates reorder the text around a name in our emails and pages, and
     # zero-width characters hide text in it. The two joiners stay: emoji sequences (👩‍💻) and
     # Persian or Indic spelling need them, and they move nothing.
-    if any(unicodedata.category(char) == "Cf" and char not in _JOINERS for char in name):
+    if any((unicodedata.category(char) == "Cf" and char not in _JOINERS) or char in _BLANK_LETTERS for char in name):
         raise ValueError(_("A name can't contain invisible formatting characters, such as text direction marks."))
     name = name.strip()
+    if name and all(char.isspace() or char in _JOINERS or char in _VARIATION_SELECTORS for char in name):
+        raise ValueError(_("A name needs at least one visible character."))
     if len(name) > 200:
         raise ValueError(_("A name can be at most 200 characters long."))
     return name or None

@@ -440,6 +440,12 @@ INVISIBLE = [
     pytest.param("\ufeff", id="byte-order-mark"),
     pytest.param("\u00ad", id="soft-hyphen"),
     pytest.param("\U000e0041", id="tag-letter"),
+    pytest.param("\u3164", id="hangul-filler"),
+    pytest.param("\uffa0", id="halfwidth-hangul-filler"),
+    pytest.param("\u034f", id="combining-grapheme-joiner"),
+    pytest.param("\u17b4", id="khmer-inherent-vowel"),
+    pytest.param("\u180b", id="mongolian-variation-selector"),
+    pytest.param("\u2800", id="braille-blank"),
 ]
 INVISIBLE_MESSAGE = "A name can't contain invisible formatting characters"
 
@@ -464,6 +470,20 @@ def test_names_with_direction_overrides_or_invisible_characters_are_refused_on_e
     assert_nothing_stored(app)
     drain()
     assert smtp.inbox.messages == []
+
+
+@pytest.mark.parametrize("name", ["\ufe0f", "\u200d\u200d", " \ufe0f \u200c "])
+def test_a_name_of_nothing_visible_is_refused(app, client, name):
+    answer = api_signup(client, "ada@example.com", name=name)
+    assert answer.status_code == 422
+    assert answer.get_json()["errors"]["name"] == ["A name needs at least one visible character."]
+    assert_nothing_stored(app)
+
+
+@pytest.mark.parametrize("name", ["Ада ❤️", "Ådå 👩\u200d💻", "\u0645\u06cc\u200c\u0631\u0648\u0632"])
+def test_names_with_emoji_and_joiners_are_kept(app, client, name):
+    assert api_signup(client, "ada@example.com", name=name).status_code == 202
+    assert query(app, "SELECT name FROM readers") == [(name,)]
 
 
 def test_the_refusal_of_an_invisible_character_speaks_ukrainian(app, client):

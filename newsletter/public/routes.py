@@ -13,7 +13,7 @@ from sqlalchemy import select
 from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
 
-from .. import abuse, metrics, origins, preferences_links, privacy, subscriptions, tokens
+from .. import abuse, metrics, origins, preferences_links, privacy, signed_paths, subscriptions, tokens
 from ..extensions import csrf, db
 from ..models import Newsletter, Reader
 from ..provenance import request_source as source
@@ -33,7 +33,8 @@ def _active_newsletters() -> list[Newsletter]:
 def _no_referrer_from_signed_links(response: Response) -> Response:
     """Pages whose URL holds a signed link (error pages too) tell the browser not to pass that URL on."""
     # Else the Referer of a form's POST, a followed link or a loaded image carries the key to the reader.
-    if request.view_args and "token" in request.view_args:
+    # By path, not by the route matched: a 404 or 405 under a token page has the token in its URL too.
+    if (request.view_args and "token" in request.view_args) or signed_paths.holds_signed_link(request.path):
         response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
