@@ -13,8 +13,10 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.serving import WSGIRequestHandler
 
+from . import outages
 from .cli_admins import admins
 from .cli_export import export
 from .cli_outbox import outbox_group
@@ -35,7 +37,19 @@ def _create_app() -> Flask:
         raise click.ClickException(str(error)) from None
 
 
-@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False,
+class _CommandGroup(FlaskGroup):
+    """The `newsletter` group: a command that meets the database out of reach says so in one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as error:
+            if not outages.database_unavailable(error):
+                raise
+            raise click.ClickException(f"The database is unavailable: {outages.summary(error)}") from None
+
+
+@click.group(cls=_CommandGroup, create_app=_create_app, add_version_option=False,
              load_dotenv=False)
 def main() -> None:
     """Self-hosted newsletter signups with double opt-in."""

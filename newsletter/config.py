@@ -196,7 +196,7 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
             "NEWSLETTER_PENDING_RETENTION_DAYS", _integer("NEWSLETTER_PENDING_RETENTION_DAYS",
                                                           get("PENDING_RETENTION_DAYS"), 30)),
         "NEWSLETTER_RATE_LIMIT_IP": _rate("NEWSLETTER_RATE_LIMIT_IP", get("RATE_LIMIT_IP"), "20/minute;200/hour"),
-        "NEWSLETTER_RATE_LIMIT_EMAIL": _rate("NEWSLETTER_RATE_LIMIT_EMAIL", get("RATE_LIMIT_EMAIL"), "5/10minutes;20/day"),
+        "NEWSLETTER_RATE_LIMIT_EMAIL": _rate("NEWSLETTER_RATE_LIMIT_EMAIL", get("RATE_LIMIT_EMAIL"), "10/10minutes;20/day"),
         "NEWSLETTER_LOGIN_LIMIT_IP": _rate("NEWSLETTER_LOGIN_LIMIT_IP", get("LOGIN_LIMIT_IP"), "10/minute;50/hour"),
         "NEWSLETTER_LOGIN_LIMIT_ACCOUNT": _rate("NEWSLETTER_LOGIN_LIMIT_ACCOUNT", get("LOGIN_LIMIT_ACCOUNT"),
                                                 "5/10minutes;50/day"),

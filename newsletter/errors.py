@@ -99,6 +99,8 @@ def register(app: Flask) -> None:
         if request.method == "POST" and request.endpoint in SIGNUP_ENDPOINTS:
             message = _("Your signup was not taken: our service is briefly unavailable. "
                         "Please send it again in a few seconds.")
+        elif request.method in ("GET", "HEAD"):
+            message = _("Our service is briefly unavailable. Please try again in a few seconds.")
         else:
             message = _("Our service is briefly unavailable, and nothing you sent was saved. "
                         "Please try again in a few seconds.")

@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Flask, current_app
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import Select, and_, event, func, insert, not_, or_, select, update
+from sqlalchemy import Select, and_, event, exists, func, insert, not_, or_, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -209,10 +209,13 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
             # can't hold up the rest, and none spends an attempt while the relay is away.
             row.attempts, row.next_attempt_at = claim.attempts - 1, now
     elif verdict == "permanent" or (verdict == "temporary"
-                                    and row.attempts >= config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"]):
+                                    and row.attempts >= config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"]
+                                    and _relay_took_later_mail(session, row.id)):
         # For a failed message, next_attempt_at keeps when it failed (what `outbox retry --since` reads).
         row.status, row.next_attempt_at = "failed", now
     elif verdict == "temporary":
+        # Out of attempts while the relay puts off every message (full, greylisting all): that is the
+        # relay's trouble, not this message's, so it waits at the longest back-off instead of failing.
         row.next_attempt_at = now + _backoff(row.attempts, config["NEWSLETTER_OUTBOX_RETRY_BASE"])
     status, attempts, next_attempt_at, last_error = row.status, row.attempts, row.next_attempt_at, row.last_error
     session.commit()
@@ -226,6 +229,12 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
     else:
         result.retrying += 1
         log.info("outbox message %s will be retried at %s: %s", claim.row_id, next_attempt_at, last_error)
+
+
+def _relay_took_later_mail(session: Session, row_id: int) -> bool:
+    """Whether a message queued after this one was sent: the relay takes other mail, only not this one."""
+    # Ids grow with time, so this reads the primary key from `row_id` up to the first one sent.
+    return bool(session.scalar(select(exists().where(OutboxMessage.id > row_id, OutboxMessage.status == "sent"))))
 
 
 class Sender:
@@ -335,10 +344,13 @@ def run(sender: Sender, stop: threading.Event, *, poll_seconds: float,
             log.warning("outbox: %s; trying again in %g s%s", problem, pause, held)
             stop.wait(pause)
             continue
-        if trouble:
+        # Back only once a message went through: a drain that found every due message held by
+        # another sender says nothing of the relay.
+        if trouble and (result.sent or result.retrying or result.failed):
             log.warning("outbox: sending again")
             trouble = False
-        backoff.reset()
+        if not trouble:
+            backoff.reset()
         if wake is None:
             stop.wait(poll_seconds)
         else:

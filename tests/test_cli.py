@@ -306,3 +306,15 @@ def test_production_without_public_url_refuses_to_start(tmp_path):
     assert result.returncode != 0
     assert "NEWSLETTER_PUBLIC_URL" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("command", [["outbox", "status"], ["newsletters", "list"], ["purge-pending"],
+                                     ["admins", "list"], ["tokens", "list"]])
+def test_commands_say_in_one_line_that_the_database_is_unavailable(tmp_path, command):
+    # Nothing listens there: the connection is refused, as when PostgreSQL is down.
+    env = clean_env(NEWSLETTER_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/newsletter",
+                    NEWSLETTER_INSTANCE_PATH=str(tmp_path))
+    done = run_script(*command, env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: The database is unavailable: OperationalError: connection failed")
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -147,7 +147,9 @@ def test_database_down_answers_503_with_retry_after_and_recovers_by_itself(fault
         assert by_api.json == {"errors": {"request": [
             "Your signup was not taken: our service is briefly unavailable. Please send it again in a few seconds."]}}
 
-        assert_unavailable_page(signups.client.get(confirm), "briefly unavailable")
+        opened = signups.client.get(confirm)  # nothing sent: nothing to say about what was saved
+        assert_unavailable_page(opened, "briefly unavailable. Please try again in a few seconds.")
+        assert "nothing you sent" not in opened.get_data(as_text=True)
         assert_unavailable_page(signups.client.post(confirm), "nothing you sent was saved")
 
         in_ukrainian = signups.client.post("/api/v1/subscriptions?lang=uk", headers={"Accept-Language": "uk"},

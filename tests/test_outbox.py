@@ -168,32 +168,6 @@ def test_permanent_refusal_does_not_stop_the_other_messages(app, client, smtp, d
     assert [m["To"].addresses[0].addr_spec for m in smtp.inbox.messages] == ["fine@example.org"]
 
 
-def test_message_put_off_by_the_relay_fails_for_good_after_max_attempts(app, client, smtp, drain):
-    app.config["NEWSLETTER_OUTBOX_MAX_ATTEMPTS"] = 3
-    app.config["NEWSLETTER_OUTBOX_RETRY_BASE"] = 60
-    smtp.inbox.refuse_with = "451 4.3.0 Try again later"  # this message is put off; the relay itself is up
-    sign_up(client, "unlucky@example.org")
-
-    for attempt in (1, 2):
-        result = drain()
-        assert (result.sent, result.retrying, result.failed) == (0, 1, 0)
-        [row] = outbox_rows(app)
-        assert (row.status, row.attempts) == ("pending", attempt)
-        make_due(app)
-    result = drain()
-    assert (result.sent, result.retrying, result.failed) == (0, 0, 1)
-    [row] = outbox_rows(app)
-    assert row.status == "failed"
-    assert row.attempts == 3
-    assert "451" in row.last_error  # the last error is kept for the operator
-
-    smtp.inbox.refuse_with = None
-    assert drain().sent == 0
-    [row] = outbox_rows(app)
-    assert (row.status, row.attempts) == ("failed", 3)
-    assert smtp.inbox.messages == []
-
-
 def test_failed_attempt_backs_off_exponentially(app, client, smtp, drain):
     app.config["NEWSLETTER_OUTBOX_RETRY_BASE"] = 60
     smtp.inbox.refuse_with = "451 4.7.1 Greylisted, try later"

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 
 from newsletter import catalog, create_app, outbox, subscriptions
 from newsletter.extensions import db, limiter
+from newsletter.models import OutboxMessage, utcnow
 
 from .conftest import SECRET, free_port
 from .test_outbox import make_due, outbox_rows, sign_up, wait_until
@@ -412,7 +414,61 @@ def test_4xx_to_one_recipient_spends_its_attempts_while_the_relay_takes_other_ma
     result = drain()
     assert (result.sent, result.retrying, result.failed) == (0, 0, 1)
     assert statuses(app)["full@example.org"] == ("failed", 2)
-    assert "452" in outbox_rows(app)[0].last_error
+    assert "452" in outbox_rows(app)[0].last_error  # the last error is kept for the operator
+
+    rcpt_refusing(smtp, {})
+    make_due(app)
+    assert drain().sent == 0  # failed stays failed until `outbox retry`
+    assert statuses(app)["full@example.org"] == ("failed", 2)
+
+
+def test_relay_putting_off_every_message_fails_none_of_them(app, client, smtp, drain):
+    # A relay whose queue is full answers 4xx to everything: out of attempts, the messages still wait.
+    app.config.update(NEWSLETTER_OUTBOX_MAX_ATTEMPTS=2, NEWSLETTER_OUTBOX_RETRY_BASE=60)
+    smtp.inbox.refuse_with = "451 4.3.0 Temporary local problem"
+    addresses = sign_up_many(client, "waiting", 3)
+    for _ in range(4):  # twice the attempts a message has
+        result = drain()
+        assert (result.sent, result.failed) == (0, 0)
+        make_due(app)
+    assert {status for status, _ in statuses(app).values()} == {"pending"}
+    assert {attempts for _, attempts in statuses(app).values()} == {4}  # the tries are counted, honestly
+    assert all("451" in row.last_error for row in outbox_rows(app))
+
+    smtp.inbox.refuse_with = None
+    assert drain().sent == 3
+    assert statuses(app) == {address: ("sent", 5) for address in addresses}
+
+
+def test_the_sender_says_sending_again_only_once_mail_goes_through(app, client, smtp, caplog):
+    caplog.set_level(logging.WARNING, logger="newsletter.outbox")
+    smtp.stop()
+    sign_up(client, "held@example.org")
+    stop = threading.Event()
+    sender = outbox.Sender(outbox.transport_for(app.config), app.config)
+
+    def run() -> None:
+        with app.app_context():
+            outbox.run(sender, stop, poll_seconds=0.05, max_pause=0.2)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: "the mail relay is unavailable" in caplog.text, "the relay outage to be seen", timeout=30)
+        # Another sender claims the message (its lease moves it out of reach) and, like this one, can't send it.
+        with app.app_context():
+            db.session.execute(sa.update(OutboxMessage).values(next_attempt_at=utcnow() + timedelta(hours=1)))
+            db.session.commit()
+            db.session.remove()
+        time.sleep(1)  # this sender drains a few more times and finds nothing due
+        assert "sending again" not in caplog.text
+        smtp.start()
+        make_due(app)
+        wait_until(lambda: "sending again" in caplog.text, "the sender to send again", timeout=30)
+        assert smtp.inbox.wait_for(1)[0]["To"].addresses[0].addr_spec == "held@example.org"
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 # a row that goes away while it is being sent

@@ -18,7 +18,8 @@ import requests
 import sqlalchemy as sa
 
 from newsletter import accounts, catalog
-from newsletter.extensions import db
+from newsletter import config as settings
+from newsletter.extensions import db, limiter
 from newsletter.models import utcnow
 
 from .conftest import hidden_fields, link_in, query
@@ -119,6 +120,21 @@ def test_every_box_on_the_article_page_gets_its_newsletter_into_a_confirmation_e
     # A box filled in again by a subscribed reader sends nothing (and says the same).
     fill_in_box(client, "ukraine-daily")
     assert drain().sent == 0
+
+
+def test_the_default_per_address_limit_lets_a_reader_fill_in_every_box(app, client, smtp, drain, instance_dir):
+    # The shipped defaults, not the tests' generous ones.
+    app.config["NEWSLETTER_RATE_LIMIT_EMAIL"] = settings.load(instance_dir, {})["NEWSLETTER_RATE_LIMIT_EMAIL"]
+    limiter.reset()
+    add_newsletters(app)
+    for slug in BOXES:
+        fill_in_box(client, slug)
+    drain()
+    assert len(confirmations_to(smtp)) == 10
+    # Past every box of the page, the address's budget is spent.
+    frame = client.get("/embed/daily-briefing")
+    refused = client.post("/embed/daily-briefing", data={**hidden_fields(frame.text), "email": READER})
+    assert refused.status_code == 429
 
 
 def test_a_box_filled_in_again_sends_nothing_more_until_the_resend_interval_has_passed(app, client, smtp, drain):
