@@ -142,12 +142,14 @@ def remove_admin(session: Session, email: str) -> AdminUser:
     return admin
 
 
-def set_password_hash(session: Session, admin_id: int, password_hash: str, *, keep_login: str | None = None) -> None:
+def set_password_hash(session: Session, admin_id: int, password_hash: str, *,
+                      keep_login: str | None = None) -> AdminUser:
     """Store a new password (hashed with hash_password); every login of the account ends but `keep_login`."""
     admin = session.get_one(AdminUser, admin_id)
     admin.password_hash = password_hash
     admin.password_changed_at = utcnow()
     end_logins(session, admin_id, keep=keep_login)
+    return admin
 
 
 def find_login(session: Session, email: str) -> LoginCandidate:

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from flask import abort, current_app, g, request
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from limits import parse_many
@@ -108,9 +109,9 @@ def remember_device(response: Response, admin: AdminUser) -> None:
                         samesite="Lax", secure=current_app.config["SESSION_COOKIE_SECURE"])
 
 
-def _longest_wait(rates: str) -> int:
-    """Minutes after which the longest of these limits has surely let go."""
-    return max(math.ceil(item.get_expiry() / 60) for item in parse_many(rates))
+def _longest_wait(setting: str) -> int:
+    """Minutes after which every limit of this setting has surely let go (the longest window)."""
+    return max(math.ceil(item.get_expiry() / 60) for item in parse_many(current_app.config[setting]))
 
 
 def refuse_password_check() -> None:
@@ -148,14 +149,18 @@ def login_limits(view: View) -> View:
         view, account_rates="NEWSLETTER_LOGIN_LIMIT_ACCOUNT", ip_rates="NEWSLETTER_LOGIN_LIMIT_IP",
         account_scope=ACCOUNT_SCOPE, ip_scope=IP_SCOPE, account_key_func=_submitted_account, exempt_when=_trusted,
         refused=lambda response: response.status_code == REFUSED,
-        account_message=lambda: _(
-            "Too many failed logins for this account. Please wait up to %(minutes)d minutes and try again, "
-            "log in from a browser you used for this account before, or ask whoever runs the server to run "
+        account_message=lambda: ngettext(
+            "Too many failed logins for this account. Please wait up to %(num)d minute and try again, log in "
+            "from a browser you used for this account before, or ask whoever runs the server to run "
             "\"newsletter admins unlock\" with your address.",
-            minutes=_longest_wait(current_app.config["NEWSLETTER_LOGIN_LIMIT_ACCOUNT"])),
-        ip_message=lambda: _(
-            "Too many failed logins from your network. Please wait up to %(minutes)d minutes and try again.",
-            minutes=_longest_wait(current_app.config["NEWSLETTER_LOGIN_LIMIT_IP"])),
+            "Too many failed logins for this account. Please wait up to %(num)d minutes and try again, log in "
+            "from a browser you used for this account before, or ask whoever runs the server to run "
+            "\"newsletter admins unlock\" with your address.",
+            _longest_wait("NEWSLETTER_LOGIN_LIMIT_ACCOUNT")),
+        ip_message=lambda: ngettext(
+            "Too many failed logins from your network. Please wait up to %(num)d minute and try again.",
+            "Too many failed logins from your network. Please wait up to %(num)d minutes and try again.",
+            _longest_wait("NEWSLETTER_LOGIN_LIMIT_IP")),
     )
 
 
@@ -165,12 +170,14 @@ def password_check_limits(view: View) -> View:
         view, account_rates="NEWSLETTER_LOGIN_LIMIT_ACCOUNT", ip_rates="NEWSLETTER_LOGIN_LIMIT_IP",
         account_scope=PASSWORD_ACCOUNT_SCOPE, ip_scope=PASSWORD_IP_SCOPE, account_key_func=_current_account,
         refused=lambda response: bool(g.get("password_check_refused")),
-        account_message=lambda: _(
-            "Too many wrong current passwords for this account. Please wait up to %(minutes)d minutes and try "
-            "again.", minutes=_longest_wait(current_app.config["NEWSLETTER_LOGIN_LIMIT_ACCOUNT"])),
-        ip_message=lambda: _(
-            "Too many wrong current passwords from your network. Please wait up to %(minutes)d minutes and try "
-            "again.", minutes=_longest_wait(current_app.config["NEWSLETTER_LOGIN_LIMIT_IP"])),
+        account_message=lambda: ngettext(
+            "Too many wrong current passwords for this account. Please wait up to %(num)d minute and try again.",
+            "Too many wrong current passwords for this account. Please wait up to %(num)d minutes and try again.",
+            _longest_wait("NEWSLETTER_LOGIN_LIMIT_ACCOUNT")),
+        ip_message=lambda: ngettext(
+            "Too many wrong current passwords from your network. Please wait up to %(num)d minute and try again.",
+            "Too many wrong current passwords from your network. Please wait up to %(num)d minutes and try again.",
+            _longest_wait("NEWSLETTER_LOGIN_LIMIT_IP")),
     )
 
 

@@ -72,8 +72,11 @@ def password() -> Response | str | tuple[str, int]:
             refuse_password_check()
         else:
             new_hash = accounts.hash_password(form.new.data)
-            accounts.set_password_hash(db.session, admin_id, new_hash, keep_login=login_key)
+            admin = accounts.set_password_hash(db.session, admin_id, new_hash, keep_login=login_key)
             db.session.commit()
             flash("Your password is changed. Every other login of your account has ended.")
-            return redirect(url_for("admin.dashboard"), code=303)
+            response = redirect(url_for("admin.dashboard"), code=303)
+            # The change voids every known-device cookie of the account: this browser stays known.
+            remember_device(response, admin)
+            return response
     return render_template("admin/password.html", form=form), 422 if form.errors else 200
