@@ -189,7 +189,7 @@ def _clear(rates: str, key: str, scope: str) -> None:
 
 
 def clear_account(email: str) -> None:
-    """Forget the failed logins and wrong current passwords counted against this account (`newsletter admins unlock`)."""
+    """Forget the failed logins and wrong current passwords counted against this account (`admins unlock`)."""
     for scope in (ACCOUNT_SCOPE, PASSWORD_ACCOUNT_SCOPE):
         _clear(current_app.config["NEWSLETTER_LOGIN_LIMIT_ACCOUNT"], account_key(email), scope)
 
