@@ -11,7 +11,6 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -22,15 +21,14 @@ from . import addresses
 from .models import ROLES, AdminSession, AdminUser, utcnow
 
 MIN_PASSWORD_LENGTH = 12
-# A login's last_seen_at is written at most this often: not one write per page.
+# A login's last_seen_at is written at most this often (and at most a quarter of the idle timeout):
+# not one write per page.
 TOUCH_EVERY = timedelta(minutes=1)
-
-
-@cache
-def _dummy_hash() -> str:
-    # Checked against when the email is unknown, so a wrong email costs as long as a wrong password.
-    # Made on first use: scrypt takes 32 MiB, which web processes that never see a login shouldn't pay.
-    return generate_password_hash(secrets.token_urlsafe(16))
+# Checked against when the address is unknown, so that a wrong address costs one hash check like a
+# wrong password, the first one in a process too: a fixed scrypt hash (werkzeug's parameters) of a
+# random password nobody kept. Even its password would open nothing: the candidate has no account.
+STAND_IN_HASH = ("scrypt:32768:8:1$fYUHpkh2wrwkcDCK$dc43540923537d05f4922cfae0481ec00fdc15f5efad40dd4d06e996e6172f9a"
+                 "682b5b36d3ad7a526a5ce8c805b89a0698a2ed14f47882853f6845776752b0e8")
 
 
 class AccountError(ValueError):
@@ -144,12 +142,14 @@ def remove_admin(session: Session, email: str) -> AdminUser:
     return admin
 
 
-def set_password_hash(session: Session, admin_id: int, password_hash: str, *, keep_login: str | None = None) -> None:
+def set_password_hash(session: Session, admin_id: int, password_hash: str, *,
+                      keep_login: str | None = None) -> AdminUser:
     """Store a new password (hashed with hash_password); every login of the account ends but `keep_login`."""
     admin = session.get_one(AdminUser, admin_id)
     admin.password_hash = password_hash
     admin.password_changed_at = utcnow()
     end_logins(session, admin_id, keep=keep_login)
+    return admin
 
 
 def find_login(session: Session, email: str) -> LoginCandidate:
@@ -160,12 +160,25 @@ def find_login(session: Session, email: str) -> LoginCandidate:
     return LoginCandidate(admin.id if admin.removed_at is None else None, admin.password_hash)
 
 
+def device_binding(admin: AdminUser) -> str:
+    """What ties a remembered browser to this account: it changes with the password, and when the
+    account is removed and added back (which sets a new password)."""
+    changed = admin.password_changed_at or admin.created_at
+    return f"{admin.id}:{changed.isoformat()}"
+
+
+def active_admin(session: Session, email: str) -> AdminUser | None:
+    """The account of this address if it may log in (not removed), else None."""
+    admin = _find(session, email)
+    return admin if admin is not None and admin.removed_at is None else None
+
+
 def password_matches(candidate: LoginCandidate, password: str) -> int | None:
     """The id of the account the password opens, else None: one hash is checked whatever the account.
 
     Slow (scrypt): call it outside a transaction.
     """
-    matches = check_password_hash(candidate.password_hash or _dummy_hash(), password)
+    matches = check_password_hash(candidate.password_hash or STAND_IN_HASH, password)
     return candidate.admin_id if matches else None
 
 
@@ -215,7 +228,7 @@ def load_login(session: Session, key: str, lifetime: LoginLifetime) -> AdminUser
     if now - login.last_seen_at > lifetime.idle or now - login.created_at > lifetime.max_age:
         session.delete(login)
         return None
-    if now - login.last_seen_at > TOUCH_EVERY:
+    if now - login.last_seen_at > min(TOUCH_EVERY, lifetime.idle / 4):
         login.last_seen_at = now
     admin.login_key = key
     return admin

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
@@ -43,6 +43,15 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/")
 
 
+def _way_back() -> tuple[str, str]:
+    """Where an error page links to: the page it came from in the admin, else the signup page."""
+    if request.blueprint == "admin":
+        if request.endpoint == "admin.login":
+            return url_for("admin.login"), _("Back to the login page")
+        return url_for("admin.dashboard"), _("Go to the admin dashboard")
+    return url_for("public.subscribe"), _("Go to the signup page")
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response | str, int, dict[str, str]]:
@@ -68,7 +77,7 @@ def register(app: Flask) -> None:
             return jsonify({"errors": errors}), code, headers
         if request.blueprint == "embed":
             return render_template("embed/message.html", title=title, message=description), code, headers
-        return render_template("public/error.html", title=title, message=description), code, headers
+        return render_template("public/error.html", title=title, message=description, back=_way_back()), code, headers
 
     @app.errorhandler(CSRFError)
     def stale_form(error: CSRFError) -> tuple[Response | str, int]:

@@ -8,8 +8,9 @@ import pytest
 
 from newsletter import accounts
 from newsletter.extensions import db
+from newsletter.login_throttle import DEVICE_COOKIE, DEVICE_MAX_AGE
 
-from .conftest import hidden_fields, query
+from .conftest import csrf_token, hidden_fields, query
 
 PASSWORD = "correct horse battery staple"
 
@@ -446,3 +447,165 @@ def test_with_redis_the_counts_live_there_without_addresses_and_unlock_clears_th
     assert not set(redis.Redis().scan_iter("LIMITS:*admin-login*")) & keys
     with shared.app_context():
         db.engine.dispose()
+
+
+def test_wrong_current_passwords_are_throttled_per_account_and_per_ip(app, runner, admin):
+    app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="3/hour", NEWSLETTER_LOGIN_LIMIT_IP="4/hour")
+    thief = client_at(app, "203.0.113.66")
+    assert log_in(thief, "editor@example.org", PASSWORD).status_code == 303
+    # Only wrong current passwords count: other mistakes on the form don't.
+    for _ in range(5):
+        assert change_password(thief, PASSWORD, "too short", "too short").status_code == 422
+    for _ in range(3):
+        assert change_password(thief, "a guess, wrong!", NEW_PASSWORD).status_code == 422
+    throttled = change_password(thief, "another guess!!", NEW_PASSWORD)
+    assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) > 0
+    assert "Too many wrong current passwords for this account" in throttled.get_data(as_text=True)
+    # The count is the account's: another login of it, from elsewhere, waits too, even with the right password.
+    elsewhere = client_at(app, "192.0.2.200")
+    assert log_in(elsewhere, "editor@example.org", PASSWORD).status_code == 303
+    assert change_password(elsewhere, PASSWORD, NEW_PASSWORD).status_code == 429
+
+    # Per IP: a guess at another account's password from the same network is the network's fourth.
+    assert log_in(thief, "viewer@example.org", PASSWORD).status_code == 303
+    assert change_password(thief, "a guess, wrong!", NEW_PASSWORD).status_code == 422
+    blocked = change_password(thief, "a guess, wrong!", NEW_PASSWORD)
+    assert blocked.status_code == 429 and "from your network" in blocked.get_data(as_text=True)
+
+    assert runner.invoke(args=["admins", "unlock", "editor@example.org"]).exit_code == 0
+    assert change_password(elsewhere, PASSWORD, NEW_PASSWORD).status_code == 303
+
+
+def _hammer(app, email, times):
+    stranger = client_at(app, "203.0.113.66")
+    for _ in range(times):
+        assert log_in(stranger, email, "a guess, wrong!").status_code == 401
+
+
+def _browser_with_device_cookie(app, ip_address, cookie):
+    browser = client_at(app, ip_address)
+    browser.set_cookie(DEVICE_COOKIE, cookie, path="/admin")
+    return browser
+
+
+def test_a_device_cookie_copied_before_a_password_change_no_longer_exempts(app, admin):
+    app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="2/hour")
+    own_browser = client_at(app, "198.51.100.7")
+    assert log_in(own_browser, "editor@example.org", PASSWORD).status_code == 303
+    copied = own_browser.get_cookie(DEVICE_COOKIE, path="/admin").value
+    assert change_password(own_browser, PASSWORD, NEW_PASSWORD).status_code == 303
+    log_out(own_browser)
+
+    _hammer(app, "editor@example.org", 2)
+    assert log_in(_browser_with_device_cookie(app, "192.0.2.9", copied), "editor@example.org",
+                  NEW_PASSWORD).status_code == 429
+    # The browser that changed the password is still known.
+    assert log_in(own_browser, "editor@example.org", NEW_PASSWORD).status_code == 303
+
+
+def test_a_device_cookie_of_a_removed_and_added_again_account_no_longer_exempts(app, runner, admin):
+    app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="2/hour")
+    own_browser = client_at(app, "198.51.100.7")
+    assert log_in(own_browser, "viewer@example.org", PASSWORD).status_code == 303
+    log_out(own_browser)
+    assert runner.invoke(args=["admins", "remove", "viewer@example.org"]).exit_code == 0
+    assert runner.invoke(args=["admins", "add", "viewer@example.org", "--role", "viewer"],
+                         input=PASSWORD + "\n").exit_code == 0
+
+    _hammer(app, "viewer@example.org", 2)
+    assert log_in(own_browser, "viewer@example.org", PASSWORD).status_code == 429
+
+
+def test_a_device_cookie_older_than_its_lifetime_no_longer_exempts(app, admin, monkeypatch):
+    import time
+
+    from itsdangerous import TimestampSigner
+
+    app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="2/hour")
+    own_browser = client_at(app, "198.51.100.7")
+    with monkeypatch.context() as past:  # the login of 181 days ago, whose cookie the browser still sends
+        past.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - DEVICE_MAX_AGE - 24 * 3600)
+        assert log_in(own_browser, "editor@example.org", PASSWORD).status_code == 303
+    log_out(own_browser)
+
+    _hammer(app, "editor@example.org", 2)
+    assert log_in(own_browser, "editor@example.org", PASSWORD).status_code == 429
+
+
+def test_two_browsers_of_one_account_get_different_device_cookies(app, admin):
+    first, second = client_at(app, "198.51.100.7"), client_at(app, "198.51.100.7")
+    for browser in (first, second):
+        assert log_in(browser, "editor@example.org", PASSWORD).status_code == 303
+    cookies = [browser.get_cookie(DEVICE_COOKIE, path="/admin") for browser in (first, second)]
+    assert cookies[0].value != cookies[1].value
+    assert "account_key" not in cookies[0].value and "editor" not in cookies[0].value
+
+
+@pytest.mark.parametrize("headers, lang", [({}, "en"), ({"Accept-Language": "uk-UA,uk;q=0.9"}, "uk")])
+def test_a_throttled_login_says_what_helps_and_links_back_to_the_login_page(app, admin, headers, lang):
+    app.config.update(NEWSLETTER_LOGIN_LIMIT_ACCOUNT="2/hour")
+    _hammer(app, "editor@example.org", 2)
+    browser = client_at(app, "192.0.2.9")
+    page = browser.get("/admin/login", headers=headers)
+    throttled = browser.post("/admin/login", headers=headers, data={
+        **hidden_fields(page.get_data(as_text=True)), "email": "editor@example.org", "password": PASSWORD})
+    assert throttled.status_code == 429
+    html = throttled.get_data(as_text=True)
+    assert "another admin" not in html and "/subscribe" not in html
+    assert 'href="/admin/login"' in html and "newsletter admins unlock" in html
+    if lang == "en":
+        assert "wait up to 60 minutes" in html and "a browser you used for this account before" in html
+        assert "Back to the login page" in html
+    else:
+        assert "до 60 хвилин" in html and "Повернутися до сторінки входу" in html
+
+
+def test_json_login_and_password_bodies_are_refused_not_counted_apart(app, admin):
+    browser = client_at(app, "203.0.113.66")
+    token = csrf_token(browser.get("/admin/login").get_data(as_text=True))
+    response = browser.post("/admin/login", json={"email": "editor@example.org", "password": PASSWORD},
+                            headers={"X-CSRFToken": token})
+    assert response.status_code == 415
+    assert "web form" in response.get_data(as_text=True)
+    assert browser.get("/admin/").status_code == 302
+
+    assert log_in(browser, "editor@example.org", PASSWORD).status_code == 303
+    token = csrf_token(browser.get("/admin/password").get_data(as_text=True))
+    response = browser.post("/admin/password", json={"current": PASSWORD, "new": NEW_PASSWORD,
+                                                     "repeat": NEW_PASSWORD}, headers={"X-CSRFToken": token})
+    assert response.status_code == 415
+    log_out(browser)
+    assert log_in(browser, "editor@example.org", PASSWORD).status_code == 303
+
+
+def test_an_idle_timeout_of_seconds_keeps_an_active_admin_logged_in(app, client, admin):
+    import time
+
+    app.config.update(NEWSLETTER_ADMIN_IDLE_TIMEOUT=4)
+    assert log_in(client, "editor@example.org", PASSWORD).status_code == 303
+    for _ in range(8):  # a page a second, for twice the idle timeout
+        time.sleep(1)
+        assert client.get("/admin/").status_code == 200
+    time.sleep(5)
+    assert client.get("/admin/").status_code == 302
+
+
+def test_the_first_unknown_address_login_of_a_process_checks_one_hash_and_makes_none(app):
+    import subprocess
+    import sys
+
+    script = f"""
+import hashlib, re
+from newsletter import create_app
+app = create_app({{"SQLALCHEMY_DATABASE_URI": {app.config["SQLALCHEMY_DATABASE_URI"]!r}, "SECRET_KEY": "x" * 32}})
+calls = []
+real_scrypt = hashlib.scrypt
+hashlib.scrypt = lambda *args, **kwargs: calls.append(1) or real_scrypt(*args, **kwargs)
+client = app.test_client()
+token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', client.get("/admin/login").get_data(as_text=True))
+response = client.post("/admin/login", data={{"csrf_token": token.group(1), "email": "ghost@example.org",
+                                             "password": "correct horse battery staple"}})
+print(response.status_code, len(calls))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["401", "1"], result.stderr

@@ -9,7 +9,7 @@ from werkzeug.wrappers import Response
 from .. import accounts
 from ..authz import admin_view
 from ..extensions import db
-from ..login_throttle import REFUSED, login_limits, remember_device
+from ..login_throttle import REFUSED, login_limits, password_check_limits, refuse_password_check, remember_device
 from ..origins import origin_of, own_origin
 from . import blueprint
 from .forms import ActionForm, LoginForm, PasswordForm
@@ -35,7 +35,7 @@ def login() -> Response | str | tuple[str, int]:
     session.clear()  # a fresh session at login: nothing from before carries over
     login_user(admin)
     response = redirect(_safe_next(request.args.get("next")) or url_for("admin.dashboard"), code=303)
-    remember_device(response, form.email.data)
+    remember_device(response, admin)
     return response
 
 
@@ -60,6 +60,7 @@ def logout() -> Response:
 
 @blueprint.route("/password", methods=["GET", "POST"])
 @admin_view()
+@password_check_limits
 def password() -> Response | str | tuple[str, int]:
     form = PasswordForm()
     if form.validate_on_submit():
@@ -68,10 +69,14 @@ def password() -> Response | str | tuple[str, int]:
         db.session.commit()
         if not accounts.password_matches(accounts.LoginCandidate(admin_id, stored_hash), form.current.data):
             form.current.errors = ["That is not your current password."]
+            refuse_password_check()
         else:
             new_hash = accounts.hash_password(form.new.data)
-            accounts.set_password_hash(db.session, admin_id, new_hash, keep_login=login_key)
+            admin = accounts.set_password_hash(db.session, admin_id, new_hash, keep_login=login_key)
             db.session.commit()
             flash("Your password is changed. Every other login of your account has ended.")
-            return redirect(url_for("admin.dashboard"), code=303)
+            response = redirect(url_for("admin.dashboard"), code=303)
+            # The change voids every known-device cookie of the account: this browser stays known.
+            remember_device(response, admin)
+            return response
     return render_template("admin/password.html", form=form), 422 if form.errors else 200
