@@ -44,6 +44,10 @@ class _CommandGroup(FlaskGroup):
         try:
             return super().invoke(ctx)
         except SQLAlchemyError as error:
+            if outages.schema_missing(error):
+                raise click.ClickException(
+                    f"The database has no tables for this yet ({outages.summary(error)}): "
+                    "run `newsletter db upgrade`.") from None
             if not outages.database_unavailable(error):
                 raise
             raise click.ClickException(f"The database is unavailable: {outages.summary(error)}") from None

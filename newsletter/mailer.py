@@ -19,7 +19,14 @@ class TemporaryFailure(Exception):
 
 
 class RelayUnavailable(Exception):
-    """The relay takes no mail now (refused, timed out, 421, login or TLS failed, hung up): not the message's fault."""
+    """The relay takes no mail now (refused, timed out, 421, login or TLS failed, hung up): not the message's fault.
+
+    `mid_message`: the connection broke while this message was being sent, without a reply about it.
+    """
+
+    def __init__(self, description: str, *, mid_message: bool = False) -> None:
+        super().__init__(description)
+        self.mid_message = mid_message
 
 
 # Replies about the relay, not the message: 421 closes the channel; 530/535/538 ask for a (working) login.
@@ -91,7 +98,7 @@ class SmtpTransport:
             try:
                 self._deliver(message)
             except smtplib.SMTPServerDisconnected as error:
-                raise RelayUnavailable(_describe(error)) from error
+                raise RelayUnavailable(_describe(error), mid_message=True) from error
 
     def _deliver(self, message: EmailMessage) -> None:
         if self._connection is None:
@@ -111,7 +118,7 @@ class SmtpTransport:
             raise  # the message needs what this server lacks (e.g. SMTPUTF8): the caller's verdict
         except (OSError, smtplib.SMTPException) as error:
             self._drop()
-            raise RelayUnavailable(_describe(error)) from error
+            raise RelayUnavailable(_describe(error), mid_message=True) from error
 
     def _drop(self) -> None:
         if self._connection is not None:

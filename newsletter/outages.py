@@ -32,6 +32,16 @@ def database_unavailable(error: BaseException) -> bool:
     return False
 
 
+def schema_missing(error: BaseException) -> bool:
+    """Whether `error` says a table is missing: the database was never upgraded (`newsletter db upgrade`)."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    cause = error.orig
+    if isinstance(cause, psycopg.Error):
+        return cause.sqlstate == "42P01"  # undefined_table
+    return isinstance(cause, sqlite3.OperationalError) and str(cause).startswith("no such table")
+
+
 def summary(error: BaseException) -> str:
     """The first line of the driver's message, for a one-line log entry."""
     cause = getattr(error, "orig", None) or error

@@ -112,7 +112,8 @@ class DrainResult:
 
 
 def _backoff(attempts: int, base_seconds: int) -> timedelta:
-    return min(timedelta(seconds=base_seconds * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+    # The exponent stops growing: a message put off for days would overflow a timedelta.
+    return min(timedelta(seconds=base_seconds * 2 ** min(max(attempts - 1, 0), 30)), MAX_BACKOFF)
 
 
 def _lease(config: dict[str, Any]) -> timedelta:
@@ -187,6 +188,10 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
     """Write what became of a claimed message and commit; a message deleted or cancelled meanwhile stays so."""
     claim, error = outcome.claim, outcome.error
     verdict = _verdict(error)
+    if verdict == "relay" and result.sent and getattr(error, "mid_message", False):
+        # The relay took a message in this very drain, then broke off while taking this one (hung up
+        # at its recipient, say): this message's trouble, so it spends an attempt as a 4xx would.
+        verdict = "temporary"
     row = session.get(OutboxMessage, claim.row_id, with_for_update=True, populate_existing=True)
     if row is None:
         # purge-pending or a deletion took it while it was being sent: nothing is left to record.
@@ -262,7 +267,14 @@ class Sender:
     def _record(self, session: Session, outcome: Outcome, result: DrainResult) -> None:
         # Held until written: after a database outage the sent message is marked sent, not sent again.
         self.unrecorded.append(outcome)
-        record_outcome(session, outcome, self.config, result)
+        try:
+            record_outcome(session, outcome, self.config, result)
+        except SQLAlchemyError:
+            raise
+        except Exception:
+            # Not the database's outage but a bug: held, this one outcome would stop every send after it.
+            self.unrecorded.remove(outcome)
+            raise
         self.unrecorded.remove(outcome)
 
     def drain(self, session: Session, limit: int | None = None,

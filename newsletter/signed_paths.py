@@ -1,22 +1,25 @@
-"""The paths whose segments are signed links, so that no log line or Referer passes the key on."""
+"""The paths whose segments are signed links, so that no log line, Referer or history passes the key on."""
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 # The first segment of every page whose URL carries a token (confirm, unsubscribe, preferences and
 # its data download), and the one page under them that carries none.
 SIGNED_PAGES = ("confirm", "unsubscribe", "preferences")
 UNSIGNED = "new-link"
-_SIGNED_SEGMENT = re.compile(r"/(%s)/(?!%s(?:[/?#\s]|$))[^/\s?#\"]+" % ("|".join(SIGNED_PAGES), UNSIGNED))
+# Any spelling a server may still route, or a log may show: doubled slashes, any case.
+_SIGNED_SEGMENT = re.compile(r"/+(%s)/+(?!%s(?:[/?#\s\"]|$))[^/\s?#\"]+" % ("|".join(SIGNED_PAGES), UNSIGNED),
+                             re.IGNORECASE)
 
 
 def holds_signed_link(path: str) -> bool:
-    """Whether `path` is under one of the pages whose URL carries a signed link (an error page of it too)."""
-    segments = path.strip("/").split("/")
-    return len(segments) > 1 and segments[0] in SIGNED_PAGES and segments[1] != UNSIGNED
+    """Whether `path` (percent-encoded or not) is under a page whose URL carries a signed link."""
+    segments = [segment for segment in unquote(path).split("/") if segment]
+    return len(segments) > 1 and segments[0].lower() in SIGNED_PAGES and segments[1].lower() != UNSIGNED
 
 
 def redact(text: str) -> str:
-    """`text` (a path, a request line) with every signed link replaced by `…`."""
-    return _SIGNED_SEGMENT.sub(r"/\1/…", text)
+    """`text` (a path, a request line, a URL), percent-decoded, with every signed link replaced by `…`."""
+    return _SIGNED_SEGMENT.sub(r"/\1/…", unquote(text))

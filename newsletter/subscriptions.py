@@ -86,8 +86,26 @@ _JOINERS = "\u200c\u200d"  # ZERO WIDTH NON-JOINER, ZERO WIDTH JOINER
 # ones of other categories (the Hangul fillers, the combining grapheme joiner, Khmer's inherent vowels,
 # Mongolian's variation selectors), and the blank Braille pattern.
 _BLANK_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0\u2800")
-# Variation selectors choose how the character before them looks (❤️): they stay, but show nothing alone.
-_VARIATION_SELECTORS = frozenset(chr(code) for code in (*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)))
+
+
+_BLACK_FLAG, _TAGS = "\U0001f3f4", range(0xE0020, 0xE0080)
+
+
+def _hidden(name: str, index: int) -> bool:
+    """Whether name[index] hides or reorders text: formatting (Cf) or a blank letter, but for what emoji need."""
+    char = name[index]
+    if char in _BLANK_LETTERS:
+        return True
+    if unicodedata.category(char) != "Cf" or char in _JOINERS:
+        return False
+    # Tag characters spell a subdivision flag after the black flag (🏴 + "gbsct" + cancel tag).
+    preceding = name[:index].rstrip("".join(chr(code) for code in _TAGS))
+    return not (ord(char) in _TAGS and preceding.endswith(_BLACK_FLAG))
+
+
+def _visible(char: str) -> bool:
+    """A letter, digit, punctuation mark or symbol that shows (not a mark alone, unassigned or private use)."""
+    return unicodedata.category(char)[0] in "LNPS" and char not in _BLANK_LETTERS
 
 
 def check_name(name: str | None) -> str | None:
@@ -99,10 +117,10 @@ def check_name(name: str | None) -> str | None:
     # Direction overrides and isolates reorder the text around a name in our emails and pages, and
     # zero-width characters hide text in it. The two joiners stay: emoji sequences (👩‍💻) and
     # Persian or Indic spelling need them, and they move nothing.
-    if any((unicodedata.category(char) == "Cf" and char not in _JOINERS) or char in _BLANK_LETTERS for char in name):
+    if any(_hidden(name, index) for index in range(len(name))):
         raise ValueError(_("A name can't contain invisible formatting characters, such as text direction marks."))
     name = name.strip()
-    if name and all(char.isspace() or char in _JOINERS or char in _VARIATION_SELECTORS for char in name):
+    if name and not any(_visible(char) for char in name):
         raise ValueError(_("A name needs at least one visible character."))
     if len(name) > 200:
         raise ValueError(_("A name can be at most 200 characters long."))

@@ -472,7 +472,8 @@ def test_names_with_direction_overrides_or_invisible_characters_are_refused_on_e
     assert smtp.inbox.messages == []
 
 
-@pytest.mark.parametrize("name", ["\ufe0f", "\u200d\u200d", " \ufe0f \u200c "])
+@pytest.mark.parametrize("name", ["\ufe0f", "\u200d\u200d", " \ufe0f \u200c ", "\u0301\u0301\u0301", "\ue000",
+                                  "\u2065", "\ufff0"])
 def test_a_name_of_nothing_visible_is_refused(app, client, name):
     answer = api_signup(client, "ada@example.com", name=name)
     assert answer.status_code == 422
@@ -480,7 +481,8 @@ def test_a_name_of_nothing_visible_is_refused(app, client, name):
     assert_nothing_stored(app)
 
 
-@pytest.mark.parametrize("name", ["Ада ❤️", "Ådå 👩\u200d💻", "\u0645\u06cc\u200c\u0631\u0648\u0632"])
+@pytest.mark.parametrize("name", ["Ада ❤️", "Ådå 👩\u200d💻", "\u0645\u06cc\u200c\u0631\u0648\u0632",
+                                  "Morag 🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"])
 def test_names_with_emoji_and_joiners_are_kept(app, client, name):
     assert api_signup(client, "ada@example.com", name=name).status_code == 202
     assert query(app, "SELECT name FROM readers") == [(name,)]

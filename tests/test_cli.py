@@ -318,3 +318,14 @@ def test_commands_say_in_one_line_that_the_database_is_unavailable(tmp_path, com
     assert done.returncode == 1
     assert done.stderr.startswith("Error: The database is unavailable: OperationalError: connection failed")
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["outbox", "status"], ["newsletters", "list"]])
+def test_commands_on_a_database_never_upgraded_say_to_upgrade_it(tmp_path, command):
+    env = clean_env(NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+                    NEWSLETTER_INSTANCE_PATH=str(tmp_path))
+    done = run_script(*command, env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: The database has no tables for this yet")
+    assert "run `newsletter db upgrade`" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

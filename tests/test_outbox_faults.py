@@ -374,6 +374,52 @@ def test_a_message_that_makes_the_relay_hang_up_does_not_hold_up_the_others(app,
     assert statuses(app) == {"poison@example.org": ("pending", 0), "fine@example.org": ("sent", 1)}
 
 
+def test_a_message_the_relay_hangs_up_on_while_taking_others_fails_in_the_end(app, client, smtp, drain):
+    app.config.update(NEWSLETTER_OUTBOX_MAX_ATTEMPTS=2, NEWSLETTER_OUTBOX_RETRY_BASE=60)
+
+    async def handle_rcpt(server, session, envelope, address, rcpt_options):
+        if address == "poison@example.org":
+            server.transport.close()  # no reply at all: the connection just ends
+            return "421 never read"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    smtp.inbox.handle_RCPT = handle_rcpt
+    sign_up(client, "first@example.org")
+    sign_up(client, "poison@example.org")
+    for number in range(6):  # mail keeps coming while the relay keeps breaking off on one message
+        sign_up(client, f"later{number}@example.org")
+        drain()
+        make_due(app)
+    outcome = statuses(app)
+    assert outcome.pop("poison@example.org") == ("failed", 2)
+    assert set(outcome.values()) == {("sent", 1)}
+    assert len(smtp.inbox.messages) == 7
+
+
+def test_backoff_of_a_message_put_off_for_days_stays_at_an_hour(app, client, smtp, drain):
+    app.config.update(NEWSLETTER_OUTBOX_MAX_ATTEMPTS=8, NEWSLETTER_OUTBOX_RETRY_BASE=30)
+    smtp.inbox.refuse_with = "451 4.3.0 Try again later"  # the relay puts off everything, for days
+    sign_up(client, "patient@example.org")
+    query_and_commit(app, "UPDATE outbox_messages SET attempts = 1000")
+    result = drain()
+    assert (result.sent, result.failed, result.retrying) == (0, 0, 1)
+    [row] = outbox_rows(app)
+    assert (row.status, row.attempts) == ("pending", 1001)
+    assert timedelta(minutes=59) < row.next_attempt_at - utcnow() <= timedelta(hours=1)
+
+    smtp.inbox.refuse_with = None  # the sender was not stopped by it: the next due message goes
+    sign_up(client, "next@example.org")
+    assert drain().sent == 1
+
+
+def query_and_commit(app, statement: str) -> None:
+    with app.app_context():
+        db.session.execute(sa.text(statement))
+        db.session.commit()
+        db.session.remove()
+
+
 def rcpt_refusing(smtp, refusals: dict[str, str]) -> None:
     """Make the SMTP server answer RCPT TO for the given addresses with the given reply."""
 

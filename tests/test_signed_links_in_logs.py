@@ -94,6 +94,12 @@ def _visit_signed_links(base: str, paths: list[str]) -> None:
     for path in paths:
         requests.get(base + path, timeout=10, headers={"Referer": base + paths[0]})
     requests.post(base + paths[1], data={"List-Unsubscribe": "One-Click"}, timeout=10)
+    # Other spellings that reach the same pages, or a redirect to them (link-rewriting mail gateways make some).
+    confirm = paths[0]
+    for spelling in (confirm.replace("/confirm/", "/%63onfirm/"), confirm.replace("/confirm/", "/confirm%2F"),
+                     confirm.replace("/confirm/", "/confirm//")):
+        requests.get(base + spelling, timeout=10, allow_redirects=False,
+                     headers={"Referer": base + spelling.replace("/c", "/C")})
 
 
 @pytest.mark.skipif(not (BIN / "gunicorn").exists(), reason="gunicorn is not installed in this venv")

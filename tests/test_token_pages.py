@@ -164,6 +164,9 @@ OURS = [
     "http://localhost:8080/preferences/{token}",  # behind another port
     "http://127.0.0.1:5000/preferences/{quoted}",  # percent-encoded
     "  http://127.0.0.1:5000/confirm/{token}  ",
+    f"{PUBLIC}/confirm//{{token}}",  # a doubled slash: a redirect, the token all the same
+    f"{PUBLIC}/unsubscribe/{{token}}/",  # a trailing slash: a 404, the token all the same
+    f"{PUBLIC}/%63onfirm/{{token}}",
 ]
 NOT_OURS = [
     ARTICLE,
