@@ -147,7 +147,9 @@ def _failure_limits(view: View, *, account_rates: str, ip_rates: str, account_sc
             return limited(*args, **kwargs)
         except RateLimitExceeded as error:
             # The wait of the limit that was hit, as its Retry-After says, not of the longest one.
-            error.description = messages[str(error.limit.scope)](_wait(error.limit.limit))
+            message = messages.get(str(error.limit.scope))
+            if message:
+                error.description = message(_wait(error.limit.limit))
             raise
 
     return throttled_view  # type: ignore[return-value]
