@@ -66,6 +66,12 @@ def list_admins() -> None:
 @with_appcontext
 def unlock(email: str, ip_address: str | None) -> None:
     """Forget the failed logins counted against EMAIL, so that it can log in from anywhere again at once."""
+    if not login_throttle.counts_shared():
+        # Clearing this command's own memory would change nothing the web processes see.
+        raise click.ClickException(
+            "The failed-login counts live in each web process's memory (no NEWSLETTER_REDIS_URL), out of this "
+            "command's reach: restarting the web processes clears them; `unlock` works when NEWSLETTER_REDIS_URL "
+            "shares them.")
     login_throttle.clear_account(email)
     if ip_address:
         login_throttle.clear_ip(ip_address.strip())

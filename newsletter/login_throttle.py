@@ -23,9 +23,11 @@ from typing import TypeVar
 from flask import abort, current_app, g, request
 from flask_babel import gettext as _
 from flask_babel import ngettext
+from flask_limiter.errors import RateLimitExceeded
 from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from limits import parse_many
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
 from werkzeug.wrappers import Response
 
 from . import accounts
@@ -109,9 +111,12 @@ def remember_device(response: Response, admin: AdminUser) -> None:
                         samesite="Lax", secure=current_app.config["SESSION_COOKIE_SECURE"])
 
 
-def _longest_wait(setting: str) -> int:
-    """Minutes after which every limit of this setting has surely let go (the longest window)."""
-    return max(math.ceil(item.get_expiry() / 60) for item in parse_many(current_app.config[setting]))
+def _wait(item: RateLimitItem) -> str:
+    """How long to wait at most after hitting this limit (its window, as Retry-After says): minutes, or hours."""
+    minutes = math.ceil(item.get_expiry() / 60)
+    if minutes <= 90:
+        return ngettext("up to %(num)d minute", "up to %(num)d minutes", minutes)
+    return ngettext("up to %(num)d hour", "up to %(num)d hours", math.ceil(minutes / 60))
 
 
 def refuse_password_check() -> None:
@@ -121,15 +126,15 @@ def refuse_password_check() -> None:
 
 def _failure_limits(view: View, *, account_rates: str, ip_rates: str, account_scope: str, ip_scope: str,
                     account_key_func: Callable[[], str], refused: Callable[[Response], bool],
-                    account_message: Callable[[], str], ip_message: Callable[[], str],
+                    account_message: Callable[[str], str], ip_message: Callable[[str], str],
                     exempt_when: Callable[[], bool] | None = None) -> View:
     per_account = limiter.shared_limit(
         lambda: current_app.config[account_rates], scope=account_scope, key_func=account_key_func,
-        exempt_when=exempt_when, methods=["POST"], deduct_when=refused, error_message=account_message)
+        exempt_when=exempt_when, methods=["POST"], deduct_when=refused)
     per_ip = limiter.shared_limit(
-        lambda: current_app.config[ip_rates], scope=ip_scope, methods=["POST"], deduct_when=refused,
-        error_message=ip_message)
+        lambda: current_app.config[ip_rates], scope=ip_scope, methods=["POST"], deduct_when=refused)
     limited = per_account(per_ip(view))
+    messages = {account_scope: account_message, ip_scope: ip_message}
 
     @wraps(view)
     def throttled_view(*args: object, **kwargs: object) -> object:
@@ -138,7 +143,14 @@ def _failure_limits(view: View, *, account_rates: str, ip_rates: str, account_sc
             abort(415, _("Send this form as a web form (application/x-www-form-urlencoded)."))
         if not current_app.config["RATELIMIT_ENABLED"]:
             return view(*args, **kwargs)
-        return limited(*args, **kwargs)
+        try:
+            return limited(*args, **kwargs)
+        except RateLimitExceeded as error:
+            # The wait of the limit that was hit, as its Retry-After says, not of the longest one.
+            message = messages.get(str(error.limit.scope))
+            if message:
+                error.description = message(_wait(error.limit.limit))
+            raise
 
     return throttled_view  # type: ignore[return-value]
 
@@ -149,18 +161,11 @@ def login_limits(view: View) -> View:
         view, account_rates="NEWSLETTER_LOGIN_LIMIT_ACCOUNT", ip_rates="NEWSLETTER_LOGIN_LIMIT_IP",
         account_scope=ACCOUNT_SCOPE, ip_scope=IP_SCOPE, account_key_func=_submitted_account, exempt_when=_trusted,
         refused=lambda response: response.status_code == REFUSED,
-        account_message=lambda: ngettext(
-            "Too many failed logins for this account. Please wait up to %(num)d minute and try again, log in "
-            "from a browser you used for this account before, or ask whoever runs the server to run "
-            "\"newsletter admins unlock\" with your address.",
-            "Too many failed logins for this account. Please wait up to %(num)d minutes and try again, log in "
-            "from a browser you used for this account before, or ask whoever runs the server to run "
-            "\"newsletter admins unlock\" with your address.",
-            _longest_wait("NEWSLETTER_LOGIN_LIMIT_ACCOUNT")),
-        ip_message=lambda: ngettext(
-            "Too many failed logins from your network. Please wait up to %(num)d minute and try again.",
-            "Too many failed logins from your network. Please wait up to %(num)d minutes and try again.",
-            _longest_wait("NEWSLETTER_LOGIN_LIMIT_IP")),
+        account_message=lambda wait: _(
+            "Too many failed logins for this account. Please wait %(wait)s and try again, log in from a browser "
+            "you used for this account before, or ask whoever runs the server to unlock the account.", wait=wait),
+        ip_message=lambda wait: _(
+            "Too many failed logins from your network. Please wait %(wait)s and try again.", wait=wait),
     )
 
 
@@ -170,15 +175,16 @@ def password_check_limits(view: View) -> View:
         view, account_rates="NEWSLETTER_LOGIN_LIMIT_ACCOUNT", ip_rates="NEWSLETTER_LOGIN_LIMIT_IP",
         account_scope=PASSWORD_ACCOUNT_SCOPE, ip_scope=PASSWORD_IP_SCOPE, account_key_func=_current_account,
         refused=lambda response: bool(g.get("password_check_refused")),
-        account_message=lambda: ngettext(
-            "Too many wrong current passwords for this account. Please wait up to %(num)d minute and try again.",
-            "Too many wrong current passwords for this account. Please wait up to %(num)d minutes and try again.",
-            _longest_wait("NEWSLETTER_LOGIN_LIMIT_ACCOUNT")),
-        ip_message=lambda: ngettext(
-            "Too many wrong current passwords from your network. Please wait up to %(num)d minute and try again.",
-            "Too many wrong current passwords from your network. Please wait up to %(num)d minutes and try again.",
-            _longest_wait("NEWSLETTER_LOGIN_LIMIT_IP")),
+        account_message=lambda wait: _(
+            "Too many wrong current passwords for this account. Please wait %(wait)s and try again.", wait=wait),
+        ip_message=lambda wait: _(
+            "Too many wrong current passwords from your network. Please wait %(wait)s and try again.", wait=wait),
     )
+
+
+def counts_shared() -> bool:
+    """The counts live in a store every process reads (Redis), not in each web process's own memory."""
+    return not isinstance(limiter.storage, MemoryStorage)
 
 
 def _clear(rates: str, key: str, scope: str) -> None:
