@@ -56,7 +56,7 @@ def status() -> None:
     else:
         click.echo(f"Oldest pending message: {_age(summary.oldest_pending_age)} old; due now: {summary.due_now}")
     if summary.last_error:
-        click.echo(f"Last error of a pending message: {summary.last_error}")
+        click.echo(f"Last error of a pending message: {outbox.without_addresses(summary.last_error)}")
 
 
 @outbox_group.command("retry")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.policy
 import logging
+import re
 import smtplib
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from sqlalchemy import Select, and_, event, exists, func, insert, not_, or_, sel
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from . import outages
 from .mailer import PermanentFailure, RelayUnavailable, Transport, transport_for
 from .models import OUTBOX_STATUSES, OutboxMessage, Reader, utcnow
 
@@ -230,10 +232,11 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
         result.stopped_by_error = last_error
     elif status == "failed":
         result.failed += 1
-        log.warning("outbox message %s failed after %s attempts: %s", claim.row_id, attempts, last_error)
+        log.warning("outbox message %s failed after %s attempts: %s", claim.row_id, attempts, without_addresses(last_error))
     else:
         result.retrying += 1
-        log.info("outbox message %s will be retried at %s: %s", claim.row_id, next_attempt_at, last_error)
+        log.info("outbox message %s will be retried at %s: %s", claim.row_id, next_attempt_at,
+                 without_addresses(last_error))
 
 
 def _relay_took_later_mail(session: Session, row_id: int) -> bool:
@@ -315,6 +318,14 @@ class Backoff:
         self.failures = 0
 
 
+_ADDRESS = re.compile(r"[^\s'\"<>(){}\[\],:;@]+@[^\s'\"<>(){}\[\],:;]+")
+
+
+def without_addresses(text: str | None) -> str:
+    """`text` (a relay's error, for a log line or the command line) with each email address as `<address>`."""
+    return _ADDRESS.sub("<address>", text or "")
+
+
 def describe_error(error: BaseException | None) -> str:
     """One line for the log: the driver's own error for a database error, without SQL or parameters."""
     if isinstance(error, DBAPIError) and error.orig is not None:
@@ -339,9 +350,13 @@ def run(sender: Sender, stop: threading.Event, *, poll_seconds: float,
     while not stop.is_set():
         try:
             result = sender.drain(db.session, stop=stop)
-            problem = result.stopped_by_error and f"the mail relay is unavailable ({result.stopped_by_error})"
+            problem = result.stopped_by_error and (
+                f"the mail relay is unavailable ({without_addresses(result.stopped_by_error)})")
         except SQLAlchemyError as error:
-            problem = f"the database is unavailable ({describe_error(error)})"
+            if outages.schema_missing(error):
+                problem = f"the database has no outbox table yet; run `newsletter db upgrade` ({describe_error(error)})"
+            else:
+                problem = f"the database is unavailable ({describe_error(error)})"
         except Exception as error:  # a bug: the traceback once, then one line per try
             if not trouble:
                 log.exception("the outbox sender hit an unexpected error")

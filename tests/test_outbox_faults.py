@@ -420,6 +420,26 @@ def query_and_commit(app, statement: str) -> None:
         db.session.remove()
 
 
+def test_the_outbox_logs_name_no_reader_address(app, client, smtp, drain, caplog):
+    caplog.set_level(logging.INFO, logger="newsletter.outbox")
+    app.config.update(NEWSLETTER_OUTBOX_MAX_ATTEMPTS=1)
+    rcpt_refusing(smtp, {"full@example.org": "452 4.2.2 Mailbox full", "gone@example.org": "550 5.1.1 No such user"})
+    for address in ("full@example.org", "gone@example.org", "fine@example.org"):
+        sign_up(client, address)
+    drain()
+    assert "452" in caplog.text and "550" in caplog.text  # the relay's answers are logged …
+    assert "@example.org" not in caplog.text  # … but not whom they were about
+    assert "full@example.org" in " ".join(row.last_error or "" for row in outbox_rows(app))  # the admin still sees it
+
+
+def test_a_worker_on_a_database_never_upgraded_says_to_upgrade_it(smtp, workers, tmp_path):
+    worker = Worker(worker_env(f"sqlite:///{tmp_path / 'empty.sqlite3'}", smtp.url, tmp_path), tmp_path,
+                    "--max-pause", "0.2")
+    workers.append(worker)
+    worker.wait_for_output("run `newsletter db upgrade`")
+    assert worker.terminate() == 0
+
+
 def rcpt_refusing(smtp, refusals: dict[str, str]) -> None:
     """Make the SMTP server answer RCPT TO for the given addresses with the given reply."""
 
