@@ -328,8 +328,8 @@ def without_addresses(text: str | None) -> str:
 
 def describe_error(error: BaseException | None) -> str:
     """One line for the log: the driver's own error for a database error, without SQL or parameters."""
-    if isinstance(error, DBAPIError) and error.orig is not None:
-        error = error.orig
+    if isinstance(error, DBAPIError):
+        return outages.summary(error)
     if error is None:
         return ""
     text = " ".join(str(error).split())

@@ -186,6 +186,11 @@ def app(database_url: str, smtp: SmtpServer, instance_dir: Path):
         db.session.commit()
         db.session.remove()
     yield app
+    close_app(app)
+
+
+def close_app(app) -> None:
+    """Stop an app's in-process drainer and close its database connections."""
     drainer = app.extensions.pop("newsletter.drainer", None)
     if drainer is not None:
         drainer.stop()

@@ -26,7 +26,7 @@ from newsletter import catalog, create_app, outbox, subscriptions
 from newsletter.extensions import db, limiter
 from newsletter.models import OutboxMessage, utcnow
 
-from .conftest import SECRET, free_port
+from .conftest import SECRET, close_app, free_port
 from .test_outbox import make_due, outbox_rows, sign_up, wait_until
 
 SCRIPT = Path(sys.executable).with_name("newsletter")
@@ -105,12 +105,7 @@ def faulty_app(faulty_database_url, smtp):
         db.session.commit()
         db.session.remove()
     yield app
-    drainer = app.extensions.pop("newsletter.drainer", None)
-    if drainer is not None:
-        drainer.stop()
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
+    close_app(app)
 
 
 def sign_up_many(client, prefix: str, number: int) -> list[str]:

@@ -90,7 +90,16 @@ def _wait_until_it_answers(url: str, process: subprocess.Popen) -> None:
     raise AssertionError(f"{url} did not answer within 60 s")
 
 
-def _visit_signed_links(base: str, paths: list[str]) -> None:
+def _assert_redacted(logged: str, paths: list[str]) -> None:
+    assert "GET /confirm/… HTTP/1.1" in logged and "POST /unsubscribe/… HTTP/1.1" in logged
+    for secret in secret_parts(paths):
+        assert secret not in logged
+
+
+def _visit_signed_links(app, base: str, server: subprocess.Popen) -> list[str]:
+    """Open our signed links on the server at `base`, in several spellings; the paths."""
+    _wait_until_it_answers(f"{base}/healthz", server)
+    paths = signed_paths(app)
     for path in paths:
         requests.get(base + path, timeout=10, headers={"Referer": base + paths[0]})
     requests.post(base + paths[1], data={"List-Unsubscribe": "One-Click"}, timeout=10)
@@ -100,6 +109,7 @@ def _visit_signed_links(base: str, paths: list[str]) -> None:
                      confirm.replace("/confirm/", "/confirm//")):
         requests.get(base + spelling, timeout=10, allow_redirects=False,
                      headers={"Referer": base + spelling.replace("/c", "/C")})
+    return paths
 
 
 @pytest.mark.skipif(not (BIN / "gunicorn").exists(), reason="gunicorn is not installed in this venv")
@@ -114,17 +124,11 @@ def test_gunicorn_access_log_leaves_signed_links_out(app, tmp_path):
              "--access-logfile", str(access_log), "--access-logformat", '%(r)s "%(f)s" %(U)s', "wsgi:app"],
             cwd=PROJECT, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_until_it_answers(f"{base}/healthz", server)
-        paths = signed_paths(app)
-        _visit_signed_links(base, paths)
+        paths = _visit_signed_links(app, f"http://127.0.0.1:{port}", server)
     finally:
         server.terminate()
         server.wait(30)
-    logged = access_log.read_text()
-    assert "GET /confirm/… HTTP/1.1" in logged and "POST /unsubscribe/… HTTP/1.1" in logged
-    for secret in secret_parts(paths):
-        assert secret not in logged
+    _assert_redacted(access_log.read_text(), paths)
 
 
 def test_serve_access_log_leaves_signed_links_out(app, tmp_path):
@@ -133,13 +137,8 @@ def test_serve_access_log_leaves_signed_links_out(app, tmp_path):
     server = subprocess.Popen([str(BIN / "newsletter"), "serve", "--port", str(port)], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_until_it_answers(f"{base}/healthz", server)
-        paths = signed_paths(app)
-        _visit_signed_links(base, paths)
+        paths = _visit_signed_links(app, f"http://127.0.0.1:{port}", server)
     finally:
         server.terminate()
         logged = server.communicate(timeout=30)[0].decode()
-    assert "GET /confirm/… HTTP/1.1" in logged and "POST /unsubscribe/… HTTP/1.1" in logged
-    for secret in secret_parts(paths):
-        assert secret not in logged
+    _assert_redacted(logged, paths)
