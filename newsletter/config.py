@@ -214,6 +214,17 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         "RATELIMIT_ENABLED": _flag("NEWSLETTER_RATE_LIMITS", get("RATE_LIMITS"), True),
         # Off: a per-address "remaining" count would tell anyone how often an address was signed up.
         "RATELIMIT_HEADERS_ENABLED": False,
+        # The secret of the suppression list's address keys; kept apart so that SECRET_KEY can rotate.
+        "NEWSLETTER_SUPPRESSION_KEY": get("SUPPRESSION_KEY") or secret_key,
+        "NEWSLETTER_SOFT_BOUNCE_LIMIT": _positive("NEWSLETTER_SOFT_BOUNCE_LIMIT", _integer(
+            "NEWSLETTER_SOFT_BOUNCE_LIMIT", get("SOFT_BOUNCE_LIMIT"), 3)),
+        "NEWSLETTER_SOFT_BOUNCE_WINDOW": _positive("NEWSLETTER_SOFT_BOUNCE_WINDOW", _duration(
+            "NEWSLETTER_SOFT_BOUNCE_WINDOW", get("SOFT_BOUNCE_WINDOW"), 15 * DAY)),
+        # Uploaded import files wait here until their run ends.
+        "NEWSLETTER_IMPORT_DIR": get("IMPORT_DIR") or str(instance_path / "imports"),
+        # Confirmation emails to imported readers without proof of consent, at most this many per hour.
+        "NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR": _positive("NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR", _integer(
+            "NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR", get("IMPORT_CONFIRMATIONS_PER_HOUR"), 500)),
         "NEWSLETTER_METRICS_TOKEN": get("METRICS_TOKEN") or None,
         "NEWSLETTER_METRICS_ALLOW": _networks("NEWSLETTER_METRICS_ALLOW", get("METRICS_ALLOW")),
         "SESSION_COOKIE_HTTPONLY": True,

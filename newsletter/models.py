@@ -1,4 +1,4 @@
-"""The domain's tables: Newsletter, Reader, Subscription, ConsentEvent, OutboxMessage."""
+"""The domain's tables: Newsletter, Reader, Subscription, ConsentEvent, OutboxMessage, and what runs beside them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -288,3 +289,130 @@ class ExportRecord(db.Model):
     format: Mapped[str] = mapped_column(String(8))
     filters: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     row_count: Mapped[int | None] = mapped_column(Integer)
+
+
+# Why an address is on the suppression list. `erased` entries only stop imports and syncs from
+# bringing an erased reader back; the others also stop every email of ours.
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "soft_bounces", "blocked", "manual", "import", "erased")
+# Where a delivery event came from: our own relay, a provider's webhook, or the bounce mailbox.
+DELIVERY_EVENT_KINDS = ("hard_bounce", "soft_bounce", "complaint")
+
+
+class Suppression(db.Model):
+    """An address we must not mail (or, for `erased`, not bring back), with why and when.
+
+    Looked up by `address_key`, a keyed hash of the lowercased address (see suppressions.address_key):
+    an erased reader's entry keeps only that, no address.
+    """
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address_key: Mapped[str] = mapped_column(String(64))
+    # The address as reported; None once its reader was erased.
+    email: Mapped[str | None] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(32))
+    # smtp, ses, postmark, sendgrid, mailgun, generic, mailbox, admin, import, erasure
+    source: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("admin_users.id", ondelete="SET NULL"))
+    # Lifted entries stay, as the record of who lifted them and why.
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lifted_by_id: Mapped[int | None] = mapped_column(ForeignKey("admin_users.id", ondelete="SET NULL"))
+    lift_note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        # At most one entry in force per address.
+        Index("uq_suppressions_active_key", "address_key", unique=True,
+              postgresql_where=text("lifted_at IS NULL"), sqlite_where=text("lifted_at IS NULL")),
+        Index("ix_suppressions_created_at", "created_at"),
+        CheckConstraint("reason IN ('hard_bounce', 'complaint', 'soft_bounces', 'blocked', 'manual', 'import', "
+                        "'erased')", name="reason_known"),
+    )
+
+
+class DeliveryEvent(db.Model):
+    """A bounce or complaint about an address, from our relay, a sending platform or the bounce mailbox."""
+
+    __tablename__ = "delivery_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address_key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(String(32))
+    # When the provider says it happened; received_at is when we heard of it.
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The receiving server's words (e.g. "550 5.1.1 user unknown"); cleared when the reader is erased.
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    # The provider's own id of the event, so that a redelivered webhook is recorded once.
+    provider_event_id: Mapped[str | None] = mapped_column(String(255))
+
+    __table_args__ = (
+        UniqueConstraint("provider", "provider_event_id", name="uq_delivery_events_provider_event"),
+        Index("ix_delivery_events_key_kind_time", "address_key", "kind", "occurred_at"),
+        Index("ix_delivery_events_received_at", "received_at"),
+        CheckConstraint("kind IN ('hard_bounce', 'soft_bounce', 'complaint')", name="kind_known"),
+    )
+
+
+IMPORT_STATUSES = ("uploaded", "queued", "running", "finished", "failed")
+IMPORT_FORMATS = ("mailchimp", "listmonk", "csv")
+UNCONFIRMED_POLICIES = ("ask", "confirmed", "skip")
+
+
+class ImportRun(db.Model):
+    """Every import of a list: who brought which file in, when, with what outcome."""
+
+    __tablename__ = "imports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set while a process works on it, so that a run whose process died can be taken up again.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # admin or cli; with the admin who asked.
+    channel: Mapped[str] = mapped_column(String(16))
+    admin_id: Mapped[int | None] = mapped_column(ForeignKey("admin_users.id", ondelete="SET NULL"))
+    newsletter_id: Mapped[int | None] = mapped_column(ForeignKey("newsletters.id", ondelete="SET NULL"))
+    # What was uploaded: the name shown, and each file's name, size and SHA-256.
+    file_name: Mapped[str] = mapped_column(String(255))
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    file_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Where an uploaded file waits until the run ends (admin uploads); deleted then.
+    stored_path: Mapped[str | None] = mapped_column(String(1024))
+    format: Mapped[str | None] = mapped_column(String(16))
+    unconfirmed: Mapped[str] = mapped_column(String(16), default="ask")
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="uploaded")
+    # Rows read so far (progress), and the outcome: {"new": n, "updated": n, "unchanged": n,
+    # "refused": {reason: n}, ...}.
+    rows_done: Mapped[int] = mapped_column(Integer, default=0)
+    rows_total: Mapped[int | None] = mapped_column(Integer)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('uploaded', 'queued', 'running', 'finished', 'failed')", name="status_known"),
+        Index("ix_imports_created_at", "created_at"),
+    )
+
+
+class ImportRefusal(db.Model):
+    """A row an import did not take, with its place in the file and why."""
+
+    __tablename__ = "import_refusals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"))
+    file: Mapped[str] = mapped_column(String(255))
+    line: Mapped[int] = mapped_column(Integer)
+    # The address as the file wrote it (cut to the column's size), to find the row again.
+    email: Mapped[str | None] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_import_refusals_import_line", "import_id", "id"),)

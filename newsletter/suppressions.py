@@ -1,0 +1,199 @@
+"""The suppression list and the bounces and complaints that fill it.
+
+An address is looked up by its key, a keyed hash of the lowercased address: bounce reports and
+imports write addresses in any case, and an erased reader's entry must keep no address at all.
+The key's secret is NEWSLETTER_SUPPRESSION_KEY (by default the SECRET_KEY): if it changed, the
+erased readers' entries would no longer match, so it is set apart from the key that signs links.
+
+Rules (record_event): a hard bounce or a complaint suppresses the address at once; soft bounces
+suppress it once NEWSLETTER_SOFT_BOUNCE_LIMIT of them arrive within NEWSLETTER_SOFT_BOUNCE_WINDOW.
+
+No Flask request in here: each function takes a session and plain values and leaves the commit to
+the caller, like the rest of the domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .models import DELIVERY_EVENT_KINDS, SUPPRESSION_REASONS, DeliveryEvent, Suppression, utcnow
+
+# Reasons that stop our emails; `erased` only stops imports and syncs (see models.SUPPRESSION_REASONS).
+MAIL_STOPPING = tuple(reason for reason in SUPPRESSION_REASONS if reason != "erased")
+# What each kind of delivery event makes the suppression's reason.
+_REASON_OF_KIND = {"hard_bounce": "hard_bounce", "complaint": "complaint", "soft_bounce": "soft_bounces"}
+# A diagnostic is the receiving server's text: keep what a person reads, not a whole bounce message.
+DIAGNOSTIC_LIMIT = 2000
+
+
+class UnknownSuppression(LookupError):
+    """No suppression in force with this id."""
+
+
+def _comparable(address: str) -> str:
+    """The form of `address` its key is made of: email-validator's normalized form, lowercased.
+
+    An address email-validator refuses (bounce reports quote what the receiving server saw) is
+    taken as written, stripped of spaces and angle brackets.
+    """
+    text = address.strip().strip("<>").strip()
+    try:
+        text = validate_email(text, check_deliverability=False, allow_display_name=False).normalized
+    except EmailNotValidError:
+        pass
+    return text.lower()
+
+
+def address_key(config: Mapping[str, Any], address: str) -> str:
+    """The keyed hash (hex HMAC-SHA256) that stands for `address` on the suppression list."""
+    secret = (config.get("NEWSLETTER_SUPPRESSION_KEY") or config["SECRET_KEY"]).encode()
+    return hmac.new(secret, b"suppression:" + _comparable(address).encode("utf-8", "surrogatepass"),
+                    hashlib.sha256).hexdigest()
+
+
+def in_force(session: Session, key: str) -> Suppression | None:
+    """The entry in force for this address key, whatever its reason."""
+    return session.scalars(
+        select(Suppression).where(Suppression.address_key == key, Suppression.lifted_at.is_(None))
+    ).first()
+
+
+def mail_stopped(session: Session, config: Mapping[str, Any], address: str) -> Suppression | None:
+    """The entry that forbids mailing `address`, if any (an `erased` entry does not)."""
+    entry = in_force(session, address_key(config, address))
+    return entry if entry is not None and entry.reason in MAIL_STOPPING else None
+
+
+def keys_in_force(session: Session, keys: Iterable[str]) -> dict[str, str]:
+    """Of `keys`, those with an entry in force, each with its reason (for imports, a batch at a time)."""
+    wanted = list(set(keys))
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 5000):
+        rows = session.execute(
+            select(Suppression.address_key, Suppression.reason)
+            .where(Suppression.address_key.in_(wanted[start:start + 5000]), Suppression.lifted_at.is_(None))
+        )
+        found.update((key, reason) for key, reason in rows)
+    return found
+
+
+def suppress(session: Session, config: Mapping[str, Any], address: str | None, *, reason: str, source: str,
+             detail: str | None = None, admin_id: int | None = None, key: str | None = None,
+             when: datetime | None = None) -> Suppression:
+    """Put the address on the list (or keep the entry already in force); the entry in force is returned.
+
+    An `erased` entry in force gives way to a mail-stopping reason (the person signed up again
+    since and now bounces); any other entry in force stays as it is. `key` without `address` is
+    for erasure, which keeps no address.
+    """
+    if reason not in SUPPRESSION_REASONS:
+        raise ValueError(f"unknown suppression reason {reason!r}")
+    if key is None:
+        if address is None:
+            raise ValueError("suppress() needs an address or its key")
+        key = address_key(config, address)
+    kept_address = None if reason == "erased" else address
+    existing = in_force(session, key)
+    if existing is not None:
+        if existing.reason == "erased" and reason != "erased":
+            existing.reason, existing.source, existing.detail = reason, source, _cut(detail)
+            existing.email, existing.created_at = kept_address, when or utcnow()
+            existing.created_by_id = admin_id
+        return existing
+    entry = Suppression(address_key=key, email=kept_address, reason=reason, source=source, detail=_cut(detail),
+                        created_at=when or utcnow(), created_by_id=admin_id)
+    try:
+        with session.begin_nested():
+            session.add(entry)
+    except IntegrityError:
+        # A concurrent report of the same address won: its entry is the one in force.
+        winner = in_force(session, key)
+        if winner is None:
+            raise
+        return winner
+    return entry
+
+
+def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: str | None = None) -> Suppression:
+    """End the entry in force with this id; it stays, as the record of who lifted it, when and why."""
+    entry = session.scalars(
+        select(Suppression).where(Suppression.id == suppression_id, Suppression.lifted_at.is_(None))
+        .with_for_update()
+    ).first()
+    if entry is None:
+        raise UnknownSuppression(suppression_id)
+    entry.lifted_at, entry.lifted_by_id, entry.lift_note = utcnow(), admin_id, _cut(note)
+    return entry
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What record_event did: whether the event was new, and the entry in force after it (if any)."""
+
+    event: DeliveryEvent | None
+    suppression: Suppression | None
+
+
+def _cut(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = text.replace("\x00", "").strip()
+    return text[:DIAGNOSTIC_LIMIT] or None
+
+
+def record_event(session: Session, config: Mapping[str, Any], address: str, *, kind: str, provider: str,
+                 occurred_at: datetime | None = None, diagnostic: str | None = None,
+                 provider_event_id: str | None = None) -> Recorded:
+    """Record a bounce or complaint about `address` and apply the rules; a repeated event is recorded once.
+
+    `provider_event_id` is the provider's id of the event (a webhook redelivered, a message piped
+    twice): an event already recorded under it changes nothing and comes back with event=None.
+    """
+    if kind not in DELIVERY_EVENT_KINDS:
+        raise ValueError(f"unknown delivery event kind {kind!r}")
+    key = address_key(config, address)
+    now = utcnow()
+    event = DeliveryEvent(address_key=key, kind=kind, provider=provider, occurred_at=occurred_at or now,
+                          received_at=now, diagnostic=_cut(diagnostic),
+                          provider_event_id=provider_event_id[:255] if provider_event_id else None)
+    try:
+        with session.begin_nested():
+            session.add(event)
+    except IntegrityError:
+        return Recorded(event=None, suppression=in_force(session, key))
+
+    if kind == "soft_bounce":
+        window = timedelta(seconds=config["NEWSLETTER_SOFT_BOUNCE_WINDOW"])
+        recent = session.scalar(
+            select(func.count()).select_from(DeliveryEvent)
+            .where(DeliveryEvent.address_key == key, DeliveryEvent.kind == "soft_bounce",
+                   DeliveryEvent.occurred_at >= event.occurred_at - window)
+        ) or 0
+        if recent < config["NEWSLETTER_SOFT_BOUNCE_LIMIT"]:
+            entry = in_force(session, key)
+            return Recorded(event=event, suppression=entry)
+        days = f"{window.total_seconds() / 86400:g}"
+        detail = f"{recent} soft bounces within {days} days; last: {diagnostic or 'no diagnostic'}"
+    else:
+        detail = diagnostic
+    entry = suppress(session, config, address, reason=_REASON_OF_KIND[kind], source=provider, detail=detail,
+                     key=key)
+    return Recorded(event=event, suppression=entry)
+
+
+def events_for(session: Session, config: Mapping[str, Any], address: str, limit: int = 200) -> list[DeliveryEvent]:
+    """The bounces and complaints recorded for `address`, newest first."""
+    return list(session.scalars(
+        select(DeliveryEvent).where(DeliveryEvent.address_key == address_key(config, address))
+        .order_by(DeliveryEvent.occurred_at.desc(), DeliveryEvent.id.desc()).limit(limit)
+    ))
