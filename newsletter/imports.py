@@ -66,7 +66,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import ARRAY, String, any_, bindparam, delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -97,6 +97,8 @@ REFUSAL_REASONS: dict[str, str] = {
     "suppressed": N_("The address is on the suppression list (a bounce, a complaint or a block); it gets no email."),
     "unreadable_row": N_("The row could not be read (a bad date, an unknown status…)."),
     "unconfirmed_skipped": N_("The row has no proof of confirmation, and this import skips such rows."),
+    "other_newsletter": N_("The row is about another newsletter (an export of all newsletters); import the file "
+                           "into that newsletter for it."),
 }
 REFUSAL_COLUMNS = ("file", "line", "email", "reason", "detail")
 
@@ -541,7 +543,7 @@ def _run_batch(context: _Context, batch: list[SourceRow]) -> None:
         try:
             _apply(context, candidates, attempt_outcome)
             if attempt_outcome.refusals:
-                session.execute(insert(ImportRefusal), attempt_outcome.refusals)
+                _insert_rows(context, ImportRefusal.__table__, REFUSAL_ROW_COLUMNS, attempt_outcome.refusals)
             counts = _merged(context.counts, attempt_outcome)
             now = utcnow()
             moved = session.execute(
@@ -587,6 +589,9 @@ def _screen(context: _Context, batch: list[SourceRow], outcome: _Outcome) -> lis
     for row in batch:
         if row.problem is not None:
             _refuse(context, outcome, row, "unreadable_row", row.problem)
+            continue
+        if row.newsletter is not None and row.newsletter != context.newsletter.slug:
+            _refuse(context, outcome, row, "other_newsletter", row.newsletter)
             continue
         try:
             address = normalize_address(row.email)
@@ -707,10 +712,6 @@ def _subscriptions_of(context: _Context, reader_ids: list[int]) -> dict[int, _Pr
     return found
 
 
-def _insert(context: _Context) -> Any:
-    return postgresql.insert if context.postgresql else sqlite.insert
-
-
 def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -> None:
     """Decide each candidate against the database and write what changes (nothing in a dry run)."""
     session, now = context.session, utcnow()
@@ -788,10 +789,7 @@ def _write(context: _Context, pending: list[tuple[_Candidate, _Wanted]], outcome
                 names[candidate.address] = check_name(_cut(candidate.row.name, 400))
             except ValueError:
                 names[candidate.address] = None  # a name we would not show; the address still counts
-        inserted = {email: reader_id for reader_id, email in session.execute(
-            _insert(context)(Reader).on_conflict_do_nothing(index_elements=["email"])
-            .returning(Reader.id, Reader.email),
-            [{"email": c.address, "name": names[c.address], "created_at": now} for c, _ in new_readers])}
+        inserted = _insert_readers(context, [(c.address, names[c.address]) for c, _ in new_readers], now)
         for candidate, wanted in new_readers:
             reader_id = inserted.get(candidate.address)
             if reader_id is None:
@@ -808,10 +806,7 @@ def _write(context: _Context, pending: list[tuple[_Candidate, _Wanted]], outcome
                          "created_at": wanted.pending_since or now, "pending_since": wanted.pending_since,
                          "confirmed_at": wanted.confirmed_at, "unsubscribed_at": wanted.unsubscribed_at,
                          "confirmation_sent_at": None})
-        created = set(session.scalars(
-            _insert(context)(Subscription)
-            .on_conflict_do_nothing(index_elements=["reader_id", "newsletter_id"])
-            .returning(Subscription.reader_id), rows))
+        created = _insert_subscriptions(context, rows)
         for reader_id, candidate, wanted in new_subscriptions:
             if reader_id not in created:
                 again.append((candidate, wanted))
@@ -839,11 +834,70 @@ def _write(context: _Context, pending: list[tuple[_Candidate, _Wanted]], outcome
         outcome.counts["updated"] += 1
 
     if events:
-        session.execute(insert(ConsentEvent), events)
+        _insert_rows(context, ConsentEvent.__table__, EVENT_COLUMNS, events)
     if confirmations:
         _queue_confirmations(context, confirmations, now)
         outcome.counts["confirmations_queued"] += len(confirmations)
     return again
+
+
+EVENT_COLUMNS = ("reader_id", "newsletter_id", "action", "occurred_at", "source", "page_url", "form_id", "ip_address",
+                 "user_agent", "wording")
+REFUSAL_ROW_COLUMNS = ("import_id", "file", "line", "email", "reason", "detail")
+SUBSCRIPTION_COLUMNS = ("reader_id", "newsletter_id", "status", "created_at", "pending_since", "confirmed_at",
+                        "unsubscribed_at", "confirmation_sent_at")
+
+
+def _driver_connection(context: _Context) -> Any:
+    """The psycopg connection under the session's, in the same transaction."""
+    return context.session.connection().connection.driver_connection
+
+
+def _insert_rows(context: _Context, table: Any, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Append rows to a table: COPY on PostgreSQL (a tenth of the time of INSERTs), else one executemany."""
+    if not rows:
+        return
+    if not context.postgresql:
+        context.session.connection().execute(table.insert(), rows)
+        return
+    with _driver_connection(context).cursor() as cursor, \
+            cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[column] for column in columns])
+
+
+def _insert_readers(context: _Context, readers: list[tuple[str, str | None]], now: datetime) -> dict[str, int]:
+    """Create the readers (address, name) that don't exist; address -> id of those created by us."""
+    if context.postgresql:
+        # One statement with three arrays: parsing a 5,000-row VALUES list costs psycopg more than the insert.
+        with _driver_connection(context).cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO readers (email, name, created_at) "
+                "SELECT email, name, %s FROM unnest(%s::text[], %s::text[]) AS given (email, name) "
+                "ON CONFLICT (email) DO NOTHING RETURNING email, id",
+                (now, [address for address, _ in readers], [name for _, name in readers]))
+            return dict(cursor.fetchall())
+    statement = (sqlite.insert(Reader.__table__).on_conflict_do_nothing(index_elements=["email"])
+                 .returning(Reader.__table__.c.email, Reader.__table__.c.id))
+    return dict(context.session.connection().execute(
+        statement, [{"email": address, "name": name, "created_at": now} for address, name in readers]).all())
+
+
+def _insert_subscriptions(context: _Context, rows: list[dict[str, Any]]) -> set[int]:
+    """Create the subscriptions that don't exist yet; the reader ids of those created by us."""
+    if context.postgresql:
+        with _driver_connection(context).cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO subscriptions ({', '.join(SUBSCRIPTION_COLUMNS)}) "
+                "SELECT * FROM unnest(%s::int[], %s::int[], %s::text[], %s::timestamptz[], %s::timestamptz[], "
+                "%s::timestamptz[], %s::timestamptz[], %s::timestamptz[]) "
+                "ON CONFLICT (reader_id, newsletter_id) DO NOTHING RETURNING reader_id",
+                [[row[column] for row in rows] for column in SUBSCRIPTION_COLUMNS])
+            return {reader_id for (reader_id,) in cursor.fetchall()}
+    statement = (sqlite.insert(Subscription.__table__)
+                 .on_conflict_do_nothing(index_elements=["reader_id", "newsletter_id"])
+                 .returning(Subscription.__table__.c.reader_id))
+    return set(context.session.connection().execute(statement, rows).scalars())
 
 
 def _event_row(reader_id: int, newsletter_id: int, event: tuple[str, datetime, str | None, str]) -> dict[str, Any]:
@@ -876,7 +930,7 @@ def _queue_confirmations(context: _Context, confirmations: list[tuple[int, _Cand
         messages.append(message)
         sent.append({"the_reader": reader_id, "due": due})
         due += interval
-    session.execute(insert(OutboxMessage), messages)
+    session.connection().execute(insert(OutboxMessage.__table__), messages)
     # The subscription counts as named in a confirmation from when it is due to leave (see subscriptions.sign_up).
     session.execute(
         update(Subscription.__table__)
