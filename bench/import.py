@@ -241,7 +241,8 @@ def import_run(env: dict[str, str], path: Path, profile: bool) -> ImportResult:
         text = None
         if profiler:
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats("newsletter/", 30)
             text = out.getvalue()
         result = ImportResult(recorded - began, executed - recorded, rss_before / 2**20, sampler.peak / 2**20,
                               dict(run.counts), run.rows_done, run.status, text)

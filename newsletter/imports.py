@@ -65,8 +65,8 @@ from pathlib import Path
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import ARRAY, String, any_, bindparam, delete, insert, or_, select, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import ARRAY, Integer, String, any_, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -75,7 +75,7 @@ from .exports import FORMULA_STARTS
 from .import_formats import FormatError, SourceRow
 from .locale import N_
 from .models import (ConsentEvent, ImportRefusal, ImportRun, Newsletter, OutboxMessage, Reader, Subscription,
-                     snapshot, utcnow)
+                     Suppression, snapshot, utcnow)
 from .subscriptions import check_name
 
 log = logging.getLogger(__name__)
@@ -520,6 +520,18 @@ def _fail(session: Session, run_id: int, error: str) -> ImportRun:
     return session.get(ImportRun, run_id, populate_existing=True)  # type: ignore[return-value]
 
 
+def _name(name: str | None) -> str | None:
+    """subscriptions.check_name(name), faster for printable ASCII (which hides and reorders nothing)."""
+    if name is None:
+        return None
+    if name.isascii() and name.isprintable():
+        name = name.strip()
+        if len(name) > 200:
+            raise ValueError("too long")
+        return name or None
+    return check_name(_cut(name, 400))
+
+
 def _remember(context: _Context, row: SourceRow) -> None:
     if row.problem is not None:
         return
@@ -674,6 +686,18 @@ def _decide(wanted: _Wanted, present: _Present) -> str:
     return "update"
 
 
+def _keys_in_force(context: _Context, keys: list[str]) -> dict[str, str]:
+    """suppressions.keys_in_force, on PostgreSQL with one array instead of thousands of parameters."""
+    if not keys:
+        return {}
+    if not context.postgresql:
+        return suppressions.keys_in_force(context.session, keys)
+    return dict(context.session.execute(
+        select(Suppression.address_key, Suppression.reason)
+        .where(Suppression.address_key == any_(bindparam("keys", keys, type_=ARRAY(String))),
+               Suppression.lifted_at.is_(None))).all())
+
+
 def _by_address(context: _Context, emails_: list[str]) -> dict[str, tuple[int, datetime | None]]:
     """Existing readers among `emails_`: address -> (id, blocked_at); locked on PostgreSQL (real runs)."""
     found: dict[str, tuple[int, datetime | None]] = {}
@@ -702,11 +726,16 @@ def _subscriptions_of(context: _Context, reader_ids: list[int]) -> dict[int, _Pr
         return found
     s = Subscription
     columns = (s.reader_id, s.id, s.status, s.pending_since, s.confirmed_at, s.unsubscribed_at)
-    for start in range(0, len(reader_ids), 5000):
-        query = select(*columns).where(s.newsletter_id == context.newsletter.id,
-                                       s.reader_id.in_(reader_ids[start:start + 5000])).order_by(s.reader_id)
-        if context.postgresql and not context.dry_run:
-            query = query.with_for_update(of=Subscription)
+    if context.postgresql:
+        query = (select(*columns).where(s.newsletter_id == context.newsletter.id,
+                                        s.reader_id == any_(bindparam("ids", reader_ids, type_=ARRAY(Integer))))
+                 .order_by(s.reader_id))
+        queries = [query if context.dry_run else query.with_for_update(of=Subscription)]
+    else:
+        queries = [select(*columns).where(s.newsletter_id == context.newsletter.id,
+                                          s.reader_id.in_(reader_ids[start:start + 5000]))
+                   for start in range(0, len(reader_ids), 5000)]
+    for query in queries:
         for reader_id, *values in context.session.execute(query):
             found[reader_id] = _Present(*values)
     return found
@@ -715,8 +744,8 @@ def _subscriptions_of(context: _Context, reader_ids: list[int]) -> dict[int, _Pr
 def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -> None:
     """Decide each candidate against the database and write what changes (nothing in a dry run)."""
     session, now = context.session, utcnow()
-    in_force = suppressions.keys_in_force(session, [c.key for c in candidates]) if candidates else {}
-    pending = []
+    in_force = _keys_in_force(context, [c.key for c in candidates])
+    pending, cleaned = [], []
     for candidate in candidates:
         reason = in_force.get(candidate.key)
         if reason == "erased":
@@ -726,15 +755,20 @@ def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -
                 outcome.counts["unchanged"] += 1
                 continue
             outcome.counts["suppressed"] += 1
-            if not context.dry_run:
-                when = candidate.row.cleaned_at or candidate.row.changed_at
-                detail = f"cleaned in {context.format_label}" + (f" at {when.isoformat()}" if when else "")
-                suppressions.suppress(session, context.config, candidate.address, reason="import", source=CHANNEL,
-                                      detail=detail, when=when)
+            when = candidate.row.cleaned_at or candidate.row.changed_at
+            cleaned.append({"address_key": candidate.key, "email": candidate.address, "reason": "import",
+                            "source": CHANNEL, "created_at": when or now,
+                            "detail": f"cleaned in {context.format_label}" + (f" at {when.isoformat()}" if when else "")})
         elif reason is not None:
             _refuse(context, outcome, candidate.row, "suppressed", f"On the suppression list: {reason}")
         else:
             pending.append((candidate, _wanted(context, candidate.row, now)))
+    if cleaned and not context.dry_run:
+        # As suppressions.suppress() does it, for a batch: an entry put in force meanwhile is kept.
+        insert_ = postgresql.insert if context.postgresql else sqlite.insert
+        session.connection().execute(
+            insert_(Suppression.__table__)
+            .on_conflict_do_nothing(index_elements=["address_key"], index_where=text("lifted_at IS NULL")), cleaned)
 
     for _round in range(3):
         if not pending:
@@ -786,7 +820,7 @@ def _write(context: _Context, pending: list[tuple[_Candidate, _Wanted]], outcome
         names = {}
         for candidate, _wanted_ in new_readers:
             try:
-                names[candidate.address] = check_name(_cut(candidate.row.name, 400))
+                names[candidate.address] = _name(candidate.row.name)
             except ValueError:
                 names[candidate.address] = None  # a name we would not show; the address still counts
         inserted = _insert_readers(context, [(c.address, names[c.address]) for c, _ in new_readers], now)
