@@ -202,6 +202,7 @@ class ImportResult:
     counts: dict[str, Any]
     rows_done: int
     status: str
+    steps: dict[str, float] | None = None
     profile: str | None = None
 
     @property
@@ -234,6 +235,7 @@ def import_run(env: dict[str, str], path: Path, profile: bool) -> ImportResult:
             recorded = time.perf_counter()
             if profiler:
                 profiler.enable()
+            imports.STEP_SECONDS.clear()
             run = imports.execute(db.session, app.config, run.id)
             if profiler:
                 profiler.disable()
@@ -245,7 +247,7 @@ def import_run(env: dict[str, str], path: Path, profile: bool) -> ImportResult:
             pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats("newsletter/", 30)
             text = out.getvalue()
         result = ImportResult(recorded - began, executed - recorded, rss_before / 2**20, sampler.peak / 2**20,
-                              dict(run.counts), run.rows_done, run.status, text)
+                              dict(run.counts), run.rows_done, run.status, dict(imports.STEP_SECONDS), text)
         db.session.remove()
         db.engine.dispose()
     return result
@@ -339,12 +341,19 @@ def main(argv: list[str] | None = None) -> int:
         ["µs a row: checking the address", f"{split['address_us_per_row']:.1f}", "", ""],
         ["µs a row: the rest (deciding, database)", f"{database_us:.1f}", "", ""],
     ]
+    steps = dict(result.steps or {})
+    steps["read the file, the rest"] = result.execute_seconds - sum(steps.values())
+    step_rows = [[step, f"{seconds:.1f}", f"{seconds / result.rows_done * 1e6:.1f}",
+                  f"{100 * seconds / result.execute_seconds:.0f}%"]
+                 for step, seconds in sorted(steps.items(), key=lambda item: -item[1])]
     settings = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": options.rows,
                 "cores": os.cpu_count(), "machine_busy_before_percent": round(busy_before),
                 "python": sys.version.split()[0]}
     print(", ".join(f"{key} {value}" for key, value in settings.items()))
     print()
     print(format_table(["figure", "value", "target", ""], rows))
+    print()
+    print(format_table(["import step", "seconds", "µs a row", "share"], step_rows))
     print()
     print("counts: " + json.dumps(counts))
     print("stored: " + json.dumps(stored))
@@ -360,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             "figures": {"import_rows_per_s": round(import_rate), "copy_rows_per_s": round(copy_rate),
                         "ratio_to_copy": round(ratio, 3), "record_seconds": round(result.record_seconds, 2),
                         "execute_seconds": round(result.execute_seconds, 2), "rss_growth_mib": round(growth, 1),
-                        "us_per_row": round(per_row_us, 2), **{k: round(v, 2) for k, v in split.items()}},
+                        "us_per_row": round(per_row_us, 2), "steps_seconds": {k: round(v, 2) for k, v in steps.items()}, **{k: round(v, 2) for k, v in split.items()}},
         }, indent=2) + "\n")
         log(f"wrote {out}")
     return 1 if problems else 0
