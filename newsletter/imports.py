@@ -35,6 +35,8 @@ last committed batch):
   (newer_state_here). A subscribed row never turns a confirmed subscription back to pending.
   No subscription yet: `new` (and the reader is created if need be; an existing reader's name is kept).
 - Every consent event has the source "import" and names the file and the run.
+- A row of our own export of all newsletters that is about another newsletter is refused
+  (other_newsletter): each newsletter is imported by a run of its own.
 
 A dry run decides the same and writes nothing but the run's counts and refusals. A real run deletes
 its stored upload (a file in NEWSLETTER_IMPORT_DIR) when it ends; a CLI run reads the named file in place.
@@ -42,6 +44,14 @@ its stored upload (a file in NEWSLETTER_IMPORT_DIR) when it ends; a CLI run read
 Concurrency: readers and subscriptions are inserted with ON CONFLICT DO NOTHING and re-read when a
 live signup created them first; on PostgreSQL a batch locks the readers and subscriptions it reads
 (readers first, in address order, as signups do), and a batch that meets a deadlock is run again.
+
+Speed (bench/import.py): no ORM object per row; a batch reads its readers, subscriptions and
+suppression entries with one array parameter each, inserts readers and subscriptions with one
+INSERT … SELECT FROM unnest(arrays) each and COPYs its consent events and refusals (PostgreSQL);
+its commit does not wait for the disk (synchronous_commit off), as a batch lost in a crash is lost
+together with the run's progress and is done again on resume. The duplicate check keeps 16 bytes
+an address (a 128-bit BLAKE2b hash; two distinct addresses collide with odds of about 1 in 10^26
+for a million rows), so memory stays flat: about 32 MB for a million rows.
 """
 
 from __future__ import annotations
@@ -159,11 +169,13 @@ def record_upload(session: Session, config: Mapping[str, Any], *, source: Path, 
         with os.fdopen(fd, "wb") as target, source.open("rb") as original:
             shutil.copyfileobj(original, target, 1 << 20)
         source.unlink(missing_ok=True)
+    # The upload's own size and hash; for a zip, the name of each CSV in it.
+    files: list[dict[str, Any]] = [{"name": _clean(name)[:255]} for name in detected.files]
+    if len(files) <= 1:
+        files = [{"name": _clean(file_name)[:255], "size": size, "sha256": sha256}]
     run = ImportRun(channel=channel, admin_id=admin_id, newsletter_id=newsletter.id, file_name=_clean(file_name)[:255],
-                    files=[{"name": name} for name in detected.files] or [{"name": file_name}],
-                    file_sha256=sha256, file_size=size, stored_path=str(stored.resolve()), format=detected.format,
+                    files=files, file_sha256=sha256, file_size=size, stored_path=str(stored.resolve()), format=detected.format,
                     unconfirmed=unconfirmed, dry_run=dry_run, status="uploaded", rows_done=0, counts=empty_counts())
-    run.files[0].update(size=size, sha256=sha256) if len(run.files) == 1 else None
     session.add(run)
     session.flush()
     return run
@@ -531,7 +543,7 @@ def _name(name: str | None) -> str | None:
         if len(name) > 200:
             raise ValueError("too long")
         return name or None
-    return check_name(_cut(name, 400))
+    return check_name(name)
 
 
 def _remember(context: _Context, row: SourceRow) -> None:
