@@ -188,6 +188,8 @@ MAILCHIMP_SYSTEM = (
     "TAGS", "UNSUB_TIME", "UNSUB_CAMPAIGN_TITLE", "UNSUB_CAMPAIGN_ID", "UNSUB_REASON", "UNSUB_REASON_OTHER",
     "CLEAN_TIME", "CLEAN_CAMPAIGN_TITLE", "CLEAN_CAMPAIGN_ID",
 )
+_MAILCHIMP_USED = frozenset(("OPTIN_TIME", "OPTIN_IP", "CONFIRM_TIME", "CONFIRM_IP", "LAST_CHANGED", "UNSUB_TIME",
+                             "CLEAN_TIME"))
 _MAILCHIMP_MARKERS = frozenset(("MEMBER_RATING", "OPTIN_TIME", "CONFIRM_TIME", "LAST_CHANGED", "LEID", "EUID"))
 # The default "First Name" / "Last Name" fields in the languages Mailchimp exports, lower-cased.
 _FIRST_NAMES = frozenset(("first name", "vorname", "prénom", "nombre", "nome", "voornaam", "imię", "förnamn",
@@ -449,8 +451,7 @@ def _mailchimp_layout(header: _Header, lower: list[str]) -> _Layout:
     # only the columns from MEMBER_RATING on count, and where a name is repeated, the last.
     own_from = cells.index("MEMBER_RATING") if "MEMBER_RATING" in cells else index["email"] + 1
     for position, cell in enumerate(cells):
-        if position >= own_from and cell in ("OPTIN_TIME", "OPTIN_IP", "CONFIRM_TIME", "CONFIRM_IP", "LAST_CHANGED", "UNSUB_TIME",
-                    "CLEAN_TIME"):
+        if position >= own_from and cell in _MAILCHIMP_USED:
             index[cell.lower()] = position
     kind = "cleaned" if "clean_time" in index else "unsubscribed" if "unsub_time" in index else "subscribed"
     return _finish(header, "mailchimp", index, kind)
@@ -528,7 +529,9 @@ def _read_file(opened: Callable[[], AbstractContextManager[IO[bytes]]], layout: 
                     break
                 except csv.Error as error:
                     end = reader.line_num
-                    yield _bad_row(file, start, [], f"This row can't be read as CSV ({error}).", layout)
+                    problem = (f"This row has a cell longer than {csv.field_size_limit() // 1024} kB."
+                               if "field limit" in str(error) else f"This row can't be read as CSV ({error}).")
+                    yield _bad_row(file, start, [], problem, layout)
                     continue
                 end = reader.line_num
                 if len(row) != width:

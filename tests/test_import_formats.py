@@ -3,7 +3,6 @@ our own export read back; and files that are empty, binary, in another encoding,
 
 from __future__ import annotations
 
-import csv
 import io
 import shutil
 import subprocess
@@ -308,6 +307,8 @@ BAD_ROWS = [  # the row as bytes (after a Mailchimp header), the problem it gets
     (mailchimp_row("surrogate@example.com").encode().replace(b"Ann", b"A\xed\xa0\x80nn"),
      "This row holds a NUL byte or bytes that are not UTF-8."),
     (mailchimp_row("n\x00ul@example.com").encode(), "This row holds a NUL byte or bytes that are not UTF-8."),
+    (mailchimp_row("huge@example.com", first='"' + "x" * 200_000 + '"').encode(),
+     "This row has a cell longer than 128 kB."),
 ]
 
 
