@@ -37,7 +37,8 @@ Mailchimp (audience export: a zip of subscribed_members_export_*.csv, unsubscrib
   header has that column is that kind of file, so a row in it is that even with the time left
   blank); otherwise "subscribed" when it has an OPTIN_TIME or a CONFIRM_TIME (proof of opt-in) and
   "unconfirmed" when it has neither. Opt-in and confirmation times and IPs carry over whatever the
-  status; LAST_CHANGED is `changed_at`.
+  status; LAST_CHANGED is `changed_at` (without it: the clean, unsubscribe, confirmation or opt-in
+  time, the first the row has).
 - Times are "YYYY-MM-DD HH:MM:SS" without a zone, read as UTC: Mailchimp keeps and exports them in
   GMT (its export API, which the documentation calls "very similar to exporting via the web
   interface", takes and gives "a GMT timestamp in YYYY-MM-DD HH:mm:ss format",
@@ -71,7 +72,7 @@ Our own export (newsletter/exports.py)
   that would start with = + - @ TAB or CR was written with a ' in front (spreadsheet_safe): that ' is
   taken off again, so an export imports back unchanged — but for a cell that itself starts with ' and
   then one of those characters ("'=x"): the export leaves it as it is, and it reads back as "=x".
-- confirmed → "subscribed" (optin_time = subscribed_at, confirm_time = confirmed_at); pending →
+- confirmed → "subscribed" (optin_time = subscribed_at, confirm_time = changed_at = confirmed_at); pending →
   "unconfirmed" (changed_at = subscribed_at); unsubscribed → "unsubscribed" (the times carry over,
   the export has no time of the unsubscribe). An export of all newsletters has a `newsletter`
   column: each row's slug is in `SourceRow.newsletter`.
@@ -85,6 +86,7 @@ import codecs
 import csv
 import io
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -543,7 +545,7 @@ def _read_file(opened: Callable[[], AbstractContextManager[IO[bytes]]], layout: 
                 if not row[email_at] and not any(cell.strip() for cell in row):
                     continue  # a spreadsheet's empty row: ,,,,
                 yield convert(file, start, row)
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
         raise FormatError(f"{file}: the file stopped being readable part way through ({error}): upload it "
                           "again.") from None
 
@@ -633,6 +635,8 @@ def _mailchimp_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow
             cleaned = _utc(row[clean_at], "CLEAN_TIME") if clean_at is not None else None
         except _BadTime as error:
             return _row(file=file, line=line, email=email, name=name, status=kind, problem=str(error))
+        if changed is None:  # no LAST_CHANGED: the latest time the row has
+            changed = cleaned or unsubscribed or confirm or optin
         if cleaned is not None or kind == "cleaned":
             status = "cleaned"
         elif unsubscribed is not None or kind == "unsubscribed":
@@ -659,7 +663,7 @@ def _listmonk_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow]
         name = _optional(row[name_at]) if name_at is not None else None
         if _unreadable(email + (name or "")):
             return _row(file=file, line=line, email=_clean(email), name=None, status="unconfirmed",
-                             problem=UNREADABLE)
+                        problem=UNREADABLE)
         status_text = row[status_at].strip().lower()
         subscription = row[subscription_at].strip().lower() if subscription_at is not None else ""
         problem = None
@@ -678,12 +682,12 @@ def _listmonk_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow]
                                   f"{', '.join(LISTMONK_SUBSCRIPTION_STATUSES)}.")
         if status_text != "enabled" or subscription == "unsubscribed":
             return _row(file=file, line=line, email=email, name=name, status="unsubscribed",
-                             changed_at=updated, unsubscribed_at=updated, problem=problem)
+                        changed_at=updated, unsubscribed_at=updated, problem=problem)
         if subscription == "confirmed":
             return _row(file=file, line=line, email=email, name=name, status="subscribed", optin_time=created,
-                             confirm_time=created, changed_at=updated, problem=problem)
+                        confirm_time=created, changed_at=updated, problem=problem)
         return _row(file=file, line=line, email=email, name=name, status="unconfirmed", changed_at=updated,
-                         problem=problem)
+                    problem=problem)
 
     return convert
 
@@ -708,27 +712,27 @@ def _our_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow]:
         newsletter = _optional(row[newsletter_at]) if newsletter_at is not None else None
         if _unreadable(email + (name or "") + (newsletter or "")):
             return _row(file=file, line=line, email=_clean(email), name=None, status="unconfirmed",
-                             problem=UNREADABLE)
+                        problem=UNREADABLE)
         try:
             subscribed = _utc(row[subscribed_at], "subscribed_at") if subscribed_at is not None else None
             confirmed = _utc(row[confirmed_at], "confirmed_at") if confirmed_at is not None else None
         except _BadTime as error:
             return _row(file=file, line=line, email=email, name=name, status="unconfirmed", problem=str(error),
-                             newsletter=newsletter)
+                        newsletter=newsletter)
         status_text = row[status_at].strip().lower() if status_at is not None else ""
         if not status_text:
             status_text = "confirmed" if confirmed is not None else "pending"
         if status_text == "confirmed":
             return _row(file=file, line=line, email=email, name=name, status="subscribed", optin_time=subscribed,
-                             confirm_time=confirmed, newsletter=newsletter)
+                        confirm_time=confirmed, changed_at=confirmed or subscribed, newsletter=newsletter)
         if status_text == "pending":
             return _row(file=file, line=line, email=email, name=name, status="unconfirmed",
-                             changed_at=subscribed, newsletter=newsletter)
+                        changed_at=subscribed, newsletter=newsletter)
         if status_text == "unsubscribed":
             return _row(file=file, line=line, email=email, name=name, status="unsubscribed",
-                             optin_time=subscribed, confirm_time=confirmed, newsletter=newsletter)
+                        optin_time=subscribed, confirm_time=confirmed, newsletter=newsletter)
         return _row(file=file, line=line, email=email, name=name, status="unconfirmed", newsletter=newsletter,
-                         problem=f"Unknown status {_clean(status_text)[:30]!r}: expected "
+                    problem=f"Unknown status {_clean(status_text)[:30]!r}: expected "
                                  f"{', '.join(OUR_STATUSES)}.")
 
     return convert

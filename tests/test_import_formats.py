@@ -77,6 +77,7 @@ def test_mailchimp_unsubscribed_and_cleaned_exports():
     assert left.unsubscribed_at == datetime(2021, 6, 30, 7, 15, tzinfo=UTC)
     assert left.optin_time == datetime(2019, 3, 11, 17, 33, 27, tzinfo=UTC)  # the history carries over
     assert (quiet.status, quiet.name, quiet.line) == ("unsubscribed", None, 3)
+    assert quiet.changed_at == quiet.unsubscribed_at  # no LAST_CHANGED in the file: the latest time it has
 
     detected, (bounced,) = rows(DATA / CLEANED)
     assert detected.columns["cleaned_at"] == "CLEAN_TIME"
@@ -234,7 +235,7 @@ def test_our_own_export_reads_back_unchanged(app, runner, tmp_path):
             name = "=already quoted"
         assert (row.name, row.status, row.newsletter) == (name, EXPECTED_STATUS[status], None)
         if status == "confirmed":
-            assert (row.optin_time, row.confirm_time) == (created, confirmed)
+            assert (row.optin_time, row.confirm_time, row.changed_at) == (created, confirmed, confirmed)
         elif status == "pending":
             assert (row.optin_time, row.confirm_time, row.changed_at) == (None, None, created)
         else:
