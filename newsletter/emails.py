@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from email import policy
 from email.parser import BytesParser
 from email.utils import parseaddr
@@ -141,9 +142,12 @@ def enqueue_confirmation(session: Session, reader: Reader, newsletters: list[New
     outbox.enqueue(session, **confirmation(reader, newsletters, config))
 
 
-def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[str, Any]) -> dict[str, Any]:
-    """The confirmation email as outbox.message_row's arguments."""
-    link = external_url("public.confirm", token=tokens.confirm_token(reader.id, [n.id for n in newsletters]))
+def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[str, Any],
+                 sent_at: datetime | None = None) -> dict[str, Any]:
+    """The confirmation email as outbox.message_row's arguments; `sent_at` when it leaves later than now."""
+    ids = [n.id for n in newsletters]
+    token = tokens.confirm_token(reader.id, ids) if sent_at is None else tokens.confirm_token(reader.id, ids, sent_at)
+    link = external_url("public.confirm", token=token)
     days = max(1, config["NEWSLETTER_CONFIRM_MAX_AGE"] // 86400)
     subject, text, html = _render("confirm", newsletters, days, reader.name, link=link)
     return {

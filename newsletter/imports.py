@@ -23,7 +23,9 @@ last committed batch):
                                      time and IP and a confirmed event at the confirmation time and IP;
     unconfirmed, --unconfirmed ask       -> pending now, and a confirmation email scheduled at
                                      NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR (kind import_confirmation,
-                                     next_attempt_at spaced after the last one already scheduled);
+                                     next_attempt_at spaced after the last one already scheduled), its
+                                     link stamped with that time so that it lasts NEWSLETTER_CONFIRM_MAX_AGE
+                                     from when the email leaves (tokens.sign_at);
     unconfirmed, --unconfirmed confirmed -> confirmed, its event saying "imported without proof of
                                      confirmation";
     unconfirmed, --unconfirmed skip      -> refused (unconfirmed_skipped);
@@ -1029,7 +1031,8 @@ def _queue_confirmations(context: _Context, confirmations: list[tuple[int, _Cand
     messages, sent = [], []
     for reader_id, candidate in confirmations:
         reader = snapshot(Reader, {"id": reader_id, "email": candidate.address, "name": None})
-        message = outbox.message_row(**{**emails.confirmation(reader, [newsletter], config),
+        # The link's validity (NEWSLETTER_CONFIRM_MAX_AGE) counts from when the email leaves, days later maybe.
+        message = outbox.message_row(**{**emails.confirmation(reader, [newsletter], config, sent_at=due),
                                         "kind": CONFIRMATION_KIND})
         message["next_attempt_at"] = due
         messages.append(message)

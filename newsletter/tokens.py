@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from flask import current_app
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 CONFIRM = "newsletter.confirm"
 UNSUBSCRIBE = "newsletter.unsubscribe"
@@ -47,6 +47,29 @@ def sign(purpose: str, payload: dict[str, Any]) -> str:
     return _serializer(purpose).dumps(payload)
 
 
+class _SignedAtSigner(TimestampSigner):
+    """A signer that stamps a given time instead of the present one."""
+
+    def __init__(self, *args: Any, stamp: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stamp = stamp
+
+    def get_timestamp(self) -> int:
+        return self._stamp
+
+
+def sign_at(purpose: str, payload: dict[str, Any], issued_at: datetime) -> str:
+    """sign(), stamped with `issued_at` instead of now: for an email that leaves later (imports' confirmations).
+
+    The link then counts its validity from when the email is sent, and doesn't work before.
+    """
+    config = current_app.config
+    keys = [*reversed(config["SECRET_KEY_FALLBACKS"]), config["SECRET_KEY"]]
+    serializer = URLSafeTimedSerializer(keys, salt=purpose, signer=_SignedAtSigner,
+                                        signer_kwargs={"stamp": int(issued_at.timestamp())})
+    return serializer.dumps(payload)
+
+
 def verify(purpose: str, token: str, max_age: int | None = None) -> Signed:
     """The payload of a token made for `purpose`, or InvalidToken / ExpiredToken."""
     try:
@@ -60,8 +83,9 @@ def verify(purpose: str, token: str, max_age: int | None = None) -> Signed:
     return Signed(payload, issued_at)
 
 
-def confirm_token(reader_id: int, newsletter_ids: list[int]) -> str:
-    return sign(CONFIRM, {"r": reader_id, "n": sorted(newsletter_ids)})
+def confirm_token(reader_id: int, newsletter_ids: list[int], issued_at: datetime | None = None) -> str:
+    payload = {"r": reader_id, "n": sorted(newsletter_ids)}
+    return sign(CONFIRM, payload) if issued_at is None else sign_at(CONFIRM, payload, issued_at)
 
 
 def unsubscribe_token(reader_id: int, newsletter_id: int) -> str:

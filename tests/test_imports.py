@@ -487,3 +487,20 @@ def test_a_killed_import_process_is_resumed_by_claim_next(app, tmp_path):
     assert done.counts["new"] == 20000 and done.counts["refused"] == {"duplicate_in_file": 1}
     assert query(app, "SELECT count(*) FROM readers")[0][0] == 20000
     assert query(app, "SELECT count(*) FROM consent_events")[0][0] == 40000
+
+
+def test_a_confirmation_sent_days_later_counts_its_link_from_then(app, clock):
+    from newsletter import tokens
+
+    later = utcnow() + timedelta(days=10)
+    with app.app_context():
+        token = tokens.confirm_token(1, [2], issued_at=later)
+        max_age = app.config["NEWSLETTER_CONFIRM_MAX_AGE"]
+        with pytest.raises(tokens.ExpiredToken):
+            tokens.verify(tokens.CONFIRM, token, max_age=max_age)  # not before the email leaves
+        clock.advance(timedelta(days=10, hours=1).total_seconds())
+        signed = tokens.verify(tokens.CONFIRM, token, max_age=max_age)
+        assert signed.payload == {"r": 1, "n": [2]} and abs((signed.issued_at - later).total_seconds()) < 1
+        clock.advance(timedelta(days=7).total_seconds())
+        with pytest.raises(tokens.ExpiredToken):
+            tokens.verify(tokens.CONFIRM, token, max_age=max_age)
