@@ -41,12 +41,24 @@ import threading
 import time
 import zipfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from signup import (PROJECT_DIR, _admin_execute, add_database_options, add_output_options, app_environment, environ,
-                    format_table, fresh_database, log, machine_busy_percent, new_parser, newsletter_cli)
+from signup import (
+    PROJECT_DIR,
+    _admin_execute,
+    add_database_options,
+    add_output_options,
+    app_environment,
+    environ,
+    format_table,
+    fresh_database,
+    log,
+    machine_busy_percent,
+    new_parser,
+    newsletter_cli,
+)
 
 SLUG = "daily"
 HEADER = ["Email Address", "First Name", "Last Name", "MEMBER_RATING", "OPTIN_TIME", "OPTIN_IP", "CONFIRM_TIME",
@@ -111,7 +123,7 @@ def address_of(i: int) -> str:
 def write_export(directory: Path, rows: int) -> tuple[Path, list[str], dict[str, int]]:
     """The zip, every address in file order (for COPY), and how many rows each list holds."""
     rng = random.Random(10)
-    base = datetime(2019, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2019, 1, 1, tzinfo=UTC)
     files = {kind: io.StringIO() for kind in ("subscribed", "unsubscribed", "cleaned")}
     writers = {kind: csv.writer(buffer, lineterminator="\n") for kind, buffer in files.items()}
     for kind, writer in writers.items():
@@ -187,7 +199,7 @@ class RssSampler:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.now())
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> RssSampler:  # noqa: PYI034 (a final class)
         self._thread.start()
         return self
 
@@ -215,14 +227,14 @@ class ImportResult:
 
 
 FLOOR = [
-    ("readers", "INSERT INTO readers (email, name, created_at) SELECT 'floor' || i || '@example.org', "
-                "'Reader ' || i, now() FROM generate_series(1, {rows}) AS i"),
-    ("subscriptions", "INSERT INTO subscriptions (reader_id, newsletter_id, status, created_at, pending_since, "
-                      "confirmed_at) SELECT id, {newsletter}, 'confirmed', now(), now(), now() FROM readers"),
+    ("readers", ("INSERT INTO readers (email, name, created_at) SELECT 'floor' || i || '@example.org', "
+                 "'Reader ' || i, now() FROM generate_series(1, {rows}) AS i")),
+    ("subscriptions", ("INSERT INTO subscriptions (reader_id, newsletter_id, status, created_at, pending_since, "
+                       "confirmed_at) SELECT id, {newsletter}, 'confirmed', now(), now(), now() FROM readers")),
     ("consent events (2 a row)",
-     "INSERT INTO consent_events (reader_id, newsletter_id, action, occurred_at, source, ip_address, wording) "
-     "SELECT id, {newsletter}, action, now(), 'import', '203.0.113.1', 'Imported from members.csv (Mailchimp "
-     "export, import #1)' FROM readers, (VALUES ('signup_requested'), ('confirmed')) AS actions (action)"),
+     ("INSERT INTO consent_events (reader_id, newsletter_id, action, occurred_at, source, ip_address, wording) "
+      "SELECT id, {newsletter}, action, now(), 'import', '203.0.113.1', 'Imported from members.csv (Mailchimp "
+      "export, import #1)' FROM readers, (VALUES ('signup_requested'), ('confirmed')) AS actions (action)")),
 ]
 
 
@@ -394,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     step_rows += [[step, f"{seconds:.1f}", f"{seconds / result.rows_done * 1e6:.1f}",
                   f"{100 * seconds / result.execute_seconds:.0f}%"]
                  for step, seconds in sorted(steps.items(), key=lambda item: -item[1])]
-    settings = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": options.rows,
+    settings = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "rows": options.rows,
                 "cores": os.cpu_count(), "machine_busy_before_percent": round(busy_before),
                 "python": sys.version.split()[0]}
     print(", ".join(f"{key} {value}" for key, value in settings.items()))

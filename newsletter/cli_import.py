@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -68,24 +69,15 @@ def import_command(files: tuple[str, ...], slug: str, fmt: str, dry_run: bool, u
             click.echo(f"  {column!r} -> {field_name}")
         if shown.ignored:
             click.echo(f"  ignored columns: {', '.join(shown.ignored)}")
-        began = last = time.monotonic()
+        began = time.monotonic()
 
-        def progress(current: ImportRun) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if now - last >= PROGRESS_EVERY:
-                last = now
-                rate = current.rows_done / max(now - began, 1e-6)
-                click.echo(f"  {current.rows_done:,} rows ({rate:,.0f} rows/s)", err=True)
-
-        run = imports.execute(session, current_app.config, run_id, on_progress=progress)
+        run = imports.execute(session, current_app.config, run_id, on_progress=_progress_printer(began))
         _summary(run, time.monotonic() - began)
         if refusals_out is not None:
             target = refusals_out if len(files) == 1 else _numbered(refusals_out, run_id)
             try:
                 with open(target, "wb") as file:
-                    for chunk in imports.refusals_csv(session, run_id):
-                        file.write(chunk)
+                    file.writelines(imports.refusals_csv(session, run_id))
             except OSError as error:
                 raise click.ClickException(f"Can't write the refused rows to {target}: "
                                            f"{error.strerror or error}.") from None
@@ -97,6 +89,21 @@ def import_command(files: tuple[str, ...], slug: str, fmt: str, dry_run: bool, u
     session.remove()
     if failed:
         sys.exit(1)
+
+
+def _progress_printer(began: float) -> Callable[[ImportRun], None]:
+    """Prints the rows done and the rate to stderr, at most every PROGRESS_EVERY seconds."""
+    last = began
+
+    def progress(current: ImportRun) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY:
+            last = now
+            rate = current.rows_done / max(now - began, 1e-6)
+            click.echo(f"  {current.rows_done:,} rows ({rate:,.0f} rows/s)", err=True)
+
+    return progress
 
 
 def _numbered(path: str, run_id: int) -> str:

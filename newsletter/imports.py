@@ -88,8 +88,18 @@ from . import addresses, emails, import_formats, outbox, suppressions
 from .exports import FORMULA_STARTS
 from .import_formats import FormatError, SourceRow
 from .locale import N_
-from .models import (ConsentEvent, ImportRefusal, ImportRun, Newsletter, OutboxMessage, Reader, Subscription,
-                     Suppression, snapshot, utcnow)
+from .models import (
+    ConsentEvent,
+    ImportRefusal,
+    ImportRun,
+    Newsletter,
+    OutboxMessage,
+    Reader,
+    Subscription,
+    Suppression,
+    snapshot,
+    utcnow,
+)
 from .subscriptions import check_name
 
 log = logging.getLogger(__name__)
@@ -952,9 +962,9 @@ def _insert_rows(context: _Context, table: Any, columns: tuple[str, ...], rows: 
 # array parameter element by element (a timestamp costs ~15 µs); COPY writes a row in a few µs.
 _STAGING = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS import_new_readers (email text, name text) ON COMMIT DELETE ROWS",
-    "CREATE TEMPORARY TABLE IF NOT EXISTS import_new_subscriptions (reader_id integer, status text, "
-    "created_at timestamptz, pending_since timestamptz, confirmed_at timestamptz, unsubscribed_at timestamptz) "
-    "ON COMMIT DELETE ROWS",
+    ("CREATE TEMPORARY TABLE IF NOT EXISTS import_new_subscriptions (reader_id integer, status text, "
+     "created_at timestamptz, pending_since timestamptz, confirmed_at timestamptz, unsubscribed_at timestamptz) "
+     "ON COMMIT DELETE ROWS"),
 )
 
 

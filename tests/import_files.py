@@ -7,7 +7,7 @@ name) and is used only if import_formats.detect is not implemented yet.
 from __future__ import annotations
 
 import csv
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -41,7 +41,7 @@ def write_members(path: Path, rows: list[dict[str, str]], kind: str = "subscribe
 
 
 def _time(text: str) -> datetime | None:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc) if text else None
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC) if text else None
 
 
 def _detect(path: Path, requested: str = "auto", *, name: str | None = None) -> Detected:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import string
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
-from email_validator import EmailNotValidError, validate_email
 
 from newsletter import addresses, imports, subscriptions, suppressions
 from newsletter.extensions import db
@@ -67,7 +67,7 @@ def test_consent_carries_over_with_times_and_ips(app, tmp_path):
         ("signup_requested", "2023-03-01 10:00:00", "import", "198.51.100.7"),
         ("confirmed", "2023-03-01 10:05:00", "import", "198.51.100.8"),
     ]
-    assert all(f"subscribed_members_export_1a2b.csv" in e.wording and f"import #{run.id}" in e.wording
+    assert all("subscribed_members_export_1a2b.csv" in e.wording and f"import #{run.id}" in e.wording
                for e in events)
 
 
@@ -102,7 +102,7 @@ def test_ask_queues_spaced_confirmations_that_arrive_and_confirm(app, tmp_path, 
     assert run.counts["confirmations_queued"] == 3 and run.counts["new"] == 3
     due = due_times(app)
     assert len(due) == 3
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(due, due[1:])]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(due)]
     assert gaps == [60.0, 60.0]
     # A second import continues after the last one scheduled.
     second = write_members(tmp_path / "more.csv", [member("ask9@example.com")])
