@@ -59,6 +59,7 @@ for a million rows), so memory stays flat: about 32 MB for a million rows.
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import hmac
 import io
@@ -499,6 +500,9 @@ def execute(session: Session, config: Mapping[str, Any], run_id: int, *, batch_r
                        format_label=FORMAT_LABELS.get(run.format or "", run.format or "the file"),
                        key_of=_key_function(config), seen=_SeenAddresses(),
                        heartbeat=heartbeat, rows_done=run.rows_done, counts=counts)
+    # The objects alive now (the app, its modules) are not garbage: the cyclic collector's full passes
+    # would walk them all again and again as batches come and go.
+    gc.freeze()
     try:
         batch: list[SourceRow] = []
         for number, row in enumerate(rows):
@@ -522,6 +526,8 @@ def execute(session: Session, config: Mapping[str, Any], run_id: int, *, batch_r
     except _Superseded:
         session.rollback()
         return session.get(ImportRun, run_id, populate_existing=True)  # type: ignore[return-value]
+    finally:
+        gc.unfreeze()
     finished = session.execute(
         update(ImportRun).where(ImportRun.id == run_id, ImportRun.heartbeat_at == context.heartbeat)
         .values(status="finished", finished_at=utcnow(), rows_total=context.rows_done,
