@@ -249,7 +249,10 @@ def queue(session: Session, run: ImportRun, *, dry_run: bool, unconfirmed: str) 
 
 
 def claim_next(session: Session, *, stale_after: timedelta) -> ImportRun | None:
-    """A queued run, or a running one whose process stopped beating, marked running by us; None if none."""
+    """A queued run, or a running one whose process stopped beating, marked running by us; None if none.
+
+    It commits (the claim must be seen by other workers at once); then call execute() with the run's id.
+    """
     now = utcnow()
     for _attempt in range(5):
         candidate = session.execute(
