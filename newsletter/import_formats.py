@@ -111,7 +111,7 @@ class FormatError(ValueError):
     """The file can't be imported as a whole; str() says what is wrong, in words an editor understands."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SourceRow:
     """One reader as a file states it, before any checking of the address."""
 
@@ -136,36 +136,6 @@ class SourceRow:
     newsletter: str | None = None
 
 
-# A frozen dataclass's __init__ sets each field through object.__setattr__, which costs more than the
-# csv module's reading of the row: a million rows took seconds longer. _row makes the same SourceRow
-# (same fields, same defaults; see test_fast_rows_equal_plain_ones) by setting the slots directly.
-_new_row = object.__new__
-(_set_file, _set_line, _set_email, _set_name, _set_status, _set_optin_time, _set_optin_ip, _set_confirm_time,
- _set_confirm_ip, _set_changed_at, _set_unsubscribed_at, _set_cleaned_at, _set_problem, _set_newsletter) = (
-    SourceRow.__dict__[name].__set__ for name in SourceRow.__slots__)
-
-
-def _row(file: str, line: int, email: str, name: str | None, status: str, optin_time: datetime | None = None,
-         optin_ip: str | None = None, confirm_time: datetime | None = None, confirm_ip: str | None = None,
-         changed_at: datetime | None = None, unsubscribed_at: datetime | None = None,
-         cleaned_at: datetime | None = None, problem: str | None = None, newsletter: str | None = None) -> SourceRow:
-    """SourceRow(...) made faster."""
-    row = _new_row(SourceRow)
-    _set_file(row, file)
-    _set_line(row, line)
-    _set_email(row, email)
-    _set_name(row, name)
-    _set_status(row, status)
-    _set_optin_time(row, optin_time)
-    _set_optin_ip(row, optin_ip)
-    _set_confirm_time(row, confirm_time)
-    _set_confirm_ip(row, confirm_ip)
-    _set_changed_at(row, changed_at)
-    _set_unsubscribed_at(row, unsubscribed_at)
-    _set_cleaned_at(row, cleaned_at)
-    _set_problem(row, problem)
-    _set_newsletter(row, newsletter)
-    return row
 
 
 @dataclass(frozen=True)
@@ -558,7 +528,7 @@ def _clean(text: str) -> str:
 def _bad_row(file: str, line: int, row: list[str], problem: str, layout: _Layout) -> SourceRow:
     position = layout.index.get("email")
     email = row[position].strip() if position is not None and position < len(row) else ""
-    return _row(file=file, line=line, email=_clean(email), name=None, status="unconfirmed", problem=problem)
+    return SourceRow(file=file, line=line, email=_clean(email), name=None, status="unconfirmed", problem=problem)
 
 
 class _BadTime(ValueError):
@@ -625,7 +595,7 @@ def _mailchimp_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow
         optin_ip = row[optin_ip_at].strip() if optin_ip_at is not None else ""
         confirm_ip = row[confirm_ip_at].strip() if confirm_ip_at is not None else ""
         if _unreadable(email + first + last + optin_ip + confirm_ip):
-            return _row(file=file, line=line, email=_clean(email), name=None, status=kind, problem=UNREADABLE)
+            return SourceRow(file=file, line=line, email=_clean(email), name=None, status=kind, problem=UNREADABLE)
         name = f"{first} {last}" if first and last else (first or last or None)
         try:
             optin = _utc(row[optin_at], "OPTIN_TIME") if optin_at is not None else None
@@ -634,7 +604,7 @@ def _mailchimp_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow
             unsubscribed = _utc(row[unsub_at], "UNSUB_TIME") if unsub_at is not None else None
             cleaned = _utc(row[clean_at], "CLEAN_TIME") if clean_at is not None else None
         except _BadTime as error:
-            return _row(file=file, line=line, email=email, name=name, status=kind, problem=str(error))
+            return SourceRow(file=file, line=line, email=email, name=name, status=kind, problem=str(error))
         if changed is None:  # no LAST_CHANGED: the latest time the row has
             changed = cleaned or unsubscribed or confirm or optin
         if cleaned is not None or kind == "cleaned":
@@ -643,7 +613,7 @@ def _mailchimp_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow
             status = "unsubscribed"
         else:
             status = "subscribed" if optin is not None or confirm is not None else "unconfirmed"
-        return _row(
+        return SourceRow(
             file=file, line=line, email=email, name=name, status=status, optin_time=optin,
             optin_ip=optin_ip or None, confirm_time=confirm, confirm_ip=confirm_ip or None, changed_at=changed,
             unsubscribed_at=unsubscribed, cleaned_at=cleaned,
@@ -662,7 +632,7 @@ def _listmonk_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow]
         email = row[email_at].strip()
         name = _optional(row[name_at]) if name_at is not None else None
         if _unreadable(email + (name or "")):
-            return _row(file=file, line=line, email=_clean(email), name=None, status="unconfirmed",
+            return SourceRow(file=file, line=line, email=_clean(email), name=None, status="unconfirmed",
                         problem=UNREADABLE)
         status_text = row[status_at].strip().lower()
         subscription = row[subscription_at].strip().lower() if subscription_at is not None else ""
@@ -676,17 +646,17 @@ def _listmonk_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow]
         if status_text not in LISTMONK_STATUSES:
             problem = problem or (f"Unknown listmonk status {_clean(status_text)[:30]!r}: expected "
                                   f"{', '.join(LISTMONK_STATUSES)}.")
-            return _row(file=file, line=line, email=email, name=name, status="unconfirmed", problem=problem)
+            return SourceRow(file=file, line=line, email=email, name=name, status="unconfirmed", problem=problem)
         if subscription and subscription not in LISTMONK_SUBSCRIPTION_STATUSES:
             problem = problem or (f"Unknown listmonk subscription status {_clean(subscription)[:30]!r}: expected "
                                   f"{', '.join(LISTMONK_SUBSCRIPTION_STATUSES)}.")
         if status_text != "enabled" or subscription == "unsubscribed":
-            return _row(file=file, line=line, email=email, name=name, status="unsubscribed",
+            return SourceRow(file=file, line=line, email=email, name=name, status="unsubscribed",
                         changed_at=updated, unsubscribed_at=updated, problem=problem)
         if subscription == "confirmed":
-            return _row(file=file, line=line, email=email, name=name, status="subscribed", optin_time=created,
+            return SourceRow(file=file, line=line, email=email, name=name, status="subscribed", optin_time=created,
                         confirm_time=created, changed_at=updated, problem=problem)
-        return _row(file=file, line=line, email=email, name=name, status="unconfirmed", changed_at=updated,
+        return SourceRow(file=file, line=line, email=email, name=name, status="unconfirmed", changed_at=updated,
                     problem=problem)
 
     return convert
@@ -711,27 +681,27 @@ def _our_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow]:
         name = (_unneutralized(row[name_at]) or None) if name_at is not None else None
         newsletter = _optional(row[newsletter_at]) if newsletter_at is not None else None
         if _unreadable(email + (name or "") + (newsletter or "")):
-            return _row(file=file, line=line, email=_clean(email), name=None, status="unconfirmed",
+            return SourceRow(file=file, line=line, email=_clean(email), name=None, status="unconfirmed",
                         problem=UNREADABLE)
         try:
             subscribed = _utc(row[subscribed_at], "subscribed_at") if subscribed_at is not None else None
             confirmed = _utc(row[confirmed_at], "confirmed_at") if confirmed_at is not None else None
         except _BadTime as error:
-            return _row(file=file, line=line, email=email, name=name, status="unconfirmed", problem=str(error),
+            return SourceRow(file=file, line=line, email=email, name=name, status="unconfirmed", problem=str(error),
                         newsletter=newsletter)
         status_text = row[status_at].strip().lower() if status_at is not None else ""
         if not status_text:
             status_text = "confirmed" if confirmed is not None else "pending"
         if status_text == "confirmed":
-            return _row(file=file, line=line, email=email, name=name, status="subscribed", optin_time=subscribed,
+            return SourceRow(file=file, line=line, email=email, name=name, status="subscribed", optin_time=subscribed,
                         confirm_time=confirmed, changed_at=confirmed or subscribed, newsletter=newsletter)
         if status_text == "pending":
-            return _row(file=file, line=line, email=email, name=name, status="unconfirmed",
+            return SourceRow(file=file, line=line, email=email, name=name, status="unconfirmed",
                         changed_at=subscribed, newsletter=newsletter)
         if status_text == "unsubscribed":
-            return _row(file=file, line=line, email=email, name=name, status="unsubscribed",
+            return SourceRow(file=file, line=line, email=email, name=name, status="unsubscribed",
                         optin_time=subscribed, confirm_time=confirmed, newsletter=newsletter)
-        return _row(file=file, line=line, email=email, name=name, status="unconfirmed", newsletter=newsletter,
+        return SourceRow(file=file, line=line, email=email, name=name, status="unconfirmed", newsletter=newsletter,
                     problem=f"Unknown status {_clean(status_text)[:30]!r}: expected "
                                  f"{', '.join(OUR_STATUSES)}.")
 

@@ -426,14 +426,6 @@ def test_a_requested_format_reads_a_file_auto_would_read_otherwise(tmp_path):
 # --- The rows themselves -------------------------------------------------------------------------
 
 
-def test_fast_rows_equal_plain_ones():
-    values = {item.name: f"value of {item.name}" for item in fields(SourceRow)}
-    assert import_formats._row(**values) == SourceRow(**values)
-    assert import_formats._row("f", 1, "e", None, "subscribed") == SourceRow("f", 1, "e", None, "subscribed")
-    with pytest.raises(AttributeError):
-        import_formats._row("f", 1, "e", None, "subscribed").email = "changed"  # type: ignore[misc]
-
-
 def test_every_row_status_is_one_the_import_knows():
     statuses = {row.status for name in (SUBSCRIBED, UNSUBSCRIBED, CLEANED, "listmonk_subscribers.csv")
                 for row in rows(DATA / name)[1]}
