@@ -19,6 +19,7 @@ from werkzeug.serving import WSGIRequestHandler
 from . import outages
 from .cli_admins import admins
 from .cli_export import export
+from .cli_import import import_command
 from .cli_outbox import outbox_group
 from .cli_privacy import purge_pending
 from .cli_tokens import tokens
@@ -66,6 +67,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(unsubscribe_mail)
     app.cli.add_command(admins)
     app.cli.add_command(export)
+    app.cli.add_command(import_command)
     app.cli.add_command(tokens)
     app.cli.add_command(purge_pending)
     app.cli.add_command(outbox_group)

@@ -1,0 +1,69 @@
+"""`newsletter import`: one recorded run per file, a summary, refusals as CSV, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import query
+from .import_files import member, readers_of_files, write_members  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.usefixtures("readers_of_files")
+OPTIN = "2023-03-01 10:00:00"
+
+
+def test_import_prints_the_mapping_and_summary_and_writes_refusals(runner, app, tmp_path):
+    path = write_members(tmp_path / "subscribed_members.csv", [
+        member("a@example.com", optin=OPTIN), member("b@example.com"), member("a@example.com", optin=OPTIN),
+        member("=bad")])
+    refusals = tmp_path / "refused.csv"
+    result = runner.invoke(args=["import", str(path), "--newsletter", "daily-briefing",
+                                 "--refusals-out", str(refusals)])
+    assert result.exit_code == 0, result.output
+    assert "Import #1: subscribed_members.csv as Mailchimp export into daily-briefing" in result.output
+    assert "'Email Address' -> email" in result.output
+    assert "2 new, 0 updated, 0 unchanged, 0 suppressed; 1 confirmation emails were queued." in result.output
+    assert "Refused 2 rows: duplicate_in_file 1, invalid_address 1" in result.output
+    assert "subscribed_members.csv line 4: 'a@example.com' duplicate_in_file" in result.output
+    lines = refusals.read_text().splitlines()
+    assert lines[0] == "file,line,email,reason,detail" and len(lines) == 3
+    assert lines[2].startswith("subscribed_members.csv,5,'=bad,invalid_address,")
+    assert query(app, "SELECT status, channel, dry_run FROM imports") == [("finished", "cli", False)]
+    assert query(app, "SELECT count(*) FROM readers")[0][0] == 2
+
+
+def test_dry_run_and_several_files(runner, app, tmp_path):
+    first = write_members(tmp_path / "one.csv", [member("a@example.com", optin=OPTIN)])
+    second = write_members(tmp_path / "unsubscribed_two.csv", [member("b@example.com", unsub=OPTIN)], "unsubscribed")
+    result = runner.invoke(args=["import", str(first), str(second), "--newsletter", "daily-briefing", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "Dry run #1: one.csv" in result.output and "Dry run #2: unsubscribed_two.csv" in result.output
+    assert "would be queued" in result.output
+    assert query(app, "SELECT count(*) FROM readers")[0][0] == 0
+    assert query(app, "SELECT count(*) FROM imports WHERE dry_run AND status = 'finished'")[0][0] == 2
+
+
+def test_unconfirmed_policy_option(runner, app, tmp_path):
+    path = write_members(tmp_path / "m.csv", [member("bare@example.com")])
+    result = runner.invoke(args=["import", str(path), "--newsletter", "daily-briefing", "--unconfirmed", "skip"])
+    assert result.exit_code == 0 and "unconfirmed_skipped 1" in result.output
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--newsletter", "nope"], "There is no newsletter called 'nope'"),
+    (["--newsletter", "daily-briefing", "--format", "excel"], "Invalid value for '--format'"),
+])
+def test_clear_errors(runner, app, tmp_path, arguments, message):
+    path = write_members(tmp_path / "m.csv", [member("a@example.com")])
+    result = runner.invoke(args=["import", str(path), *arguments])
+    assert result.exit_code != 0 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_and_unrecognized_files(runner, app, tmp_path):
+    result = runner.invoke(args=["import", str(tmp_path / "missing.csv"), "--newsletter", "daily-briefing"])
+    assert result.exit_code != 0 and "There is no file" in result.output
+    other = tmp_path / "notes.csv"
+    other.write_text("what,is,this\n1,2,3\n")
+    result = runner.invoke(args=["import", str(other), "--newsletter", "daily-briefing"])
+    assert result.exit_code == 1 and result.output.startswith("Error: notes.csv: ")
+    assert query(app, "SELECT count(*) FROM imports")[0][0] == 0
