@@ -36,7 +36,7 @@ SUBSCRIBED_CSV = "\r\n".join([
     mailchimp_row("ann@example.org", "Ann"),                 # line 2
     mailchimp_row("bob@example.org", "Bob"),                 # line 3
     mailchimp_row(FORMULA.replace('"', '""')),               # line 4: not an address
-    mailchimp_row("Ann@example.org", "Ann again"),           # line 5: ann once more
+    mailchimp_row("ann@Example.ORG", "Ann again"),           # line 5: ann once more
     mailchimp_row("carol@example.org", "Carol"),             # line 6
 ]).encode() + b"\r\n"
 FILE_NAME = "subscribed_members_export_4f2a.csv"
@@ -119,7 +119,7 @@ def test_upload_dry_run_import_and_the_record(app, editor):
     shown = editor.get(page)
     assert shown.status_code == 200
     text = html.unescape(shown.get_data(as_text=True))
-    assert "mailchimp" in text and FILE_NAME in text
+    assert "Format</dt><dd>Mailchimp export" in text and FILE_NAME in text
     # The mapping (their column, our field), the columns left aside, the first rows.
     assert "Email Address" in text and "LEID" in text and "not used" in text
     for email in ("ann@example.org", "bob@example.org", "carol@example.org", FORMULA):

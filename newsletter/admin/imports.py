@@ -64,8 +64,9 @@ def _newsletters() -> list[Newsletter]:
 
 def _upload_form() -> ImportForm:
     form = ImportForm()
+    # Archived newsletters take no new readers: not offered.
     form.newsletter.choices = [("", "Choose a newsletter")] + [
-        (item.slug, f"{item.name} ({item.slug})" + ("" if item.is_active else ", archived")) for item in _newsletters()]
+        (item.slug, f"{item.name} ({item.slug})") for item in _newsletters() if item.is_active]
     return form
 
 
@@ -154,7 +155,8 @@ def _run_page(run: ImportRun, form: RunForm, status: int = 200) -> tuple[str, in
         import_runner.kick(current_app._get_current_object())  # type: ignore[attr-defined]
     return render_template("admin/import.html", run=run, preview=preview, preview_problem=preview_problem,
                            form=form, by=admins.get(run.admin_id or 0), slug=slugs.get(run.newsletter_id or 0),
-                           reasons=imports.REFUSAL_REASONS, refresh=REFRESH_SECONDS), status
+                           reason_text=imports.reason_text, format_label=imports.FORMAT_LABELS.get(run.format or ""),
+                           refresh=REFRESH_SECONDS), status
 
 
 def _can_start(run: ImportRun) -> bool:
