@@ -286,3 +286,58 @@ def test_the_web_process_runs_an_import_in_the_background(app, admins, live_serv
     assert "Imported (" in answer.text, answer.text
     assert readers(app) == GOOD
     app.extensions["newsletter.imports"].join(10)
+
+
+def test_worker_once_runs_a_queued_import(app, editor, runner):
+    page = uploaded_run(editor)
+    assert start(editor, page, "import").status_code == 303
+    result = runner.invoke(args=["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "ran 1 import(s)" in result.output
+    assert readers(app) == GOOD
+    assert "Imported (" in editor.get(page).get_data(as_text=True)
+
+
+def test_the_policy_for_unconfirmed_rows_can_change_between_the_dry_run_and_the_import(app, editor):
+    unproven = SUBSCRIBED_CSV + mailchimp_row("dan@example.org", "Dan", optin="", confirm="").encode() + b"\r\n"
+    page = uploaded_run(editor, unproven)
+    assert start(editor, page, "dry-run", unconfirmed="ask").status_code == 303
+    run_queued(app)
+    [(counts,)] = query(app, "SELECT counts FROM imports")
+    counts = counts if isinstance(counts, dict) else __import__("json").loads(counts)
+    assert counts["confirmations_queued"] == 1 and counts["new"] == 4
+
+    assert start(editor, page, "import", unconfirmed="skip").status_code == 303
+    run_queued(app)
+    done = html.unescape(editor.get(page).get_data(as_text=True))
+    assert imports.REFUSAL_REASONS["unconfirmed_skipped"] in done
+    assert readers(app) == GOOD
+    assert query(app, "SELECT count(*) FROM outbox_messages")[0][0] == 0
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("C:/Users/ann/Desktop/list.csv", "list.csv"),
+    ("../../../etc/passwd.csv", "passwd.csv"),
+    ("список читачів.csv", "список читачів.csv"),
+])
+def test_the_browser_s_file_name_is_only_shown_never_a_path(app, editor, name, shown):
+    page = upload(editor, SUBSCRIBED_CSV, name).headers["Location"]
+    assert [row[0] for row in query(app, "SELECT file_name FROM imports")] == [shown]
+    [(stored,)] = query(app, "SELECT stored_path FROM imports")
+    assert stored.startswith(str(app.config["NEWSLETTER_IMPORT_DIR"])) or "imports" in stored
+    assert shown in html.unescape(editor.get(page).get_data(as_text=True))
+
+
+def test_unstorable_file_names_and_unknown_runs_are_clear_errors(app, editor):
+    assert upload(editor, SUBSCRIBED_CSV, "list\x00.csv").status_code == 422
+    # A name that is not UTF-8 (what a lone surrogate is on the wire), sent as a raw multipart body.
+    token = csrf_token(editor.get("/admin/imports").get_data(as_text=True)).encode()
+    parts = [(b'name="csrf_token"', token), (b'name="newsletter"', b"daily-briefing"), (b'name="format"', b"auto"),
+             (b'name="unconfirmed"', b"ask"), (b'name="file"; filename="list\xed\xa0\x80\xff.csv"', SUBSCRIBED_CSV)]
+    body = b"".join(b"--XyZ\r\nContent-Disposition: form-data; " + header + b"\r\n\r\n" + value + b"\r\n"
+                    for header, value in parts) + b"--XyZ--\r\n"
+    answer = editor.post("/admin/imports", data=body, content_type="multipart/form-data; boundary=XyZ")
+    assert answer.status_code == 400
+    assert query(app, "SELECT count(*) FROM imports")[0][0] == 0
+    for path in ("/admin/imports/999", "/admin/imports/99999999999999999999", "/admin/imports/999/refusals.csv"):
+        assert editor.get(path).status_code == 404

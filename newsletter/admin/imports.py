@@ -29,13 +29,26 @@ FORMAT_CHOICES = [
     SelectChoice("listmonk", "listmonk subscriber export"),
     SelectChoice("csv", "This service's own CSV export"),
 ]
-UNCONFIRMED_CHOICES = [
-    SelectChoice("ask", "Ask them: they stay pending and get a confirmation email, sent a few hundred an hour. "
-                        "Only those who confirm get the newsletter. (Recommended.)"),
-    SelectChoice("confirmed", "Subscribe them anyway: their history says they were imported without proof of "
-                              "confirmation. Only if you know they agreed."),
-    SelectChoice("skip", "Leave them out: they are not imported, and are listed among the refused rows."),
-]
+
+def unconfirmed_choices(per_hour: int) -> list[SelectChoice]:
+    """What may become of subscribed rows without proof of confirmation, each said plainly."""
+    return [
+        SelectChoice("ask", f"Ask them: they stay pending and get a confirmation email (at most {per_hour:,} are "
+                            "sent an hour, so that receiving servers don't take them for spam). Only those who "
+                            "confirm get the newsletter. (Recommended.)"),
+        SelectChoice("confirmed", "Subscribe them anyway: their history says they were imported without proof of "
+                                  "confirmation. Only if you know they agreed."),
+        SelectChoice("skip", "Leave them out: they are not imported, and are listed among the refused rows."),
+    ]
+
+
+# Our fields (import_formats.SourceRow's), as the mapping table names them.
+FIELD_LABELS = {
+    "email": "email address", "name": "name", "status": "status (subscribed, unsubscribed, cleaned)",
+    "optin_time": "opt-in time", "optin_ip": "opt-in IP address", "confirm_time": "confirmation time",
+    "confirm_ip": "confirmation IP address", "changed_at": "time of the last change",
+    "unsubscribed_at": "unsubscribe time", "cleaned_at": "time the address was cleaned (bounced)",
+}
 # While a run is queued or running, its page reloads itself this often (seconds): progress without JavaScript.
 REFRESH_SECONDS = 3
 
@@ -47,15 +60,20 @@ class ImportForm(FlaskForm):
                              description="Every subscribed row becomes a subscription to this newsletter.")
     format = RadioField("Format", choices=FORMAT_CHOICES, default="auto",
                         validators=[InputRequired("Choose a format.")])
-    unconfirmed = RadioField("Subscribed rows without proof of confirmation", choices=UNCONFIRMED_CHOICES,
-                             default="ask", validators=[InputRequired("Choose what to do with them.")])
+    unconfirmed = RadioField("Subscribed rows without proof of confirmation", default="ask",
+                             validators=[InputRequired("Choose what to do with them.")])
 
 
 class RunForm(FlaskForm):
     """The dry run and the import buttons, with the policy for unconfirmed rows (changeable after a dry run)."""
 
-    unconfirmed = RadioField("Subscribed rows without proof of confirmation", choices=UNCONFIRMED_CHOICES,
+    unconfirmed = RadioField("Subscribed rows without proof of confirmation",
                              validators=[InputRequired("Choose what to do with them.")])
+
+
+def _with_choices(form: ImportForm | RunForm) -> ImportForm | RunForm:
+    form.unconfirmed.choices = unconfirmed_choices(current_app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"])
+    return form
 
 
 def _newsletters() -> list[Newsletter]:
@@ -64,6 +82,7 @@ def _newsletters() -> list[Newsletter]:
 
 def _upload_form() -> ImportForm:
     form = ImportForm()
+    _with_choices(form)
     # Archived newsletters take no new readers: not offered.
     form.newsletter.choices = [("", "Choose a newsletter")] + [
         (item.slug, f"{item.name} ({item.slug})") for item in _newsletters() if item.is_active]
@@ -156,7 +175,7 @@ def _run_page(run: ImportRun, form: RunForm, status: int = 200) -> tuple[str, in
     return render_template("admin/import.html", run=run, preview=preview, preview_problem=preview_problem,
                            form=form, by=admins.get(run.admin_id or 0), slug=slugs.get(run.newsletter_id or 0),
                            reason_text=imports.reason_text, format_label=imports.FORMAT_LABELS.get(run.format or ""),
-                           refresh=REFRESH_SECONDS), status
+                           field_labels=FIELD_LABELS, refresh=REFRESH_SECONDS), status
 
 
 def _can_start(run: ImportRun) -> bool:
@@ -167,14 +186,14 @@ def _can_start(run: ImportRun) -> bool:
 @admin_view(change=True)
 def import_run(run_id: int) -> tuple[str, int]:
     run = _run_or_404(run_id)
-    return _run_page(run, RunForm(unconfirmed=run.unconfirmed))
+    return _run_page(run, _with_choices(RunForm(unconfirmed=run.unconfirmed)))
 
 
 @blueprint.post("/imports/<id:run_id>")
 @admin_view(change=True)
 def start_import(run_id: int) -> Response | tuple[str, int]:
     run = _run_or_404(run_id)
-    form = RunForm()
+    form = _with_choices(RunForm())
     if not form.validate_on_submit():
         return _run_page(run, form, 422)
     dry_run = request.form.get("action") == "dry-run"
