@@ -405,3 +405,24 @@ def test_the_seen_table_tells_new_from_repeated():
     assert all(seen.add(f"a{i}@example.com") for i in range(50000))
     assert not any(seen.add(f"a{i}@example.com") for i in range(0, 50000, 7))
     assert seen.add("A0@example.com")
+
+
+@pytest.mark.parametrize("name", ["Ada", "  Ada Lovelace  ", "", "   ", "O'Brien, \"Jo\"", "x" * 200, "x" * 201,
+                                  "=HYPERLINK()", "Zoë", "Ada\u202eecalvoL", "tab\there", "a\x00b", "👩\u200d💻"])
+def test_the_fast_name_check_agrees_with_signups(app, name):
+    def outcome(check):
+        try:
+            return check(name)
+        except ValueError:
+            return ValueError
+
+    with app.app_context():
+        assert outcome(imports._name) == outcome(subscriptions.check_name)
+
+
+def test_every_refusal_reason_reads_in_ukrainian(app):
+    from flask_babel import force_locale
+
+    with app.test_request_context(), force_locale("uk"):
+        for reason, sentence in imports.REFUSAL_REASONS.items():
+            assert imports.reason_text(reason) != sentence, reason
