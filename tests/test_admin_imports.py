@@ -341,3 +341,19 @@ def test_unstorable_file_names_and_unknown_runs_are_clear_errors(app, editor):
     assert query(app, "SELECT count(*) FROM imports")[0][0] == 0
     for path in ("/admin/imports/999", "/admin/imports/99999999999999999999", "/admin/imports/999/refusals.csv"):
         assert editor.get(path).status_code == 404
+
+
+def test_a_failed_run_shows_why_and_can_t_be_started_again(app, editor):
+    page = uploaded_run(editor)
+    assert start(editor, page, "import").status_code == 303
+    # The kept file vanished before a process took the run (a disk cleaned by hand, say).
+    [(stored,)] = query(app, "SELECT stored_path FROM imports")
+    import os
+    os.unlink(stored)
+    run_queued(app)
+    shown = html.unescape(editor.get(page).get_data(as_text=True))
+    assert [row[0] for row in query(app, "SELECT status FROM imports")] == ["failed"]
+    assert "The import failed" in shown and "no longer there" in shown
+    assert 'value="import"' not in shown and 'http-equiv="refresh"' not in shown
+    assert "The uploaded file is no longer kept" in shown
+    assert readers(app) == set()

@@ -145,7 +145,14 @@ def imports_page() -> Response | tuple[str, int]:
         db.session.rollback()
         form.file.errors = [str(error)]
         return _list_page(form, 422)
-    db.session.commit()
+    stored = run.stored_path
+    try:
+        db.session.commit()
+    except Exception:
+        # No record, no file: nothing would ever delete it.
+        if stored:
+            Path(stored).unlink(missing_ok=True)
+        raise
     return redirect(url_for("admin.import_run", run_id=run.id), code=303)
 
 
@@ -174,7 +181,7 @@ def _run_page(run: ImportRun, form: RunForm, status: int = 200) -> tuple[str, in
         import_runner.kick(current_app._get_current_object())  # type: ignore[attr-defined]
     return render_template("admin/import.html", run=run, preview=preview, preview_problem=preview_problem,
                            form=form, by=admins.get(run.admin_id or 0), slug=slugs.get(run.newsletter_id or 0),
-                           reason_text=imports.reason_text, format_label=imports.FORMAT_LABELS.get(run.format or ""),
+                           reasons=imports.REFUSAL_REASONS, format_label=imports.FORMAT_LABELS.get(run.format or ""),
                            field_labels=FIELD_LABELS, refresh=REFRESH_SECONDS), status
 
 
