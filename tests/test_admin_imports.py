@@ -4,10 +4,14 @@ admins only, with the upload's own size limit."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
+import json
+import os
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -126,7 +130,6 @@ def test_upload_dry_run_import_and_the_record(app, editor):
         assert email in text
     assert 'http-equiv="refresh"' not in text
     [(sha, size)] = query(app, "SELECT file_sha256, file_size FROM imports")
-    import hashlib
     assert sha == hashlib.sha256(SUBSCRIBED_CSV).hexdigest() and size == len(SUBSCRIBED_CSV)
 
     # The dry run: queued (the page follows it), then its summary; nothing written.
@@ -137,7 +140,7 @@ def test_upload_dry_run_import_and_the_record(app, editor):
     summary = html.unescape(editor.get(page).get_data(as_text=True))
     assert "The dry run is finished" in summary and "nothing was changed" in summary
     [(counts,)] = query(app, "SELECT counts FROM imports")
-    counts = counts if isinstance(counts, dict) else __import__("json").loads(counts)
+    counts = counts if isinstance(counts, dict) else json.loads(counts)
     assert counts["new"] == 3 and sum(counts["refused"].values()) == 2
     for reason in counts["refused"]:
         assert imports.REFUSAL_REASONS[reason] in summary
@@ -304,7 +307,7 @@ def test_the_policy_for_unconfirmed_rows_can_change_between_the_dry_run_and_the_
     assert start(editor, page, "dry-run", unconfirmed="ask").status_code == 303
     run_queued(app)
     [(counts,)] = query(app, "SELECT counts FROM imports")
-    counts = counts if isinstance(counts, dict) else __import__("json").loads(counts)
+    counts = counts if isinstance(counts, dict) else json.loads(counts)
     assert counts["confirmations_queued"] == 1 and counts["new"] == 4
 
     assert start(editor, page, "import", unconfirmed="skip").status_code == 303
@@ -348,7 +351,6 @@ def test_a_failed_run_shows_why_and_can_t_be_started_again(app, editor):
     assert start(editor, page, "import").status_code == 303
     # The kept file vanished before a process took the run (a disk cleaned by hand, say).
     [(stored,)] = query(app, "SELECT stored_path FROM imports")
-    import os
     os.unlink(stored)
     run_queued(app)
     shown = html.unescape(editor.get(page).get_data(as_text=True))
@@ -357,3 +359,22 @@ def test_a_failed_run_shows_why_and_can_t_be_started_again(app, editor):
     assert 'value="import"' not in shown and 'http-equiv="refresh"' not in shown
     assert "The uploaded file is no longer kept" in shown
     assert readers(app) == set()
+
+
+def test_an_unknown_button_or_a_full_disk_is_said_plainly(app, editor, monkeypatch):
+    page = uploaded_run(editor)
+    token = csrf_token(editor.get(page).get_data(as_text=True))
+    odd = editor.post(page, data={"csrf_token": token, "action": "delete-everything", "unconfirmed": "ask"})
+    assert odd.status_code == 422 and "Press Dry run or Import." in odd.get_data(as_text=True)
+    assert [row[0] for row in query(app, "SELECT status FROM imports")] == ["uploaded"]
+
+    def disk_full(self, destination, buffer_size=16384):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("werkzeug.datastructures.FileStorage.save", disk_full)
+    answer = upload(editor, SUBSCRIBED_CSV)
+    assert answer.status_code == 503
+    assert "could not store the file" in answer.get_data(as_text=True)
+    assert query(app, "SELECT count(*) FROM imports")[0][0] == 1
+    leftovers = [p.name for p in Path(app.config["NEWSLETTER_IMPORT_DIR"]).glob("upload-*.part")]
+    assert leftovers == []

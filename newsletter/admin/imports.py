@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_login import current_user
@@ -29,6 +28,8 @@ FORMAT_CHOICES = [
     SelectChoice("listmonk", "listmonk subscriber export"),
     SelectChoice("csv", "This service's own CSV export"),
 ]
+ACTIONS = {"dry-run": True, "import": False}  # the button pressed -> whether it is a dry run
+
 
 def unconfirmed_choices(per_hour: int) -> list[SelectChoice]:
     """What may become of subscribed rows without proof of confirmation, each said plainly."""
@@ -145,6 +146,12 @@ def imports_page() -> Response | tuple[str, int]:
         db.session.rollback()
         form.file.errors = [str(error)]
         return _list_page(form, 422)
+    except OSError as error:  # the server's disk (full, not writable): the editor can only try again later
+        db.session.rollback()
+        current_app.logger.error("import upload not stored: %s", error)
+        form.file.errors = [("The server could not store the file (its disk may be full); nothing was imported. "
+                             "Please try again later, or tell whoever runs the server.")]
+        return _list_page(form, 503)
     stored = run.stored_path
     try:
         db.session.commit()
@@ -203,8 +210,11 @@ def start_import(run_id: int) -> Response | tuple[str, int]:
     form = _with_choices(RunForm())
     if not form.validate_on_submit():
         return _run_page(run, form, 422)
-    dry_run = request.form.get("action") == "dry-run"
-    if not _can_start(run):
+    if request.form.get("action") not in ACTIONS:
+        form.form_errors.append("Press Dry run or Import.")
+        return _run_page(run, form, 422)
+    dry_run = ACTIONS[request.form["action"]]
+    if not _can_start(run):  # e.g. the button pressed twice: the second press lands on the run's page
         flash("This import has already started: nothing was changed.")
         return redirect(url_for("admin.import_run", run_id=run.id), code=303)
     try:
@@ -222,7 +232,8 @@ def start_import(run_id: int) -> Response | tuple[str, int]:
 @admin_view(change=True)
 def import_refusals(run_id: int) -> Response:
     run = _run_or_404(run_id)
-    response = Response(stream_with_context(imports.refusals_csv(db.session, run.id)), content_type="text/csv; charset=utf-8")
+    rows = stream_with_context(imports.refusals_csv(db.session, run.id))
+    response = Response(rows, content_type="text/csv; charset=utf-8")
     response.headers["Content-Disposition"] = f'attachment; filename="import-{run.id}-refused-rows.csv"'
     response.headers["Cache-Control"] = "no-store"  # addresses: no cache may keep them
     response.headers["X-Content-Type-Options"] = "nosniff"
