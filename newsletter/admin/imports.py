@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TypeVar
 
 from flask import abort, current_app, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_login import current_user
@@ -72,7 +73,10 @@ class RunForm(FlaskForm):
                              validators=[InputRequired("Choose what to do with them.")])
 
 
-def _with_choices(form: ImportForm | RunForm) -> ImportForm | RunForm:
+PolicyForm = TypeVar("PolicyForm", ImportForm, RunForm)
+
+
+def _with_choices(form: PolicyForm) -> PolicyForm:
     form.unconfirmed.choices = unconfirmed_choices(current_app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"])
     return form
 
