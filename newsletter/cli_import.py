@@ -82,9 +82,13 @@ def import_command(files: tuple[str, ...], slug: str, fmt: str, dry_run: bool, u
         _summary(run, time.monotonic() - began)
         if refusals_out is not None:
             target = refusals_out if len(files) == 1 else _numbered(refusals_out, run_id)
-            with open(target, "wb") as file:
-                for chunk in imports.refusals_csv(session, run_id):
-                    file.write(chunk)
+            try:
+                with open(target, "wb") as file:
+                    for chunk in imports.refusals_csv(session, run_id):
+                        file.write(chunk)
+            except OSError as error:
+                raise click.ClickException(f"Can't write the refused rows to {target}: "
+                                           f"{error.strerror or error}.") from None
             click.echo(f"All refused rows: {target}")
         elif sum(run.counts.get("refused", {}).values()):
             click.echo("All refused rows: run again with --refusals-out PATH, or download them from the admin's "

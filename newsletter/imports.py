@@ -451,7 +451,11 @@ def _wordings(run: ImportRun, file_name: str) -> dict[str, str]:
 
 def execute(session: Session, config: Mapping[str, Any], run_id: int, *, batch_rows: int = 5000,
             on_progress: Callable[[ImportRun], None] | None = None) -> ImportRun:
-    """Run (or resume) the import to its end; its status is then finished, or failed with `error`."""
+    """Run (or resume) the import to its end; its status is then finished, or failed with `error`.
+
+    A database error propagates and leaves the run `running` after its last committed batch: once
+    its heartbeat is stale, claim_next() hands it to a worker that resumes it.
+    """
     run = session.get(ImportRun, run_id, populate_existing=True)
     if run is None:
         raise InvalidImport(f"There is no import #{run_id}.")
@@ -480,7 +484,8 @@ def execute(session: Session, config: Mapping[str, Any], run_id: int, *, batch_r
                        policy=run.unconfirmed, dry_run=run.dry_run,
                        postgresql=session.get_bind().dialect.name == "postgresql",
                        wordings=_wordings(run, run.file_name),
-                       format_label=FORMAT_LABELS.get(run.format or "", run.format or "the file"), key_of=_key_function(config), seen=_SeenAddresses(),
+                       format_label=FORMAT_LABELS.get(run.format or "", run.format or "the file"),
+                       key_of=_key_function(config), seen=_SeenAddresses(),
                        heartbeat=heartbeat, rows_done=run.rows_done, counts=counts)
     try:
         batch: list[SourceRow] = []
@@ -547,7 +552,8 @@ def _name(name: str | None) -> str | None:
 
 
 def _remember(context: _Context, row: SourceRow) -> None:
-    if row.problem is not None:
+    """Note the address of a row done before a resume, as _screen did then."""
+    if row.problem is not None or (row.newsletter is not None and row.newsletter != context.newsletter.slug):
         return
     try:
         context.seen.add(normalize_address(row.email))

@@ -67,3 +67,63 @@ def test_missing_and_unrecognized_files(runner, app, tmp_path):
     result = runner.invoke(args=["import", str(other), "--newsletter", "daily-briefing"])
     assert result.exit_code == 1 and result.output.startswith("Error: notes.csv: ")
     assert query(app, "SELECT count(*) FROM imports")[0][0] == 0
+
+
+def test_refusals_out_in_a_missing_folder_is_a_clear_error(runner, app, tmp_path):
+    path = write_members(tmp_path / "m.csv", [member("bad")])
+    result = runner.invoke(args=["import", str(path), "--newsletter", "daily-briefing",
+                                 "--refusals-out", str(tmp_path / "no" / "such" / "dir.csv")])
+    assert result.exit_code == 1 and "Can't write the refused rows to" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_our_own_export_imports_back_unchanged(runner, app, tmp_path):
+    from .import_files import formats_available
+
+    if not formats_available():
+        pytest.skip("import_formats is not written yet")
+    with app.app_context():
+        from newsletter import subscriptions
+        from newsletter.extensions import db
+        from newsletter.models import Newsletter, Reader, Subscription
+
+        newsletter = db.session.query(Newsletter).filter_by(slug="daily-briefing").one()
+        for number, status in enumerate(["confirmed", "confirmed", "unsubscribed"]):
+            reader = Reader(email=f"own{number}@example.com", name=f"Own {number}")
+            db.session.add(reader)
+            db.session.flush()
+            now = subscriptions.utcnow()
+            db.session.add(Subscription(reader_id=reader.id, newsletter_id=newsletter.id, status=status,
+                                        created_at=now, pending_since=now, confirmed_at=now,
+                                        unsubscribed_at=now if status == "unsubscribed" else None))
+        db.session.commit()
+        db.session.remove()
+    exported = tmp_path / "export.csv"
+    result = runner.invoke(args=["export", "daily-briefing", "-o", str(exported)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(args=["import", str(exported), "--newsletter", "daily-briefing"])
+    assert result.exit_code == 0, result.output
+    assert "as newsletter export" in result.output
+    assert "0 new, 0 updated, 3 unchanged" in result.output
+
+
+def test_a_mailchimp_zip(runner, app, tmp_path):
+    import zipfile
+
+    from .import_files import formats_available
+
+    if not formats_available():
+        pytest.skip("import_formats is not written yet")
+    subscribed = write_members(tmp_path / "subscribed_members_export_ab12.csv", [member("z1@example.com", optin=OPTIN)])
+    unsubscribed = write_members(tmp_path / "unsubscribed_members_export_ab12.csv",
+                                 [member("z2@example.com", optin=OPTIN, unsub=OPTIN)], "unsubscribed")
+    cleaned = write_members(tmp_path / "cleaned_members_export_ab12.csv",
+                            [member("z3@example.com", clean=OPTIN)], "cleaned")
+    archive = tmp_path / "members_export_ab12.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in (subscribed, unsubscribed, cleaned):
+            zipped.write(path, path.name)
+    result = runner.invoke(args=["import", str(archive), "--newsletter", "daily-briefing"])
+    assert result.exit_code == 0, result.output
+    assert "2 new, 0 updated, 0 unchanged, 1 suppressed" in result.output
+    assert sorted(query(app, "SELECT s.status FROM subscriptions s")) == [("confirmed",), ("unsubscribed",)]

@@ -426,3 +426,64 @@ def test_every_refusal_reason_reads_in_ukrainian(app):
     with app.test_request_context(), force_locale("uk"):
         for reason, sentence in imports.REFUSAL_REASONS.items():
             assert imports.reason_text(reason) != sentence, reason
+
+
+SLOW_IMPORT = """
+import sys, time
+from newsletter import imports
+from newsletter.cli import main
+run_batch = imports._run_batch
+
+
+def slow_batch(context, batch):  # time enough to be killed between batches, the database left unlocked
+    run_batch(context, batch)
+    time.sleep(0.3)
+
+
+imports._run_batch = slow_batch
+sys.argv = ["newsletter", "import", sys.argv[1], "--newsletter", "daily-briefing"]
+main()
+"""
+
+
+def test_a_killed_import_process_is_resumed_by_claim_next(app, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import SECRET
+
+    rows = [member(f"k{i}@example.com", optin=OPTIN) for i in range(20000)]
+    rows.insert(15000, member("k7@example.com", optin=OPTIN))
+    path = write_members(tmp_path / "members.csv", rows)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSLETTER_")}
+    env.update({"NEWSLETTER_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"], "NEWSLETTER_SECRET_KEY": SECRET,
+                "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"), "PYTHONPATH": str(Path(__file__).parents[1])})
+    process = subprocess.Popen([sys.executable, "-c", SLOW_IMPORT, str(path)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not query(app, "SELECT rows_done FROM imports WHERE rows_done > 0"):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the import never committed a batch"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    [(status, rows_done)] = query(app, "SELECT status, rows_done FROM imports")
+    assert status == "running" and 0 < rows_done < 20001
+
+    with app.app_context():
+        taken = imports.claim_next(db.session, stale_after=timedelta(0))
+        assert taken is not None
+        done = imports.execute(db.session, app.config, taken.id)
+        db.session.remove()
+    assert done.status == "finished" and done.rows_done == 20001
+    assert done.counts["new"] == 20000 and done.counts["refused"] == {"duplicate_in_file": 1}
+    assert query(app, "SELECT count(*) FROM readers")[0][0] == 20000
+    assert query(app, "SELECT count(*) FROM consent_events")[0][0] == 40000
