@@ -64,7 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     cors.init_app(app, resources={r"/api/v1/*": {"origins": app.config["NEWSLETTER_ALLOWED_ORIGINS"]}},
                   methods=["GET", "POST"], allow_headers=["Content-Type", "Accept-Language"], max_age=3600)
 
-    from . import errors, health, web_input
+    from . import errors, health, request_body, web_input
     from .admin import blueprint as admin_blueprint
     from .api import blueprint as api_blueprint
     from .embed import blueprint as embed_blueprint
@@ -77,6 +77,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin_blueprint)
     errors.register(app)
     web_input.init_app(app)
+    request_body.init_app(app)  # after web_input: an upload's own size limit is set before its body is read
     health.register(app)  # after web_input: its clock is the first hook, so refused requests are timed too
     app.after_request(_no_framing_by_default)
 

@@ -190,14 +190,15 @@ def list_newsletters() -> None:
               help="Longest pause in an outage of the database or the mail relay (pauses start at 1 s and double).")
 @with_appcontext
 def worker(once: bool, poll: float, max_pause: float) -> None:
-    """Send the outbox's emails; run several on PostgreSQL to send faster.
+    """Send the outbox's emails and run queued imports; run several on PostgreSQL to send faster.
 
     It lives through database restarts and mail relay outages: it logs them, pauses and goes on.
-    SIGTERM or Ctrl-C stops it after the message in hand.
+    SIGTERM or Ctrl-C stops it after the message in hand; an import it was running is taken up
+    again by a worker once its heartbeat is stale (NEWSLETTER_IMPORT_STALE_AFTER).
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from . import outbox
+    from . import import_runner, outbox
     from .mailer import transport_for
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -205,12 +206,15 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
     if once:
         try:
             result = sender.drain(db.session)
+            imported = import_runner.run_due(db.session, app.config)
         except SQLAlchemyError as error:
             raise click.ClickException(f"The database is unavailable: {outbox.describe_error(error)}") from None
         finally:
             sender.transport.close()
             db.session.remove()
         click.echo(f"sent {result.sent}, will retry {result.retrying}, failed {result.failed}", err=True)
+        if imported:
+            click.echo(f"ran {imported} import(s)", err=True)
         if result.stopped_by_error:
             raise click.ClickException(f"The mail relay is unavailable ({result.stopped_by_error}); "
                                        "the messages wait for it without spending their attempts.")
@@ -219,6 +223,8 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     click.echo(f"Worker sending via {_describe_transport(app)}; Ctrl-C to stop.", err=True)
+    # Imports in a thread of their own: a long one never holds up the mail.
+    import_runner.start_in_worker(app, stopping, poll_seconds=max(poll, 1.0), max_pause=max_pause)
     try:
         outbox.run(sender, stopping, poll_seconds=poll, max_pause=max_pause)
     finally:
@@ -277,7 +283,7 @@ def serve(host: str, port: int) -> None:
     from flask_migrate import upgrade
     from werkzeug.serving import run_simple
 
-    from . import catalog, outbox
+    from . import catalog, import_runner, outbox
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if not os.environ.get("NEWSLETTER_PUBLIC_URL"):
@@ -290,6 +296,7 @@ def serve(host: str, port: int) -> None:
         click.echo("Added two example newsletters: daily-briefing and weekly-explainer.")
     db.session.remove()
     outbox.attach_drainer(app, outbox.InProcessDrainer(app).start())
+    import_runner.kick(app)  # imports queued or cut off before a restart go on
     mail = _describe_transport(app)
     if not app.config["NEWSLETTER_SMTP_URL"]:
         Path(app.config["NEWSLETTER_MAIL_DIR"]).mkdir(parents=True, exist_ok=True)

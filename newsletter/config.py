@@ -222,6 +222,14 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
             "NEWSLETTER_SOFT_BOUNCE_WINDOW", get("SOFT_BOUNCE_WINDOW"), 15 * DAY)),
         # Uploaded import files wait here until their run ends.
         "NEWSLETTER_IMPORT_DIR": get("IMPORT_DIR") or str(instance_path / "imports"),
+        # The admin's import upload, the one route whose body may pass MAX_CONTENT_LENGTH (admins only).
+        "NEWSLETTER_IMPORT_MAX_BYTES": _positive("NEWSLETTER_IMPORT_MAX_BYTES", _integer(
+            "NEWSLETTER_IMPORT_MAX_BYTES", get("IMPORT_MAX_BYTES"), 200 * 1024 * 1024)),
+        # Imports queued on the admin page run in a thread of the web process (besides any worker).
+        "NEWSLETTER_IMPORTS_IN_PROCESS": _flag("NEWSLETTER_IMPORTS_IN_PROCESS", get("IMPORTS_IN_PROCESS"), True),
+        # A running import whose heartbeat (one per batch) is older than this is taken up by another process.
+        "NEWSLETTER_IMPORT_STALE_AFTER": _positive("NEWSLETTER_IMPORT_STALE_AFTER", _duration(
+            "NEWSLETTER_IMPORT_STALE_AFTER", get("IMPORT_STALE_AFTER"), 120)),
         # Confirmation emails to imported readers without proof of consent, at most this many per hour.
         "NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR": _positive("NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR", _integer(
             "NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR", get("IMPORT_CONFIRMATIONS_PER_HOUR"), 500)),

@@ -10,7 +10,7 @@ from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError, ServiceUnavailable
 
-from . import outages, signed_paths
+from . import outages, request_body, signed_paths
 from .tokens import ExpiredToken, InvalidToken
 
 # How long a client should wait before trying again while the database is out of reach.
@@ -34,6 +34,14 @@ TITLES = {
 }
 
 
+def format_size(size: int) -> str:
+    """A byte count for people: 200 MB, 64 KB, 900 bytes."""
+    for unit, factor in ((_l("%(size)s GB"), 1024 ** 3), (_l("%(size)s MB"), 1024 ** 2), (_l("%(size)s KB"), 1024)):
+        if size >= factor:
+            return str(unit) % {"size": f"{size / factor:.3g}"}
+    return ngettext("%(num)d byte", "%(num)d bytes", size)
+
+
 def _logged_path() -> str:
     """The request's path for a log line, its signed links (the keys to readers' subscriptions) left out."""
     return signed_paths.redact(request.path)
@@ -48,6 +56,8 @@ def _way_back() -> tuple[str, str]:
     if request.blueprint == "admin":
         if request.endpoint == "admin.login":
             return url_for("admin.login"), _("Back to the login page")
+        if request.endpoint == "admin.imports_page":
+            return url_for("admin.imports_page"), _("Back to the imports")
         return url_for("admin.dashboard"), _("Go to the admin dashboard")
     return url_for("public.subscribe"), _("Go to the signup page")
 
@@ -58,7 +68,11 @@ def register(app: Flask) -> None:
         code = error.code or 500
         limit = app.config["MAX_CONTENT_LENGTH"]
         description = error.description
-        if description == type(error).description:  # werkzeug's generic wording: say it plainly
+        if description == type(error).description and code == 413 and request_body.upload_limit():
+            description = _("The file is too large to upload: at most %(size)s. Import a larger file from the "
+                            "command line (newsletter import FILE --newsletter SLUG), or split it.",
+                            size=format_size(request_body.upload_limit() or 0))
+        elif description == type(error).description:  # werkzeug's generic wording: say it plainly
             description = {
                 413: ngettext("The request is too large: at most %(num)d byte is accepted.",
                               "The request is too large: at most %(num)d bytes are accepted.", limit),

@@ -15,7 +15,7 @@ from flask import Flask, request
 from flask_babel import gettext as _
 from werkzeug.exceptions import UnprocessableEntity
 
-from .request_body import json_object
+from .request_body import is_large_upload, json_object
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -61,8 +61,10 @@ def _fields() -> Iterator[tuple[str, Any]]:
     for name, values in request.args.lists():
         yield name, [name, *values]
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        # Kept, so that a view that reads the raw body (request.get_data()) still finds it after the form is parsed.
-        request.get_data(cache=True)
+        # Kept, so that a view that reads the raw body (request.get_data()) still finds it after the form is parsed;
+        # not for a large upload, which werkzeug streams to a temporary file instead of memory.
+        if not is_large_upload():
+            request.get_data(cache=True)
         for name, values in request.form.lists():
             yield name, [name, *values]
         for name, files in request.files.lists():

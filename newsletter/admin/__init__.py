@@ -1,4 +1,4 @@
-"""The admin area: login, dashboard, newsletters, readers, exports, API tokens."""
+"""The admin area: login, dashboard, newsletters, readers, exports, imports, API tokens."""
 
 from flask import Blueprint
 
@@ -7,4 +7,4 @@ blueprint = Blueprint("admin", __name__, url_prefix="/admin")
 from . import routes  # noqa: E402,F401
 from . import privacy, tokens  # noqa: E402,F401
 from . import dashboard, newsletters, readers  # noqa: E402,F401
-from . import exports  # noqa: E402,F401
+from . import exports, imports  # noqa: E402,F401
