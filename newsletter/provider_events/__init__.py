@@ -114,6 +114,11 @@ def clean(value: Any, limit: int = _TEXT_LIMIT) -> str | None:
     return text[:limit] or None
 
 
+def address_text(value: Any) -> str | None:
+    """An address as reported, untouched (record() skips one that is not a storable, valid address)."""
+    return value.strip() or None if isinstance(value, str) else None
+
+
 def event_id(*parts: Any) -> str | None:
     """A provider event id from its parts, or None when one is missing."""
     texts = [clean(str(part), _ID_LIMIT) if isinstance(part, (str, int)) and not isinstance(part, bool) else None

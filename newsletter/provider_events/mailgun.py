@@ -17,7 +17,10 @@ from typing import Any
 
 from flask import Request
 
-from . import BadPayload, ProviderEvent, Received, Unauthenticated, check_fresh, clean, event_id, moment_from_unix
+from . import (
+    BadPayload, ProviderEvent, Received, Unauthenticated, address_text, check_fresh, clean, event_id,
+    moment_from_unix
+)
 
 NAME = "mailgun"
 TITLE = "Mailgun"
@@ -67,7 +70,7 @@ def events(payload: dict[str, Any]) -> list[ProviderEvent]:
         identifier = event_id("soft", headers.get("message-id")) or event_id(data.get("id"))
     else:
         return []  # accepted, delivered, opened, clicked, unsubscribed…
-    address = clean(data.get("recipient"), 400)
+    address = address_text(data.get("recipient"))
     if address is None:
         return []
     status = data.get("delivery-status") if isinstance(data.get("delivery-status"), dict) else {}

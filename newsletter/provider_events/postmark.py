@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Request
 
-from . import BadPayload, ProviderEvent, Received, Unauthenticated, clean, event_id, moment_from_iso
+from . import BadPayload, ProviderEvent, Received, Unauthenticated, address_text, clean, event_id, moment_from_iso
 
 NAME = "postmark"
 TITLE = "Postmark"
@@ -64,7 +64,7 @@ def events(payload: dict[str, Any]) -> list[ProviderEvent]:
         kind = BOUNCE_KINDS.get(payload.get("Type"))  # type: ignore[arg-type]
     else:
         return []  # Delivery, Open, Click, SubscriptionChange…
-    address = clean(payload.get("Email"), 400)
+    address = address_text(payload.get("Email"))
     if kind is None or address is None:
         return []
     name = clean(payload.get("Type"), 50) or record_type

@@ -20,7 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from flask import Request
 
-from . import BadPayload, ProviderEvent, Received, Unauthenticated, check_fresh, clean, event_id, moment_from_unix
+from . import (
+    BadPayload, ProviderEvent, Received, Unauthenticated, address_text, check_fresh, clean, event_id,
+    moment_from_unix
+)
 
 NAME = "sendgrid"
 TITLE = "SendGrid"
@@ -90,7 +93,7 @@ def _event(item: dict[str, Any]) -> ProviderEvent | None:
         # dropped (Expired) if it gives up; counting each deferral would suppress an address after
         # one slow delivery. processed, delivered, open, click, unsubscribe…: not bounces either.
         return None
-    address = clean(item.get("email"), 400)
+    address = address_text(item.get("email"))
     if kind is None or address is None:
         return None
     words = [text for text in (clean(item.get("status"), 20), clean(item.get("reason"))) if text]

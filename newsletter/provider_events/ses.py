@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Request
 
-from . import BadPayload, ProviderEvent, Received, Refused, clean, event_id, moment_from_iso, sns
+from . import BadPayload, ProviderEvent, Received, Refused, address_text, clean, event_id, moment_from_iso, sns
 
 NAME = "ses"
 TITLE = "Amazon SES"
@@ -90,7 +90,7 @@ def _bounces(bounce: Any, message_id: Any) -> list[ProviderEvent]:
     identifier = event_id(bounce.get("feedbackId")) or event_id(message_id)
     found = []
     for recipient in _recipients(bounce, "bouncedRecipients"):
-        address = clean(recipient.get("emailAddress"), 400)
+        address = address_text(recipient.get("emailAddress"))
         if address is None:
             continue
         diagnostic = clean(recipient.get("diagnosticCode")) or clean(recipient.get("status"))
@@ -110,4 +110,4 @@ def _complaints(complaint: Any, message_id: Any) -> list[ProviderEvent]:
     return [ProviderEvent(address=address, kind="complaint", occurred_at=moment_from_iso(complaint.get("timestamp")),
                           diagnostic=diagnostic, event_id=identifier, shared_id=True)
             for recipient in _recipients(complaint, "complainedRecipients")
-            if (address := clean(recipient.get("emailAddress"), 400)) is not None]
+            if (address := address_text(recipient.get("emailAddress"))) is not None]
