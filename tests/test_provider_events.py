@@ -649,6 +649,17 @@ def test_generic_malformed_bodies_get_422_naming_the_field_and_record_nothing(ap
     assert events_of(app) == []
 
 
+DEEP = "[" * 100000 + "]" * 100000
+
+
+@pytest.mark.parametrize("provider", ["postmark", "mailgun", "generic"])
+def test_absurdly_nested_json_is_a_422_not_a_crash(app, client, provider):
+    app.config.update(NEWSLETTER_POSTMARK_WEBHOOK_AUTH=POSTMARK_AUTH, NEWSLETTER_MAILGUN_SIGNING_KEY=MAILGUN_KEY)
+    headers = basic(POSTMARK_AUTH) if provider == "postmark" else bearer(make_token(app, "admin"))
+    answer = client.post(f"/api/v1/events/{provider}", data=DEEP, content_type="application/json", headers=headers)
+    assert answer.status_code == 422, answer.get_data(as_text=True)[:300]
+
+
 def test_generic_needs_json(app, client):
     token = make_token(app, "admin")
     answer = client.post("/api/v1/events/generic", data="events", headers=bearer(token))
@@ -684,3 +695,35 @@ def test_webhooks_are_not_held_by_the_signup_rate_limits(app, client, mailgun):
                                                           "newsletters": ["daily-briefing"]}).status_code
                 for n in range(3)]
     assert statuses == [202, 202, 429]  # the signup limit is in force, and did not count the webhooks
+
+
+# --- the database out of reach ------------------------------------------------------------------------
+
+def test_database_down_answers_503_so_the_provider_retries_and_the_retry_is_taken(faulty_database_url, pg_cluster,
+                                                                                  smtp):
+    """A real outage: our own PostgreSQL cluster stopped. Nothing is lost: the same signed delivery, sent
+    again when the database is back, is recorded (its Mailgun token was not used up by the failed try)."""
+    from .test_operations import make_app
+
+    app = make_app(faulty_database_url, smtp.url, NEWSLETTER_MAILGUN_SIGNING_KEY=MAILGUN_KEY,
+                   NEWSLETTER_POSTMARK_WEBHOOK_AUTH=POSTMARK_AUTH)
+    client = app.test_client()
+    payload = mailgun_signed(sample("mailgun_failed_permanent.json"))
+    try:
+        pg_cluster.stop()
+        try:
+            for answer in (client.post("/api/v1/events/mailgun", json=payload),
+                           client.post("/api/v1/events/postmark", json=sample("postmark_bounce.json"),
+                                       headers=basic(POSTMARK_AUTH))):
+                assert answer.status_code == 503, answer.get_data(as_text=True)
+                assert answer.headers["Retry-After"] == "5"
+                assert "nothing you sent was saved" in answer.get_json()["errors"]["request"][0]
+        finally:
+            pg_cluster.start()
+        answer = client.post("/api/v1/events/mailgun", json=payload)
+        assert answer.status_code == 200 and answer.get_json()["recorded"] == 1
+        assert stopped(app, "alice@example.com") == "hard_bounce"
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()

@@ -42,7 +42,7 @@ def _recorded(provider: str, events: list[provider_events.ProviderEvent], nonce:
 def generic_events() -> Response:
     if not request.is_json:
         raise generic.BadEvents({"body": ["Send the events as JSON, with Content-Type: application/json."]})
-    payload = request.get_json(silent=True)
+    payload = provider_events.json_body(request)
     if payload is None:
         raise generic.BadEvents({"body": ["The body is not valid JSON."]})
     return _recorded(generic.NAME, generic.events(payload))

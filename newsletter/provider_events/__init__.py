@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from types import ModuleType
 from typing import Any
 
+from flask import Request
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -97,6 +98,14 @@ class BadPayload(UnprocessableEntity):
     def __init__(self, message: str, where: str = "body") -> None:
         super().__init__(message)
         self.errors = {where: [message]}
+
+
+def json_body(request: Request) -> Any:
+    """The request's JSON body, or None when it is not JSON (or nests too deep for Python to read)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
 
 
 def providers() -> dict[str, ModuleType]:

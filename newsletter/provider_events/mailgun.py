@@ -18,7 +18,7 @@ from typing import Any
 from flask import Request
 
 from . import (
-    BadPayload, ProviderEvent, Received, Unauthenticated, address_text, check_fresh, clean, event_id,
+    BadPayload, ProviderEvent, Received, Unauthenticated, address_text, check_fresh, clean, event_id, json_body,
     moment_from_unix
 )
 
@@ -32,7 +32,7 @@ def configured(config: Mapping[str, Any]) -> bool:
 
 
 def verify(request: Request, config: Mapping[str, Any]) -> Received:
-    payload = request.get_json(silent=True)
+    payload = json_body(request)
     if not isinstance(payload, dict):
         raise BadPayload("The body is not a Mailgun webhook (a JSON object sent as application/json; "
                          "the legacy form-encoded webhooks are not taken).")

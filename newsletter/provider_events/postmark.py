@@ -13,7 +13,9 @@ from typing import Any
 
 from flask import Request
 
-from . import BadPayload, ProviderEvent, Received, Unauthenticated, address_text, clean, event_id, moment_from_iso
+from . import (
+    BadPayload, ProviderEvent, Received, Unauthenticated, address_text, clean, event_id, json_body, moment_from_iso
+)
 
 NAME = "postmark"
 TITLE = "Postmark"
@@ -50,7 +52,7 @@ def verify(request: Request, config: Mapping[str, Any]) -> Received:
         raise Unauthenticated("Postmark's webhook must send the user and password set in NEWSLETTER_POSTMARK_"
                               "WEBHOOK_AUTH (https://user:password@… in the webhook URL).",
                               challenge='Basic realm="newsletter events"')
-    payload = request.get_json(silent=True)
+    payload = json_body(request)
     if not isinstance(payload, dict):
         raise BadPayload("The body is not a Postmark webhook event (a JSON object sent as application/json).")
     return Received(payload)
