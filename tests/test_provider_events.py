@@ -611,7 +611,7 @@ def test_generic_events_with_an_admin_token(app, client):
     answer = client.post("/api/v1/events/generic", json=body, headers=bearer(token))
     assert answer.status_code == 200, answer.get_data(as_text=True)
     assert answer.get_json() == {"recorded": 2, "repeated": 0, "skipped": 1,
-                                 "problems": ["Event 3: the address is not a valid email address; skipped."]}
+                                 "problems": ["'not an address' is not a valid email address: skipped."]}
     assert stopped(app, "gone@example.org") == "hard_bounce"
     assert stopped(app, "angry@example.org") == "complaint"
     again = client.post("/api/v1/events/generic", json={"events": body["events"][:1]}, headers=bearer(token))

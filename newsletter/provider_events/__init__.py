@@ -200,14 +200,14 @@ def record(session: Session, config: Mapping[str, Any], provider: str, events: l
         _claim_nonce(session, config, provider, nonce)
     outcome = Outcome()
     now = utcnow()
-    for position, event in enumerate(events):
+    for event in events:
         try:
             address = addresses.normalize(event.address) if not _UNSTORABLE.search(event.address) else None
         except addresses.InvalidAddress:
             address = None
         if address is None:
             outcome.skipped += 1
-            outcome.problems.append(f"Event {position + 1}: the address is not a valid email address; skipped.")
+            outcome.problems.append(f"{clean(event.address, 100)!r} is not a valid email address: skipped.")
             continue
         identifier = event.event_id
         if identifier is not None and event.shared_id:
