@@ -727,3 +727,44 @@ def test_database_down_answers_503_so_the_provider_retries_and_the_retry_is_take
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def test_oversized_sns_body_is_413(app, client, signer):
+    answer = client.post("/api/v1/events/ses", data=b"x" * (1024 * 1024 + 1),
+                         headers={"Content-Type": "text/plain; charset=UTF-8"})
+    assert answer.status_code == 413 and answer.get_json()["errors"]["request"]
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, value, words", [
+    ("SES_TOPIC_ARNS", "my-topic", "not an SNS topic ARN"),
+    ("SES_TOPIC_ARNS", f"{TOPIC}, arn:aws:s3:::bucket", "'arn:aws:s3:::bucket'"),
+    ("POSTMARK_WEBHOOK_AUTH", "only-a-user", "user:password"),
+    ("POSTMARK_WEBHOOK_AUTH", ":password", "user:password"),
+    ("SENDGRID_WEBHOOK_PUBLIC_KEY", "not base64!", "not an elliptic-curve public key"),
+    ("SENDGRID_WEBHOOK_PUBLIC_KEY", base64.b64encode(b"MFkw but not DER").decode(), "Verification Key"),
+    ("WEBHOOK_MAX_AGE", "soon", "not a duration"),
+    ("EVENTS_MAX_BODY_BYTES", "0", "must be at least 1"),
+])
+def test_bad_settings_are_named(tmp_path, name, value, words):
+    from newsletter import config
+
+    with pytest.raises(config.ConfigError, match=words.replace("(", r"\(")) as error:
+        config.load(tmp_path, {f"NEWSLETTER_{name}": value})
+    assert f"NEWSLETTER_{name}" in str(error.value)
+
+
+def test_good_settings(tmp_path):
+    from newsletter import config
+
+    key = SendGridSigner().public_key
+    loaded = config.load(tmp_path, {"NEWSLETTER_SES_TOPIC_ARNS": f" {TOPIC} ,arn:aws-cn:sns:cn-north-1:123456789012:b",
+                                    "NEWSLETTER_SENDGRID_WEBHOOK_PUBLIC_KEY": f"\n{key}\n",
+                                    "NEWSLETTER_POSTMARK_WEBHOOK_AUTH": "user:pa:ss"})
+    assert loaded["NEWSLETTER_SES_TOPIC_ARNS"] == [TOPIC, "arn:aws-cn:sns:cn-north-1:123456789012:b"]
+    assert loaded["NEWSLETTER_SENDGRID_WEBHOOK_PUBLIC_KEY"] == key
+    assert loaded["NEWSLETTER_POSTMARK_WEBHOOK_AUTH"] == "user:pa:ss"
+    defaults = config.load(tmp_path, {})
+    assert defaults["NEWSLETTER_SES_TOPIC_ARNS"] is None and defaults["NEWSLETTER_MAILGUN_SIGNING_KEY"] is None
+    assert defaults["NEWSLETTER_EVENTS_MAX_BODY_BYTES"] == 1024 * 1024
