@@ -663,7 +663,7 @@ def test_absurdly_nested_json_is_a_422_not_a_crash(app, client, provider):
 def test_generic_needs_json(app, client):
     token = make_token(app, "admin")
     answer = client.post("/api/v1/events/generic", data="events", headers=bearer(token))
-    assert answer.status_code == 422 and "application/json" in answer.get_json()["errors"]["body"][0]
+    assert answer.status_code == 415 and "application/json" in answer.get_json()["errors"]["request"][0]
 
 
 # --- every provider ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, current_app, jsonify, request
+from werkzeug.exceptions import NotFound, UnsupportedMediaType
 
 from .. import provider_events
 from ..authz import token_required
@@ -41,7 +42,7 @@ def _recorded(provider: str, events: list[provider_events.ProviderEvent], nonce:
 @token_required(change=True)
 def generic_events() -> Response:
     if not request.is_json:
-        raise generic.BadEvents({"body": ["Send the events as JSON, with Content-Type: application/json."]})
+        raise UnsupportedMediaType("Send the events as JSON, with Content-Type: application/json.")
     payload = provider_events.json_body(request)
     if payload is None:
         raise generic.BadEvents({"body": ["The body is not valid JSON."]})
@@ -53,7 +54,7 @@ def provider_events_view(provider: str) -> Response:
     module = provider_events.providers().get(provider)
     if module is None:
         known = ", ".join([*provider_events.providers(), generic.NAME])
-        raise provider_events.NotConfigured(f"There is no provider called {provider[:60]!r}: use one of {known}.")
+        raise NotFound(f"There is no provider called {provider[:60]!r}: use one of {known}.")
     if not module.configured(current_app.config):
         raise provider_events.NotConfigured(f"{module.TITLE} events are not configured here: set {module.SECRET}.")
     received = module.verify(request, current_app.config)
