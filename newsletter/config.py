@@ -145,6 +145,56 @@ def _redis_options(url: str | None) -> dict[str, object]:
     return {"socket_connect_timeout": 1, "socket_timeout": 1, "retry": Retry(NoBackoff(), 1)}
 
 
+
+_TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}")
+
+
+def _topic_arns(raw: str | None) -> list[str] | None:
+    """NEWSLETTER_SES_TOPIC_ARNS: the SNS topics whose notifications are taken; None when SES is off, ["*"] for any."""
+    if raw is None or not raw.strip():
+        return None
+    arns = [item.strip() for item in raw.split(",") if item.strip()]
+    if arns == ["*"]:
+        return arns
+    for arn in arns:
+        if not _TOPIC_ARN.fullmatch(arn):
+            raise ConfigError(f"NEWSLETTER_SES_TOPIC_ARNS: {arn!r} is not an SNS topic ARN such as "
+                              "arn:aws:sns:eu-west-1:123456789012:ses-bounces (or use * for any topic)")
+    return arns
+
+
+def _basic_auth(raw: str | None) -> str | None:
+    """NEWSLETTER_POSTMARK_WEBHOOK_AUTH: "user:password", as put in the webhook URL's https://user:password@host/."""
+    if raw is None or not raw.strip():
+        return None
+    user, colon, password = raw.strip().partition(":")
+    if not colon or not user or not password:
+        raise ConfigError("NEWSLETTER_POSTMARK_WEBHOOK_AUTH must be user:password, both parts non-empty "
+                          "(the credentials you put in the webhook URL at Postmark)")
+    return raw.strip()
+
+
+def _ec_public_key(raw: str | None) -> str | None:
+    """NEWSLETTER_SENDGRID_WEBHOOK_PUBLIC_KEY: SendGrid's verification key, base64 DER as its settings page shows it."""
+    if raw is None or not raw.strip():
+        return None
+    import base64
+    import binascii
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    text = "".join(raw.replace("-----BEGIN PUBLIC KEY-----", "").replace("-----END PUBLIC KEY-----", "").split())
+    try:
+        key = load_der_public_key(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error, TypeError):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError("NEWSLETTER_SENDGRID_WEBHOOK_PUBLIC_KEY is not an elliptic-curve public key: paste the "
+                          "Verification Key shown under Settings > Mail Settings > Event Webhook > Signed Event Webhook")
+    return text
+
+
 def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """Flask config keys built from the NEWSLETTER_* variables in `environ` (default: os.environ)."""
     env = os.environ if environ is None else environ
@@ -220,6 +270,21 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
             "NEWSLETTER_SOFT_BOUNCE_LIMIT", get("SOFT_BOUNCE_LIMIT"), 3)),
         "NEWSLETTER_SOFT_BOUNCE_WINDOW": _positive("NEWSLETTER_SOFT_BOUNCE_WINDOW", _duration(
             "NEWSLETTER_SOFT_BOUNCE_WINDOW", get("SOFT_BOUNCE_WINDOW"), 15 * DAY)),
+        # Bounces and complaints from the sending platform (POST /api/v1/events/<provider>); each is off
+        # (404) until its secret is set.
+        "NEWSLETTER_SES_TOPIC_ARNS": _topic_arns(get("SES_TOPIC_ARNS")),
+        "NEWSLETTER_POSTMARK_WEBHOOK_AUTH": _basic_auth(get("POSTMARK_WEBHOOK_AUTH")),
+        "NEWSLETTER_SENDGRID_WEBHOOK_PUBLIC_KEY": _ec_public_key(get("SENDGRID_WEBHOOK_PUBLIC_KEY")),
+        "NEWSLETTER_MAILGUN_SIGNING_KEY": (get("MAILGUN_SIGNING_KEY") or "").strip() or None,
+        # A signed event older than this (SendGrid, Mailgun) is refused as a replay.
+        "NEWSLETTER_WEBHOOK_MAX_AGE": _positive("NEWSLETTER_WEBHOOK_MAX_AGE", _duration(
+            "NEWSLETTER_WEBHOOK_MAX_AGE", get("WEBHOOK_MAX_AGE"), 10 * 60)),
+        # Providers batch events: their bodies may be larger than a signup's.
+        "NEWSLETTER_EVENTS_MAX_BODY_BYTES": _positive("NEWSLETTER_EVENTS_MAX_BODY_BYTES", _integer(
+            "NEWSLETTER_EVENTS_MAX_BODY_BYTES", get("EVENTS_MAX_BODY_BYTES"), 1024 * 1024)),
+        # Fetching Amazon SNS's signing certificate and confirming a subscription.
+        "NEWSLETTER_SNS_TIMEOUT": _positive("NEWSLETTER_SNS_TIMEOUT", _duration(
+            "NEWSLETTER_SNS_TIMEOUT", get("SNS_TIMEOUT"), 5)),
         # Uploaded import files wait here until their run ends.
         "NEWSLETTER_IMPORT_DIR": get("IMPORT_DIR") or str(instance_path / "imports"),
         # The admin's import upload, the one route whose body may pass MAX_CONTENT_LENGTH (admins only).

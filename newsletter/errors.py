@@ -66,7 +66,8 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response | str, int, dict[str, str]]:
         code = error.code or 500
-        limit = app.config["MAX_CONTENT_LENGTH"]
+        # A view may allow more than the app's limit (the providers' event batches).
+        limit = request.max_content_length or app.config["MAX_CONTENT_LENGTH"]
         description = error.description
         if description == type(error).description and code == 413 and request_body.upload_limit():
             description = _("The file is too large to upload: at most %(size)s. Import a larger file from the "

@@ -357,6 +357,27 @@ class DeliveryEvent(db.Model):
     )
 
 
+
+class WebhookNonce(db.Model):
+    """A one-time value of a signed webhook (Mailgun's token), kept while its signature is fresh.
+
+    Written in the transaction that records the webhook's events: a replay of the same signed
+    request finds it and is refused, while a delivery that failed to commit leaves none behind,
+    so the provider's retry is taken.
+    """
+
+    __tablename__ = "webhook_nonces"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[str] = mapped_column(String(255))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("provider", "nonce", name="uq_webhook_nonces_provider_nonce"),
+        Index("ix_webhook_nonces_seen_at", "seen_at"),
+    )
+
 IMPORT_STATUSES = ("uploaded", "queued", "running", "finished", "failed")
 IMPORT_FORMATS = ("mailchimp", "listmonk", "csv")
 UNCONFIRMED_POLICIES = ("ask", "confirmed", "skip")

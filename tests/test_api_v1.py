@@ -504,7 +504,7 @@ def test_api_answers_match_the_openapi_document(app, api_schema, admin_token):
     # Erasing comes last: before it, the known reader is there to be read, exported and unsubscribed.
     operations = sorted((result.ok() for result in api_schema.get_all_operations()),
                         key=lambda operation: operation.method.upper() == "DELETE")
-    assert len(operations) == 10
+    assert len(operations) == 12
     headers = bearer(admin_token)
     for operation in operations:
         known = {name: KNOWN[name] for name in re.findall(r"{(\w+)}", operation.path) if name in KNOWN}

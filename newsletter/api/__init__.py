@@ -11,3 +11,4 @@ csrf.exempt(blueprint)
 from . import routes  # noqa: E402,F401
 from . import openapi, v1  # noqa: E402,F401
 from . import exports  # noqa: E402,F401
+from . import events  # noqa: E402,F401

@@ -177,6 +177,33 @@ SCHEMAS |= {
 }
 
 
+EVENT_KINDS = ["hard_bounce", "soft_bounce", "complaint"]
+SCHEMAS |= {
+    "DeliveryEvent": closed({
+        "type": {"type": "string", "enum": EVENT_KINDS,
+                 "description": "hard_bounce and complaint suppress the address at once; soft_bounce after "
+                                "NEWSLETTER_SOFT_BOUNCE_LIMIT of them within NEWSLETTER_SOFT_BOUNCE_WINDOW."},
+        "email": {**TEXT, "maxLength": 400, "description": "The address that bounced or complained.",
+                  "examples": ["reader@example.org"]},
+        "occurred_at": {**MAYBE_MOMENT, "description": "When it happened (ISO 8601; UTC without an offset). "
+                                                        "Default: now."},
+        "diagnostic": {**MAYBE_TEXT, "maxLength": 2000,
+                       "description": "The receiving server's words, e.g. `550 5.1.1 user unknown`."},
+        "id": {**MAYBE_TEXT, "maxLength": 200,
+               "description": "Your id of the event: an event sent again with the same id is recorded once."},
+    }, required=["type", "email"]),
+    "DeliveryEvents": closed({
+        "events": {"type": "array", "items": ref("DeliveryEvent"), "minItems": 1, "maxItems": 1000},
+    }),
+    "EventsOutcome": closed({
+        "recorded": {**COUNT, "description": "Events recorded now."},
+        "repeated": {**COUNT, "description": "Events already recorded under the same id: nothing changed."},
+        "skipped": {**COUNT, "description": "Events whose address is not an email address."},
+        "problems": {"type": "array", "items": TEXT, "description": "Why each skipped event was skipped."},
+    }),
+}
+
+
 def _json(schema_name: str) -> dict[str, Any]:
     return {"application/json": {"schema": ref(schema_name)}}
 
@@ -364,6 +391,55 @@ PATHS: dict[str, Any] = {
         "parameters": [READER_PARAMETER],
         "responses": _read({"200": _ok("The reader's data.", "ReaderExport"), "404": NO_READER}),
     }},
+    f"{API}/events/generic": {"post": {
+        "operationId": "generic_events",
+        "tags": ["Bounces and complaints"],
+        "summary": "Report bounces and complaints (the generic shape)",
+        "description": (
+            "For a sending platform without its own endpoint, or a script of yours. Needs an admin token. "
+            "Every event is checked first: a malformed one refuses the whole batch (422 naming it), nothing "
+            "recorded; an event whose address is not an email address is skipped. Answers 200 once the "
+            "events are stored, 503 with Retry-After while the database is out of reach: send it again."),
+        "requestBody": {"required": True, "content": _json("DeliveryEvents")},
+        "responses": _change({
+            "200": _ok("Stored.", "EventsOutcome"),
+            "413": _error("The body is larger than NEWSLETTER_EVENTS_MAX_BODY_BYTES."),
+            "415": _error("The body is not sent as application/json."),
+            "422": _error("The body or an event is malformed: each is named, e.g. `events[2].type`."),
+        }),
+    }},
+    f"{API}/events/{{provider}}": {"post": {
+        "operationId": "provider_events",
+        "tags": ["Bounces and complaints"],
+        "summary": "A sending platform's bounce and complaint webhook",
+        "description": (
+            "The URL to give the platform: `ses` (Amazon SES through an SNS https subscription; the SNS "
+            "signature is checked and the subscription confirmed), `postmark` (HTTP basic auth in the URL), "
+            "`sendgrid` (Signed Event Webhook) or `mailgun` (signed webhooks). Each takes the platform's own "
+            "body and authentication, not a token: see the README. A platform whose secret is not set answers "
+            "404. Deliveries, opens, clicks and other events are accepted and ignored. Answers 200 once the "
+            "events are stored; 503 with Retry-After while the database is out of reach, which the platforms "
+            "retry."),
+        "security": [],
+        "parameters": [{"name": "provider", "in": "path", "required": True,
+                        "description": "The sending platform.",
+                        "schema": {"type": "string", "enum": ["ses", "postmark", "sendgrid", "mailgun"]},
+                        "example": "postmark"}],
+        "requestBody": {"required": True, "description": "The platform's own webhook body.",
+                        "content": {"application/json": {"schema": {}}, "text/plain": {"schema": TEXT}}},
+        "responses": {
+            "200": _ok("Stored (or nothing to store).", "EventsOutcome"),
+            "401": _error("Missing or wrong credentials or signature: nothing recorded."),
+            "403": _error("Authentic but refused: a replay, a stale signature, an SNS topic not listed, a "
+                          "certificate URL not on an SNS host."),
+            "404": _error("No such platform, or it is not configured here (its secret is not set)."),
+            "413": _error("The body is larger than NEWSLETTER_EVENTS_MAX_BODY_BYTES."),
+            "422": _error("The body is not what the platform sends."),
+            "503": {**_error("The database (or Amazon SNS, for its certificate) is out of reach: nothing was "
+                             "recorded, send it again."), "headers": {"Retry-After": {"schema": TEXT}}},
+            "default": OTHER_ERRORS,
+        },
+    }},
 }
 
 SECURITY_SCHEMES = {"bearerAuth": {
@@ -393,6 +469,7 @@ def document() -> dict[str, Any]:
             {"name": "Lists", "description": "Newsletters and their subscribers (any token)."},
             {"name": "Exports", "description": "Streamed list downloads (any token)."},
             {"name": "Readers", "description": "One reader: look up, unsubscribe, export, erase."},
+            {"name": "Bounces and complaints", "description": "What the sending platform reports back."},
         ],
         "paths": PATHS,
         "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
