@@ -208,7 +208,8 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
         finally:
             sender.transport.close()
             db.session.remove()
-        click.echo(f"sent {result.sent}, will retry {result.retrying}, failed {result.failed}", err=True)
+        not_sent = f", not sent to suppressed addresses {result.suppressed}" if result.suppressed else ""
+        click.echo(f"sent {result.sent}, will retry {result.retrying}, failed {result.failed}{not_sent}", err=True)
         if result.stopped_by_error:
             raise click.ClickException(f"The mail relay is unavailable ({result.stopped_by_error}); "
                                        "the messages wait for it without spending their attempts.")

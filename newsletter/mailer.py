@@ -18,6 +18,25 @@ class TemporaryFailure(Exception):
     """The server put this message off (4xx to its sender, recipient or data) while it takes other mail."""
 
 
+class RecipientRefused(PermanentFailure):
+    """The relay refused the recipient for good at RCPT TO (5xx): a hard bounce of that address.
+
+    `diagnostic` is the relay's reply, e.g. "550 5.1.1 <x@example.com>: Recipient address rejected".
+    """
+
+    def __init__(self, description: str, *, diagnostic: str) -> None:
+        super().__init__(description)
+        self.diagnostic = diagnostic
+
+
+class RecipientDeferred(TemporaryFailure):
+    """The relay put the recipient off at RCPT TO (4xx): retried; a soft bounce if it never goes."""
+
+    def __init__(self, description: str, *, diagnostic: str) -> None:
+        super().__init__(description)
+        self.diagnostic = diagnostic
+
+
 class RelayUnavailable(Exception):
     """The relay takes no mail now (refused, timed out, 421, login or TLS failed, hung up): not the message's fault.
 
@@ -137,6 +156,13 @@ class SmtpTransport:
         if not codes or any(code in RELAY_CODES or not 400 <= code < 600 for code in codes):
             self._drop()
             raise RelayUnavailable(_describe(error)) from error
+        if isinstance(error, smtplib.SMTPRecipientsRefused) and len(codes) == 1:
+            # One recipient per message: the refusal is about that address, not the message.
+            diagnostic = _reply(*next(iter(error.recipients.values())))
+            description = f"{type(error).__name__}: {diagnostic}"
+            if 500 <= codes[0] < 600:
+                raise RecipientRefused(description, diagnostic=diagnostic) from error
+            raise RecipientDeferred(description, diagnostic=diagnostic) from error
         if all(500 <= code < 600 for code in codes):
             raise PermanentFailure(_describe(error)) from error
         raise TemporaryFailure(_describe(error)) from error
@@ -154,6 +180,13 @@ def _describe(error: BaseException) -> str:
     """One line naming the error, e.g. "ConnectionRefusedError: [Errno 111] Connection refused"."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    """An SMTP reply as one line, e.g. "550 5.1.1 <x@example.com>: Recipient address rejected: User unknown"."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return " ".join(f"{code} {text}".split())
 
 
 def transport_for(config: dict) -> Transport:
