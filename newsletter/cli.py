@@ -18,6 +18,7 @@ from werkzeug.serving import WSGIRequestHandler
 
 from . import outages
 from .cli_admins import admins
+from .cli_bounces import bounce_mail
 from .cli_export import export
 from .cli_outbox import outbox_group
 from .cli_privacy import purge_pending
@@ -64,6 +65,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(worker)
     app.cli.add_command(serve)
     app.cli.add_command(unsubscribe_mail)
+    app.cli.add_command(bounce_mail)
     app.cli.add_command(admins)
     app.cli.add_command(export)
     app.cli.add_command(tokens)
