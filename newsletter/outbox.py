@@ -281,7 +281,9 @@ def _record_bounce(session: Session, config: dict[str, Any], row: OutboxMessage,
         return None
     recorded = suppressions.record_event(session, config, row.to_address, kind=kind, provider="smtp",
                                          diagnostic=error.diagnostic, provider_event_id=row.message_id)
-    state = "the address is suppressed" if recorded.suppression is not None else "not suppressed yet"
+    entry = recorded.suppression
+    stopped = entry is not None and entry.reason in suppressions.MAIL_STOPPING
+    state = "the address is suppressed" if stopped else "not suppressed yet"
     return f"{kind.replace('_', ' ')}; {state}"
 
 

@@ -82,7 +82,8 @@ def test_a_recipient_refused_for_good_at_rcpt_is_a_hard_bounce_and_the_rest_stil
     assert smtp.inbox.rcpt_refused == [GONE]
 
     # A later signup of the address (in another case) sends it nothing, and leaves nothing waiting.
-    answer = client.post("/api/v1/subscriptions", json={"email": "Gone@Example.org", "newsletters": ["weekly-explainer"]})
+    answer = client.post("/api/v1/subscriptions",
+                         json={"email": "Gone@Example.org", "newsletters": ["weekly-explainer"]})
     assert answer.status_code == 202
     sign_up(client, "third@example.org")
     drain()
