@@ -83,7 +83,7 @@ class FolderTransport:
 class SmtpTransport:
     """Sends over one SMTP connection, opened on first use and reopened when it drops."""
 
-    def __init__(self, url: str, timeout: float = 30) -> None:
+    def __init__(self, url: str, timeout: float = 30, envelope_from: str | None = None) -> None:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.implicit_tls = parts.scheme == "smtps"
@@ -93,6 +93,8 @@ class SmtpTransport:
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.timeout = timeout
+        # MAIL FROM, where bounces go; None: the From header's address, as smtplib does.
+        self.envelope_from = envelope_from
         self._connection: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
@@ -127,7 +129,7 @@ class SmtpTransport:
                 # Refused, timed out, 421 or another greeting, EHLO, STARTTLS or login failed.
                 raise RelayUnavailable(_describe(error)) from error
         try:
-            self._connection.send_message(message)
+            self._connection.send_message(message, from_addr=self.envelope_from)
         except smtplib.SMTPServerDisconnected:
             self._drop()
             raise
@@ -192,5 +194,6 @@ def _reply(code: int, text: bytes | str) -> str:
 def transport_for(config: dict) -> Transport:
     """The transport the configuration asks for."""
     if config.get("NEWSLETTER_SMTP_URL"):
-        return SmtpTransport(config["NEWSLETTER_SMTP_URL"], timeout=config["NEWSLETTER_SMTP_TIMEOUT"])
+        return SmtpTransport(config["NEWSLETTER_SMTP_URL"], timeout=config["NEWSLETTER_SMTP_TIMEOUT"],
+                             envelope_from=config.get("NEWSLETTER_BOUNCE_ADDRESS"))
     return FolderTransport(config["NEWSLETTER_MAIL_DIR"])

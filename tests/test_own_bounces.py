@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from newsletter import outbox, suppressions
+from newsletter import config, outbox, suppressions
 from newsletter.extensions import db
 from newsletter.models import utcnow
 
@@ -186,3 +187,26 @@ def test_a_lifted_suppression_lets_new_mail_go(app, client, smtp, drain):
     sign_up(client, "back@example.org")
     assert drain().sent == 1
     assert recipients_received(smtp) == ["back@example.org"]
+
+
+def test_the_bounce_address_is_the_envelope_sender_so_bounces_reach_the_bounce_mailbox(app, client, smtp, drain):
+    app.config["NEWSLETTER_BOUNCE_ADDRESS"] = "bounces@news.example.com"
+    sign_up(client, "reader@example.org")
+    drain()
+    [(mail_from, recipients)] = smtp.inbox.envelopes
+    assert (mail_from, recipients) == ("bounces@news.example.com", ["reader@example.org"])
+    assert smtp.inbox.messages[0]["From"] != "bounces@news.example.com"  # readers still see and answer From
+
+
+@pytest.mark.parametrize("raw", ["Bounces <bounces@news.example.com>", "bounces", "a b@example.com",
+                                 "x@y\r\nRCPT TO:<z@w>"])
+def test_a_malformed_bounce_address_is_refused_at_startup(tmp_path, raw):
+    with pytest.raises(config.ConfigError, match="NEWSLETTER_BOUNCE_ADDRESS"):
+        config.load(tmp_path, {"NEWSLETTER_BOUNCE_ADDRESS": raw})
+
+
+def test_without_a_bounce_address_the_from_address_is_the_envelope_sender(app, client, smtp, drain):
+    sign_up(client, "reader@example.org")
+    drain()
+    [(mail_from, _)] = smtp.inbox.envelopes
+    assert mail_from == smtp.inbox.messages[0]["From"].addresses[0].addr_spec
