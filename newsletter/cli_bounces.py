@@ -24,10 +24,10 @@ def bounce_mail(message: BinaryIO) -> None:
     """Record the bounces and complaints in one message from the bounce mailbox (MESSAGE file or stdin).
 
     It reads a delivery status notification (RFC 3464, and the many non-standard bounce formats
-    flufl.bounce knows) or a spam complaint in ARF (RFC 5965). A permanent failure is a hard
-    bounce and a complaint: both suppress the address at once. A temporary failure (a delay, a full
-    mailbox) is a soft bounce: NEWSLETTER_SOFT_BOUNCE_LIMIT of them within
-    NEWSLETTER_SOFT_BOUNCE_WINDOW suppress it. The same message read twice is recorded once.
+    flufl.bounce knows) or a spam complaint in ARF (RFC 5965). A permanent failure (a hard bounce)
+    and a complaint suppress the address at once. A temporary failure (a delay, a full mailbox) is
+    a soft bounce: NEWSLETTER_SOFT_BOUNCE_LIMIT of them within NEWSLETTER_SOFT_BOUNCE_WINDOW
+    suppress it. The same message read twice is recorded once.
     Prints one line per recipient recorded.
 
     Point the bounce mailbox's delivery at it (a pipe alias, an Exim pipe transport, a fetchmail
@@ -35,7 +35,8 @@ def bounce_mail(message: BinaryIO) -> None:
     read, even if it held nothing to record (an out-of-office reply, a normal email, a malformed
     message: said on stderr), because any other code makes the server bounce the message back or
     retry it; 75 (EX_TEMPFAIL) when the database is unavailable, so that the server keeps the
-    message and delivers it again later. Only the first 10 MB of a message are read.
+    message and delivers it again later; 2 only for a wrong command line (a MESSAGE file that
+    does not exist). Only the first 10 MB of a message are read.
     """
     raw, cut = _read_capped(message)
     if cut:

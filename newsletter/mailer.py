@@ -160,8 +160,9 @@ class SmtpTransport:
             raise RelayUnavailable(_describe(error)) from error
         if isinstance(error, smtplib.SMTPRecipientsRefused) and len(codes) == 1:
             # One recipient per message: the refusal is about that address, not the message.
-            diagnostic = _reply(*next(iter(error.recipients.values())))
-            description = f"{type(error).__name__}: {diagnostic}"
+            [(recipient, reply)] = error.recipients.items()
+            diagnostic = _reply(*reply)
+            description = f"{type(error).__name__}: {recipient}: {diagnostic}"
             if 500 <= codes[0] < 600:
                 raise RecipientRefused(description, diagnostic=diagnostic) from error
             raise RecipientDeferred(description, diagnostic=diagnostic) from error
