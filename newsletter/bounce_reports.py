@@ -191,7 +191,7 @@ def _clean_address(text: str | None) -> str | None:
     match = _ADDRESS.search(text.replace("\x00", ""))
     if match is None or len(match.group(0)) > 320 or "\ufffd" in match.group(0):
         return None
-    return match.group(0).strip(".;,")
+    return match.group(0).strip(".;,\"'()[]")
 
 
 def _notification_id(message: Message, raw: bytes) -> str:
