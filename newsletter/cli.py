@@ -18,6 +18,7 @@ from werkzeug.serving import WSGIRequestHandler
 
 from . import outages
 from .cli_admins import admins
+from .cli_bounces import bounce_mail
 from .cli_export import export
 from .cli_import import import_command
 from .cli_outbox import outbox_group
@@ -65,6 +66,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(worker)
     app.cli.add_command(serve)
     app.cli.add_command(unsubscribe_mail)
+    app.cli.add_command(bounce_mail)
     app.cli.add_command(admins)
     app.cli.add_command(export)
     app.cli.add_command(import_command)
@@ -212,7 +214,8 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
         finally:
             sender.transport.close()
             db.session.remove()
-        click.echo(f"sent {result.sent}, will retry {result.retrying}, failed {result.failed}", err=True)
+        not_sent = f", not sent to suppressed addresses {result.suppressed}" if result.suppressed else ""
+        click.echo(f"sent {result.sent}, will retry {result.retrying}, failed {result.failed}{not_sent}", err=True)
         if imported:
             click.echo(f"ran {imported} import(s)", err=True)
         if result.stopped_by_error:

@@ -101,6 +101,14 @@ def _smtp_url(raw: str | None) -> str | None:
     return raw
 
 
+def _envelope_address(name: str, raw: str | None) -> str | None:
+    if raw is None or raw.strip() == "":
+        return None
+    if not re.fullmatch(r"[^@\s<>\"]+@[^@\s<>\"]+", raw.strip()):
+        raise ConfigError(f"{name}={raw!r} is not a bare email address (e.g. bounces@news.example.com)")
+    return raw.strip()
+
+
 def _origins(raw: str | None) -> list[str]:
     origins = []
     for item in (raw or "").split(","):
@@ -223,6 +231,8 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         "NEWSLETTER_MAIL_DIR": get("MAIL_DIR") or str(instance_path / "mail"),
         "NEWSLETTER_MAIL_FROM": get("MAIL_FROM") or "Newsletters <newsletters@localhost>",
         "NEWSLETTER_UNSUBSCRIBE_MAILTO": get("UNSUBSCRIBE_MAILTO"),
+        # The envelope sender (MAIL FROM, Return-Path): where receiving servers send bounces. Unset, the From address.
+        "NEWSLETTER_BOUNCE_ADDRESS": _envelope_address("NEWSLETTER_BOUNCE_ADDRESS", get("BOUNCE_ADDRESS")),
         "NEWSLETTER_CONFIRM_MAX_AGE": _duration("NEWSLETTER_CONFIRM_MAX_AGE", get("CONFIRM_MAX_AGE"), 7 * DAY),
         "NEWSLETTER_CONFIRM_RESEND_INTERVAL": _duration(
             "NEWSLETTER_CONFIRM_RESEND_INTERVAL", get("CONFIRM_RESEND_INTERVAL"), 5 * 60

@@ -18,6 +18,25 @@ class TemporaryFailure(Exception):
     """The server put this message off (4xx to its sender, recipient or data) while it takes other mail."""
 
 
+class RecipientRefused(PermanentFailure):
+    """The relay refused the recipient for good at RCPT TO (5xx): a hard bounce of that address.
+
+    `diagnostic` is the relay's reply, e.g. "550 5.1.1 <x@example.com>: Recipient address rejected".
+    """
+
+    def __init__(self, description: str, *, diagnostic: str) -> None:
+        super().__init__(description)
+        self.diagnostic = diagnostic
+
+
+class RecipientDeferred(TemporaryFailure):
+    """The relay put the recipient off at RCPT TO (4xx): retried; a soft bounce if it never goes."""
+
+    def __init__(self, description: str, *, diagnostic: str) -> None:
+        super().__init__(description)
+        self.diagnostic = diagnostic
+
+
 class RelayUnavailable(Exception):
     """The relay takes no mail now (refused, timed out, 421, login or TLS failed, hung up): not the message's fault.
 
@@ -64,7 +83,7 @@ class FolderTransport:
 class SmtpTransport:
     """Sends over one SMTP connection, opened on first use and reopened when it drops."""
 
-    def __init__(self, url: str, timeout: float = 30) -> None:
+    def __init__(self, url: str, timeout: float = 30, envelope_from: str | None = None) -> None:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.implicit_tls = parts.scheme == "smtps"
@@ -74,6 +93,8 @@ class SmtpTransport:
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.timeout = timeout
+        # MAIL FROM, where bounces go; None: the From header's address, as smtplib does.
+        self.envelope_from = envelope_from
         self._connection: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
@@ -108,7 +129,7 @@ class SmtpTransport:
                 # Refused, timed out, 421 or another greeting, EHLO, STARTTLS or login failed.
                 raise RelayUnavailable(_describe(error)) from error
         try:
-            self._connection.send_message(message)
+            self._connection.send_message(message, from_addr=self.envelope_from)
         except smtplib.SMTPServerDisconnected:
             self._drop()
             raise
@@ -137,6 +158,14 @@ class SmtpTransport:
         if not codes or any(code in RELAY_CODES or not 400 <= code < 600 for code in codes):
             self._drop()
             raise RelayUnavailable(_describe(error)) from error
+        if isinstance(error, smtplib.SMTPRecipientsRefused) and len(codes) == 1:
+            # One recipient per message: the refusal is about that address, not the message.
+            [(recipient, reply)] = error.recipients.items()
+            diagnostic = _reply(*reply)
+            description = f"{type(error).__name__}: {recipient}: {diagnostic}"
+            if 500 <= codes[0] < 600:
+                raise RecipientRefused(description, diagnostic=diagnostic) from error
+            raise RecipientDeferred(description, diagnostic=diagnostic) from error
         if all(500 <= code < 600 for code in codes):
             raise PermanentFailure(_describe(error)) from error
         raise TemporaryFailure(_describe(error)) from error
@@ -156,8 +185,16 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _reply(code: int, text: bytes | str) -> str:
+    """An SMTP reply as one line, e.g. "550 5.1.1 <x@example.com>: Recipient address rejected: User unknown"."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return " ".join(f"{code} {text}".split())
+
+
 def transport_for(config: dict) -> Transport:
     """The transport the configuration asks for."""
     if config.get("NEWSLETTER_SMTP_URL"):
-        return SmtpTransport(config["NEWSLETTER_SMTP_URL"], timeout=config["NEWSLETTER_SMTP_TIMEOUT"])
+        return SmtpTransport(config["NEWSLETTER_SMTP_URL"], timeout=config["NEWSLETTER_SMTP_TIMEOUT"],
+                             envelope_from=config.get("NEWSLETTER_BOUNCE_ADDRESS"))
     return FolderTransport(config["NEWSLETTER_MAIL_DIR"])

@@ -37,6 +37,8 @@ REQUEST_SECONDS = Histogram(
     "newsletter_request_duration_seconds", "Time to answer a request, by endpoint and status class.",
     ["endpoint", "status"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+NOT_SENT = Counter("newsletter_outbox_not_sent", "Emails not sent because their address was suppressed by the "
+                   "time they were due, by the suppression's reason.", ["reason"])
 _COUNTERS = {"signups": SIGNUPS, "confirmations": CONFIRMATIONS, "unsubscribes": UNSUBSCRIBES}
 
 
@@ -45,6 +47,12 @@ def count(what: str, channel: str, amount: int = 1) -> None:
     if amount > 0:
         with _never_failing("count %s", what):
             _COUNTERS[what].labels(channel=channel).inc(amount)
+
+
+def count_not_sent(reason: str) -> None:
+    """Count one email the sender did not send because its address is suppressed for `reason`."""
+    with _never_failing("count a message not sent (%s)", reason):
+        NOT_SENT.labels(reason=reason).inc()
 
 
 def observe_request(endpoint: str | None, status: int, seconds: float) -> None:

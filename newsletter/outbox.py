@@ -22,8 +22,8 @@ from sqlalchemy import Select, and_, event, exists, func, insert, not_, or_, sel
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import outages
-from .mailer import PermanentFailure, RelayUnavailable, Transport, transport_for
+from . import metrics, outages, suppressions
+from .mailer import PermanentFailure, RecipientDeferred, RecipientRefused, RelayUnavailable, Transport, transport_for
 from .models import OUTBOX_STATUSES, OutboxMessage, Reader, utcnow
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class DrainResult:
     sent: int = 0
     retrying: int = 0
     failed: int = 0
+    # Not sent because the address was suppressed by the time its turn came (failed, never retried).
+    suppressed: int = 0
     # Set when the relay can't take mail: why. Sending stops there, and no message spent an attempt.
     stopped_by_error: str | None = None
 
@@ -125,12 +127,17 @@ def _lease(config: dict[str, Any]) -> timedelta:
 
 @dataclass(frozen=True)
 class Claim:
-    """A message leased for sending: its attempts count with this one (to give it back), and the email."""
+    """A message leased for sending: its attempts count with this one (to give it back), and the email.
+
+    `suppressed` (the suppression's reason) instead: the address may no longer be mailed, and the
+    message was marked failed in the claiming transaction; there is nothing to send.
+    """
 
     row_id: int
     attempts: int
     message: EmailMessage | None
     build_error: Exception | None
+    suppressed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,14 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
     if row is None:
         session.rollback()
         return None
+    # The last line of defence: whatever queued it, no email goes to an address suppressed since.
+    stopping = suppressions.mail_stopped(session, config, row.to_address)
+    if stopping is not None:
+        row.status, row.next_attempt_at = "failed", now
+        row.last_error = not_sent_error(stopping.reason)
+        claim = Claim(row.id, row.attempts, None, None, suppressed=stopping.reason)
+        session.commit()
+        return claim
     row.attempts += 1
     row.next_attempt_at = now + _lease(config)
     try:
@@ -170,6 +185,15 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
     claim = Claim(row.id, row.attempts, message, build_error)
     session.commit()
     return claim
+
+
+SUPPRESSED_PREFIX = "Not sent: the address is suppressed"
+
+
+def not_sent_error(reason: str) -> str:
+    """The last_error of a message not sent because its address is suppressed for `reason`."""
+    # Starts with CANCELLED_PREFIX: `outbox retry` leaves it alone (lift the suppression, then sign up again).
+    return f"{SUPPRESSED_PREFIX} ({reason.replace('_', ' ')})"
 
 
 def _verdict(error: Exception | None) -> str:
@@ -224,8 +248,11 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
         # Out of attempts while the relay puts off every message (full, greylisting all): that is the
         # relay's trouble, not this message's, so it waits at the longest back-off instead of failing.
         row.next_attempt_at = now + _backoff(row.attempts, config["NEWSLETTER_OUTBOX_RETRY_BASE"])
+    bounce = _record_bounce(session, config, row, error) if row.status == "failed" else None
     status, attempts, next_attempt_at, last_error = row.status, row.attempts, row.next_attempt_at, row.last_error
     session.commit()
+    if bounce:
+        log.warning("outbox message %s: the relay refused its recipient (%s)", claim.row_id, bounce)
     if verdict == "sent":
         result.sent += 1
     elif verdict == "relay":
@@ -237,6 +264,27 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
         result.retrying += 1
         log.info("outbox message %s will be retried at %s: %s", claim.row_id, next_attempt_at,
                  without_addresses(last_error))
+
+
+def _record_bounce(session: Session, config: dict[str, Any], row: OutboxMessage, error: Exception | None) -> str | None:
+    """Record a failed message's refusal at RCPT as a bounce of its address, in the outcome's transaction.
+
+    A 5xx at RCPT is a hard bounce; a 4xx that lasted until the message failed counts once as a
+    soft bounce. Refusals at DATA are about the message (content, size), not the address: none is
+    recorded for them. Returns what was recorded, for the log (no address in it).
+    """
+    if isinstance(error, RecipientRefused):
+        kind = "hard_bounce"
+    elif isinstance(error, RecipientDeferred):
+        kind = "soft_bounce"
+    else:
+        return None
+    recorded = suppressions.record_event(session, config, row.to_address, kind=kind, provider="smtp",
+                                         diagnostic=error.diagnostic, provider_event_id=row.message_id)
+    entry = recorded.suppression
+    stopped = entry is not None and entry.reason in suppressions.MAIL_STOPPING
+    state = "the address is suppressed" if stopped else "not suppressed yet"
+    return f"{kind.replace('_', ' ')}; {state}"
 
 
 def _relay_took_later_mail(session: Session, row_id: int) -> bool:
@@ -258,6 +306,11 @@ class Sender:
         claim = claim_next(session, self.config)
         if claim is None:
             return False
+        if claim.suppressed is not None:
+            result.suppressed += 1
+            metrics.count_not_sent(claim.suppressed)
+            log.info("outbox message %s not sent: the address is suppressed (%s)", claim.row_id, claim.suppressed)
+            return True
         error = claim.build_error
         if claim.message is not None:
             try:

@@ -110,6 +110,18 @@ class Inbox:
         self._changed = threading.Condition()
         self.delay = 0.0
         self.refuse_with: str | None = None
+        # Recipient (lowercased) -> the reply to its RCPT TO, e.g. "550 5.1.1 <x>: Recipient address rejected".
+        self.refuse_rcpt: dict[str, str] = {}
+        self.rcpt_refused: list[str] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: N802
+        refusal = self.refuse_rcpt.get(address.lower())
+        if refusal:
+            self.rcpt_refused.append(address)
+            return refusal
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd's name)
         if self.delay:

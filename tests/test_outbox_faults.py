@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from newsletter import catalog, create_app, outbox, subscriptions
+from newsletter import catalog, create_app, outbox, subscriptions, suppressions
 from newsletter.extensions import db, limiter
 from newsletter.models import OutboxMessage, utcnow
 
@@ -627,6 +627,13 @@ def test_outbox_status_and_retry(app, client, runner, smtp, drain):
     assert (rows["refused@example.org"].status, rows["refused@example.org"].attempts) == ("pending", 0)
     assert rows["blocked@example.org"].status == "failed"  # an admin's block is never undone by a retry
 
+    # The 550 at RCPT was a hard bounce: the address stays suppressed until an admin lifts it.
+    with app.app_context():
+        entry = suppressions.mail_stopped(db.session, app.config, "refused@example.org")
+        assert entry is not None and entry.reason == "hard_bounce"
+        suppressions.lift(db.session, entry.id, admin_id=None, note="the reader's mailbox works again")
+        db.session.commit()
+        db.session.remove()
     smtp.start()
     del smtp.inbox.handle_RCPT
     assert drain().sent == 2
