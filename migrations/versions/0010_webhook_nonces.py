@@ -1,12 +1,12 @@
 """One-time values of signed provider webhooks (Mailgun's tokens), to refuse replays.
 
-Revision ID: 0010p
+Revision ID: 0010
 Revises: 0009
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0010p'
+revision = '0010'
 down_revision = '0009'
 branch_labels = None
 depends_on = None
