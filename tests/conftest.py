@@ -82,8 +82,9 @@ def postgres_url(instance_dir: Path) -> Iterator[str]:
     admin.dispose()
 
 
-TABLES = ["import_refusals", "imports", "suppressions", "delivery_events", "exports", "api_tokens", "admin_sessions", "admin_users", "consent_events", "outbox_messages", "subscriptions", "readers",
-          "newsletters"]
+TABLES = ["webhook_nonces", "import_refusals", "imports", "suppressions", "delivery_events", "exports",
+          "api_tokens", "admin_sessions", "admin_users", "consent_events", "outbox_messages", "subscriptions",
+          "readers", "newsletters"]
 
 
 @pytest.fixture(params=BACKENDS)
