@@ -117,7 +117,8 @@ def resend_confirmation(reader_id: int) -> Response:
 @admin_view(change=True)
 def block_reader(reader_id: int) -> Response:
     def run() -> str:
-        left = subscriptions.block(db.session, reader_id, source=_admin_source("Blocked"))
+        left = subscriptions.block(db.session, reader_id, source=_admin_source("Blocked"),
+                                   config=current_app.config, admin_id=current_user.id)
         also = f" Unsubscribed from {', '.join(n.name for n in left)}." if left else ""
         return f"Blocked: signups from this address are ignored and it gets no email.{also}"
 
@@ -128,7 +129,8 @@ def block_reader(reader_id: int) -> Response:
 @admin_view(change=True)
 def unblock_reader(reader_id: int) -> Response:
     def run() -> str:
-        subscriptions.unblock(db.session, reader_id, source=_admin_source("Unblocked"))
+        subscriptions.unblock(db.session, reader_id, source=_admin_source("Unblocked"),
+                              config=current_app.config, admin_id=current_user.id)
         return "Unblocked: the address can sign up again (it stays unsubscribed until it does)."
 
     return _act(reader_id, run)
