@@ -103,10 +103,11 @@ def stopping_reason(connection: Session | Connection, key: str) -> str | None:
 
 def mail_stopping_keys(session: Session) -> dict[str, str]:
     """Every address key with a mail-stopping entry in force, with its reason (for exports: thousands, not millions)."""
-    return dict(session.execute(
+    rows = session.execute(
         select(Suppression.address_key, Suppression.reason)
         .where(Suppression.lifted_at.is_(None), Suppression.reason.in_(MAIL_STOPPING))
-    ).tuples())
+    )
+    return {key: reason for key, reason in rows}
 
 
 def in_force(session: Session, key: str) -> Suppression | None:
