@@ -76,8 +76,9 @@ def _searchable(text: str) -> bool:
 
 
 def search(session: Session, config: Mapping[str, Any], *, address: str = "", reason: str | None = None,
-           state: str = "in_force", page: int = 1, per_page: int = PAGE_SIZE) -> SuppressionPage:
+           state: str = "in_force", page: int = 1, per_page: int | None = None) -> SuppressionPage:
     """Entries in force (or lifted), newest first; of one `reason`; of `address` (its key, or as written, any case)."""
+    per_page = per_page or PAGE_SIZE
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}")
     if reason is not None and reason not in SUPPRESSION_REASONS:

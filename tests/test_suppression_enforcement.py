@@ -6,6 +6,9 @@ Over real HTTP with the real SMTP server behind the outbox, on SQLite and Postgr
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 
 import pytest
@@ -270,3 +273,85 @@ def test_the_key_of_a_normalized_address_is_its_address_key(app, address):
     normalized = addresses.normalize(address)
     assert suppressions.normalized_key(app.config, normalized) == suppressions.address_key(app.config, address)
     assert suppressions.key_maker(app.config)(normalized) == suppressions.address_key(app.config, address)
+
+
+# --- Exports ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed_list(app, client):
+    """Six readers of the Daily Briefing: two bounced (one reported in capitals), one lifted, one erased-then-back, two fine."""
+    for address in ("fine1@example.org", "Bounced1@example.org", "bounced2@example.org", "lifted@example.org",
+                    "returned@example.org", "fine2@example.org"):
+        assert client.post("/api/v1/subscriptions", json={"email": address, "newsletters": ["daily-briefing"]}
+                           ).status_code == 202
+    suppress(app, "BOUNCED1@EXAMPLE.ORG")
+    suppress(app, "bounced2@example.org", reason="complaint")
+    lifted = suppress(app, "lifted@example.org")
+    with app.app_context():
+        suppressions.lift(db.session, lifted, admin_id=None, note="fixed")
+        suppressions.suppress(db.session, app.config, None, reason="erased", source="erasure",
+                              key=suppressions.address_key(app.config, "returned@example.org"))
+        db.session.commit()
+        db.session.remove()
+
+
+KEPT = ["fine1@example.org", "lifted@example.org", "returned@example.org", "fine2@example.org"]
+SUPPRESSED = {"Bounced1@example.org": "hard_bounce", "bounced2@example.org": "complaint"}
+
+
+def csv_table(body: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(body.decode("utf-8"), newline="")))
+
+
+@pytest.mark.parametrize("chunk_rows", [5000, 2])  # 2: chunks left empty once the suppressed are out
+def test_the_admin_export_leaves_suppressed_addresses_out_unless_asked(app, client, admin, mixed_list,  # noqa: F811
+                                                                      monkeypatch, chunk_rows):
+    from newsletter import exports
+
+    monkeypatch.setattr(exports, "CHUNK_ROWS", chunk_rows)
+    log_in(client, "viewer@example.org", PASSWORD)
+
+    def download(**fields):
+        page = client.get("/admin/exports").get_data(as_text=True)
+        assert 'name="suppressed" value="exclude" checked' in page
+        return client.post("/admin/exports/download", data={**hidden_fields(page), "newsletter": "daily-briefing",
+                                                            "format": "csv", **fields})
+
+    default = csv_table(download().get_data())
+    assert [row["email"] for row in default] == KEPT
+    assert "suppressed" not in default[0]
+    included = csv_table(download(suppressed="include").get_data())
+    assert {row["email"]: row["suppressed"] for row in included} == {**dict.fromkeys(KEPT, ""), **SUPPRESSED}
+    only = csv_table(download(suppressed="only").get_data())
+    assert [row["email"] for row in only] == list(SUPPRESSED)
+    assert query(app, "SELECT row_count, filters FROM exports ORDER BY id")[-1][0] == 2
+
+    wrong = download(suppressed="some")
+    assert wrong.status_code == 422
+    assert "use exclude, include, only, not &#39;some&#39;" in wrong.get_data(as_text=True)
+
+
+def test_the_api_and_cli_exports_take_the_same_filter(app, client, runner, mixed_list):
+    from newsletter import api_tokens
+
+    with app.app_context():
+        _, secret = api_tokens.create_token(db.session, "sync", "viewer")
+        db.session.commit()
+        db.session.remove()
+    headers = {"Authorization": f"Bearer {secret}"}
+    url = "/api/v1/newsletters/daily-briefing/subscribers.ndjson"
+    default = client.get(url, headers=headers)
+    assert [row["email"] for row in map(json.loads, default.get_data(as_text=True).splitlines())] == KEPT
+    included = client.get(url + "?suppressed=include", headers=headers).get_data(as_text=True)
+    marks = {row["email"]: row["suppressed"] for row in map(json.loads, included.splitlines())}
+    assert marks == {**dict.fromkeys(KEPT), **SUPPRESSED}  # null where not suppressed
+    bad = client.get(url + "?suppressed=\x00", headers=headers)
+    assert bad.status_code == 422 and "suppressed" in bad.get_json()["errors"]
+
+    result = runner.invoke(args=["export", "daily-briefing", "--suppressed", "only"])
+    assert result.exit_code == 0, result.output
+    assert [row["email"] for row in csv_table(result.stdout_bytes)] == list(SUPPRESSED)
+    assert [row["email"] for row in csv_table(runner.invoke(args=["export", "daily-briefing"]).stdout_bytes)] == KEPT
+    refused = runner.invoke(args=["export", "daily-briefing", "--suppressed", "all"])
+    assert refused.exit_code != 0 and "'all' is not one of 'exclude', 'include', 'only'" in refused.output
