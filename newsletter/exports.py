@@ -108,8 +108,8 @@ def parse_selection(newsletter: Newsletter | None, *, status: Iterable[str] = ()
     errors: dict[str, list[str]] = {}
     suppressed = (suppressed or "").strip() or "exclude"
     if suppressed not in SUPPRESSED_CHOICES:
-        errors["suppressed"] = [f"Suppressed addresses can be excluded, included or taken alone: use "
-                                f"{', '.join(SUPPRESSED_CHOICES)}, not {suppressed!r}."]
+        errors["suppressed"] = [(f"Suppressed addresses can be excluded, included or taken alone: use "
+                                 f"{', '.join(SUPPRESSED_CHOICES)}, not {suppressed!r}.")]
     statuses = tuple(dict.fromkeys(part.strip() for item in status for part in item.split(",") if part.strip()))
     unknown = [name for name in statuses if name not in SUBSCRIPTION_STATUSES]
     if unknown:
