@@ -10,9 +10,9 @@ chunk is written out before the next is read. The database formats the cells (ti
 
 Suppressed addresses (a mail-stopping entry in force) are left out by default, or marked, or the
 only ones taken (`suppressed=exclude|include|only`). An entry is found by its keyed hash, which the
-database can't compute: the stream reads the keys in force once (a list's thousands of bounces and
-complaints, not its millions of readers), then takes each row's key in Python as the chunk goes by
-(about a microsecond a row, and nothing at all while the list is empty).
+database can't compute: the stream reads the entries in force once (a list's thousands of bounces and
+complaints, not its millions of readers), then matches each row in Python as the chunk goes by
+(suppressions.mail_stopping_matcher: a dictionary look-up a row, and nothing at all while the list is empty).
 """
 
 from __future__ import annotations
@@ -318,19 +318,18 @@ def _suppression_sift(session: Session, selection: Selection, config: Mapping[st
 
     The rows lose their address; `include` puts the reason there (`empty` when none).
     """
-    stopped = suppressions.mail_stopping_keys(session)
-    if not stopped and selection.suppressed == "exclude":
-        return None  # nothing to leave out: the query need not even read the address
-    if not stopped:
+    reason_of = suppressions.mail_stopping_matcher(session, config)
+    if reason_of is None:
+        if selection.suppressed == "exclude":
+            return None  # nothing to leave out: the query need not even read the address
         if selection.suppressed == "only":
             return lambda rows: []
         return lambda rows: [(*row[:-1], empty) for row in rows]
-    key = suppressions.key_maker(config)
     if selection.suppressed == "exclude":
-        return lambda rows: [row[:-1] for row in rows if key(row[-1]) not in stopped]
+        return lambda rows: [row[:-1] for row in rows if reason_of(row[-1]) is None]
     if selection.suppressed == "only":
-        return lambda rows: [row[:-1] for row in rows if key(row[-1]) in stopped]
-    return lambda rows: [(*row[:-1], stopped.get(key(row[-1]), empty)) for row in rows]
+        return lambda rows: [row[:-1] for row in rows if reason_of(row[-1]) is not None]
+    return lambda rows: [(*row[:-1], reason_of(row[-1]) or empty) for row in rows]
 
 
 def _read_chunks(session: Session, query: Select[Any]) -> Iterator[Sequence[Sequence[Any]]]:

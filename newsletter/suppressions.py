@@ -101,13 +101,39 @@ def stopping_reason(connection: Session | Connection, key: str) -> str | None:
     )
 
 
-def mail_stopping_keys(session: Session) -> dict[str, str]:
-    """Every address key with a mail-stopping entry in force, with its reason (for exports: thousands, not millions)."""
+def mail_stopping_matcher(session: Session, config: Mapping[str, Any]) -> Callable[[str], str | None] | None:
+    """For many normalized addresses (an export's): a function giving each one's mail-stopping reason, or None.
+
+    None instead of a function when no such entry is in force. The entries are read once (a list's
+    thousands of bounces and complaints, not its millions of readers). An entry keeps the address
+    as reported: when each one's lowercased or normalized form hashes to its key, addresses are
+    matched by that form, a dictionary look-up; otherwise by computing each address's key.
+    """
     rows = session.execute(
-        select(Suppression.address_key, Suppression.reason)
+        select(Suppression.address_key, Suppression.email, Suppression.reason)
         .where(Suppression.lifted_at.is_(None), Suppression.reason.in_(MAIL_STOPPING))
-    )
-    return {key: reason for key, reason in rows}
+    ).all()
+    if not rows:
+        return None
+    by_form: dict[str, str] = {}
+    for key, email, reason in rows:
+        form = _form_of_key(config, key, email)
+        if form is None:  # an entry made from a key alone: only keys can find it
+            by_key = {key: reason for key, _, reason in rows}
+            make_key = key_maker(config)
+            return lambda address: by_key.get(make_key(address))
+        by_form[form] = reason
+    return lambda address: by_form.get(address.lower())
+
+
+def _form_of_key(config: Mapping[str, Any], key: str, email: str | None) -> str | None:
+    """The lowercased form of `email` whose normalized_key is `key`, if either simple one is."""
+    if email is None:
+        return None
+    for form in (email.lower(), _comparable(email)):
+        if normalized_key(config, form) == key:
+            return form
+    return None
 
 
 def in_force(session: Session, key: str) -> Suppression | None:

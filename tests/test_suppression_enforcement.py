@@ -305,11 +305,18 @@ def csv_table(body: bytes) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("chunk_rows", [5000, 2])  # 2: chunks left empty once the suppressed are out
+@pytest.mark.parametrize("key_only", [False, True], ids=["by-address", "by-key"])
 def test_the_admin_export_leaves_suppressed_addresses_out_unless_asked(app, client, admin, mixed_list,  # noqa: F811
-                                                                      monkeypatch, chunk_rows):
+                                                                      monkeypatch, chunk_rows, key_only):
     from newsletter import exports
 
     monkeypatch.setattr(exports, "CHUNK_ROWS", chunk_rows)
+    if key_only:  # an entry with no address: every row is then matched by its key
+        with app.app_context():
+            suppressions.suppress(db.session, app.config, None, reason="import", source="import",
+                                  key=suppressions.address_key(app.config, "elsewhere@example.net"))
+            db.session.commit()
+            db.session.remove()
     log_in(client, "viewer@example.org", PASSWORD)
 
     def download(**fields):
@@ -355,3 +362,33 @@ def test_the_api_and_cli_exports_take_the_same_filter(app, client, runner, mixed
     assert [row["email"] for row in csv_table(runner.invoke(args=["export", "daily-briefing"]).stdout_bytes)] == KEPT
     refused = runner.invoke(args=["export", "daily-briefing", "--suppressed", "all"])
     assert refused.exit_code != 0 and "'all' is not one of 'exclude', 'include', 'only'" in refused.output
+
+
+@pytest.mark.parametrize("key_only", [False, True], ids=["by-address", "by-key"])
+def test_the_matcher_finds_an_address_reported_in_any_form(app, key_only):
+    with app.app_context():
+        for reported, reason in (("SOMEONE@xn--bcher-kva.example", "hard_bounce"), ("<Loud@EXAMPLE.org>", "complaint"),
+                                 ("lifted@example.org", "manual"), ("gone@example.org", "erased")):
+            entry = suppressions.suppress(db.session, app.config, reported if reason != "erased" else None,
+                                          key=suppressions.address_key(app.config, reported), reason=reason,
+                                          source="ses")
+            if reported.startswith("lifted"):
+                suppressions.lift(db.session, entry.id, admin_id=None)
+        if key_only:
+            suppressions.suppress(db.session, app.config, None, key="0" * 64, reason="import", source="import")
+        db.session.flush()
+        reason_of = suppressions.mail_stopping_matcher(db.session, app.config)
+        db.session.rollback()
+        db.session.remove()
+    assert reason_of("someone@bücher.example") == "hard_bounce"
+    assert reason_of("Loud@example.org") == "complaint"
+    assert reason_of("lifted@example.org") is None and reason_of("gone@example.org") is None
+    assert reason_of("someone.else@bücher.example") is None
+
+
+def test_no_matcher_when_nothing_stops_mail(app):
+    with app.app_context():
+        suppressions.suppress(db.session, app.config, None, key="1" * 64, reason="erased", source="erasure")
+        assert suppressions.mail_stopping_matcher(db.session, app.config) is None
+        db.session.rollback()
+        db.session.remove()
