@@ -101,13 +101,23 @@ def stopping_reason(connection: Session | Connection, key: str) -> str | None:
     )
 
 
-def mail_stopping_matcher(session: Session, config: Mapping[str, Any]) -> Callable[[str], str | None] | None:
-    """For many normalized addresses (an export's): a function giving each one's mail-stopping reason, or None.
+@dataclass(frozen=True)
+class Matcher:
+    """Finds many normalized addresses' mail-stopping reasons: reasons.get(form(address)), None if not suppressed."""
 
-    None instead of a function when no such entry is in force. The entries are read once (a list's
-    thousands of bounces and complaints, not its millions of readers). An entry keeps the address
-    as reported: when each one's lowercased or normalized form hashes to its key, addresses are
-    matched by that form, a dictionary look-up; otherwise by computing each address's key.
+    form: Callable[[str], str]  # the address as the keys of `reasons` are: lowercased, or its key
+    reasons: dict[str, str]
+
+    def reason(self, address: str) -> str | None:
+        return self.reasons.get(self.form(address))
+
+
+def mail_stopping_matcher(session: Session, config: Mapping[str, Any]) -> Matcher | None:
+    """A Matcher of the mail-stopping entries in force, for many addresses (an export's); None if there are none.
+
+    The entries are read once (a list's thousands of bounces and complaints, not its millions of
+    readers). An entry keeps the address as reported: when each one's lowercased or normalized form
+    hashes to its key, addresses are matched by that form, a dictionary look-up; otherwise by key.
     """
     rows = session.execute(
         select(Suppression.address_key, Suppression.email, Suppression.reason)
@@ -119,11 +129,9 @@ def mail_stopping_matcher(session: Session, config: Mapping[str, Any]) -> Callab
     for key, email, reason in rows:
         form = _form_of_key(config, key, email)
         if form is None:  # an entry made from a key alone: only keys can find it
-            by_key = {key: reason for key, _, reason in rows}
-            make_key = key_maker(config)
-            return lambda address: by_key.get(make_key(address))
+            return Matcher(key_maker(config), {key: reason for key, _, reason in rows})
         by_form[form] = reason
-    return lambda address: by_form.get(address.lower())
+    return Matcher(str.lower, by_form)
 
 
 def _form_of_key(config: Mapping[str, Any], key: str, email: str | None) -> str | None:

@@ -377,7 +377,7 @@ def test_the_matcher_finds_an_address_reported_in_any_form(app, key_only):
         if key_only:
             suppressions.suppress(db.session, app.config, None, key="0" * 64, reason="import", source="import")
         db.session.flush()
-        reason_of = suppressions.mail_stopping_matcher(db.session, app.config)
+        reason_of = suppressions.mail_stopping_matcher(db.session, app.config).reason
         db.session.rollback()
         db.session.remove()
     assert reason_of("someone@bücher.example") == "hard_bounce"
