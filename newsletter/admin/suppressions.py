@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -27,7 +29,17 @@ class LiftForm(FlaskForm):
     note = TextAreaField("Why lift it", description="Required: kept with the entry, with your name and the time.")
 
 
-def _filters() -> dict[str, str | int | None]:
+@dataclass(frozen=True)
+class Filters:
+    """What the list shows, from the query string."""
+
+    q: str
+    reason: str | None
+    state: str
+    page: int
+
+
+def _filters() -> Filters:
     address = request.args.get("q", "")
     if len(address) > MAX_QUERY:
         raise BadRequest(f"Search for an address of at most {MAX_QUERY} characters.")
@@ -37,14 +49,13 @@ def _filters() -> dict[str, str | int | None]:
     state = request.args.get("state") or "in_force"
     if state not in suppression_list.STATES:
         raise BadRequest("Show entries in force (state=in_force) or lifted ones (state=lifted).")
-    return {"q": address.strip(), "reason": reason, "state": state, "page": request.args.get("page", 1, type=int)}
+    return Filters(address.strip(), reason, state, request.args.get("page", 1, type=int) or 1)
 
 
 def _list_page(form: AddForm, status: int, errors: dict[str, list[str]] | None = None) -> tuple[str, int]:
     filters = _filters()
-    results = suppression_list.search(db.session, current_app.config, address=str(filters["q"]),
-                                      reason=filters["reason"], state=str(filters["state"]),  # type: ignore[arg-type]
-                                      page=int(filters["page"] or 1))
+    results = suppression_list.search(db.session, current_app.config, address=filters.q, reason=filters.reason,
+                                      state=filters.state, page=filters.page)
     return render_template("admin/suppressions.html", results=results, filters=filters, form=form,
                            errors=errors or {}, reasons=suppression_list.REASON_LABELS), status
 
