@@ -14,8 +14,13 @@ the medians (http rows/s ÷ copy rows/s). The client reads the answer with plain
 HTTP/1.0 (no chunked encoding to undo), so that it takes little of the machine's CPU.
 Targets from issue 4: ratio ≥ 0.5, RSS growth under 50 MB.
 
+With --suppressed N (default 10,000) the suppression list holds N addresses in force, none of them
+on the exported list: the export then takes the keyed hash of every row's address to leave the
+suppressed out (its worst case: every row checked, none dropped, so the row counts still match
+COPY's). --suppressed 0 measures an empty list, where the export skips the check altogether.
+
     .venv/bin/python bench/export.py                    # 1,000,000 rows, 3 runs each
-    .venv/bin/python bench/export.py --rows 200000 --runs 1
+    .venv/bin/python bench/export.py --rows 200000 --runs 1 --suppressed 0
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class Options:
     database_name: str
     rows: int
     runs: int
+    suppressed: int
     json: bool
     results_dir: Path
 
@@ -57,11 +63,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add_database_options(parser, "newsletter_bench_export")
     parser.add_argument("--rows", type=int, default=1_000_000, help="subscriptions of the exported newsletter")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each of http and copy, alternating")
+    parser.add_argument("--suppressed", type=int, default=10_000,
+                        help="addresses on the suppression list (none of them exported)")
     add_output_options(parser)
     args = parser.parse_args(argv)
-    if args.rows < 1 or args.runs < 1:
-        parser.error("rows and runs must be at least 1")
-    return Options(args.database_url, args.database_name, args.rows, args.runs, args.json,
+    if args.rows < 1 or args.runs < 1 or args.suppressed < 0:
+        parser.error("rows and runs must be at least 1, suppressed at least 0")
+    return Options(args.database_url, args.database_name, args.rows, args.runs, args.suppressed, args.json,
                    args.results_dir)
 
 
@@ -111,6 +119,28 @@ def generate(database_url: str, rows: int) -> None:
 
 def _conninfo(database_url: str) -> str:
     return database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def add_suppressions(env: dict[str, str], count: int) -> None:
+    """`count` entries on the suppression list, keyed with the app's own secret, of addresses not on the list."""
+    from sqlalchemy import insert
+
+    from newsletter import create_app, suppressions
+    from newsletter.extensions import db
+    from newsletter.models import Suppression, utcnow
+
+    with environ(env):
+        app = create_app()
+    with app.app_context():
+        now = utcnow()
+        for start in range(0, count, 10_000):
+            db.session.execute(insert(Suppression), [
+                {"address_key": suppressions.address_key(app.config, f"bounced{i}@example.net"),
+                 "email": f"bounced{i}@example.net", "reason": "hard_bounce", "source": "smtp", "created_at": now}
+                for i in range(start, min(count, start + 10_000))])
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
 
 
 def api_token_and_copy_sql(env: dict[str, str]) -> tuple[str, str]:
@@ -282,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         generate(database_url, options.rows)
         log(f"  done in {time.monotonic() - began:.1f} s")
+        if options.suppressed:
+            log(f"adding {options.suppressed:,} addresses to the suppression list")
+            add_suppressions(env, options.suppressed)
         secret, copy_sql = api_token_and_copy_sql(env)
 
         with Gunicorn("app", "wsgi:app", PROJECT_DIR, 1, env, work_dir, options.database_name) as server:
@@ -315,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
         summary, figures = summary_table(http, copy, memory)
         settings = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": options.rows,
-                    "runs": options.runs, "cores": os.cpu_count(), "machine_busy_before_percent": round(busy_before),
+                    "runs": options.runs, "suppressed": options.suppressed, "cores": os.cpu_count(), "machine_busy_before_percent": round(busy_before),
                     "gunicorn": "1 sync worker", "python": sys.version.split()[0]}
         print(", ".join(f"{key} {value}" for key, value in settings.items()))
         print()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import click
+from flask import current_app
 from flask.cli import with_appcontext
 
 from . import exports
@@ -25,22 +26,26 @@ from .extensions import db
               help="Signed up on or before this day (the whole day), or before this time.")
 @click.option("--confirmed-since", metavar="DATE", help="Confirmed on or after this day or time.")
 @click.option("--confirmed-until", metavar="DATE", help="Confirmed on or before this day, or before this time.")
+@click.option("--suppressed", type=click.Choice(list(exports.SUPPRESSED_CHOICES)), default="exclude",
+              show_default=True, help="Addresses on the suppression list: leave them out, include them with a "
+                                      "'suppressed' column giving the reason, or export only them.")
 @click.option("--format", "fmt", type=click.Choice(list(exports.FORMATS)), default="csv", show_default=True,
               help="csv for spreadsheets and sending platforms (formula cells neutralized), ndjson for programs.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               help="The file to write; default: standard output.")
 @with_appcontext
 def export(newsletter: str, status: tuple[str, ...], signed_up_since: str | None, signed_up_until: str | None,
-           confirmed_since: str | None, confirmed_until: str | None, fmt: str, output: str) -> None:
+           confirmed_since: str | None, confirmed_until: str | None, suppressed: str, fmt: str, output: str) -> None:
     """Export the subscribers of newsletter SLUG, or of all newsletters, as a recorded export.
 
-    A progress bar shows on stderr when it is a terminal. Erased readers are never exported.
+    A progress bar shows on stderr when it is a terminal. Erased readers are never exported;
+    suppressed addresses are left out unless --suppressed says otherwise.
     """
     try:
         chosen = None if newsletter == "all" else exports.newsletter_named(db.session, newsletter)
         selection = exports.parse_selection(chosen, status=status, signed_up_since=signed_up_since,
                                             signed_up_until=signed_up_until, confirmed_since=confirmed_since,
-                                            confirmed_until=confirmed_until)
+                                            confirmed_until=confirmed_until, suppressed=suppressed)
         record = exports.start(db.session, selection, fmt, channel="cli")
     except exports.InvalidExport as error:
         raise click.UsageError(str(error)) from None
@@ -59,7 +64,8 @@ def export(newsletter: str, status: tuple[str, ...], signed_up_since: str | None
 
     try:
         with progress if progress is not None else contextlib.nullcontext(), _target(output) as target, \
-                contextlib.closing(exports.stream(db.session, record, selection, on_rows=count)) as chunks:
+                contextlib.closing(exports.stream(db.session, record, selection, on_rows=count,
+                                                  config=current_app.config)) as chunks:
             for chunk in chunks:
                 target.write(chunk)
     except BrokenPipeError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response, stream_with_context
+from flask import Response, current_app, stream_with_context
 
 from . import exports
 from .extensions import db
@@ -12,7 +12,7 @@ from .models import ExportRecord, utcnow
 def export_response(record: ExportRecord, selection: exports.Selection) -> Response:
     """A streamed attachment of the export `record` (already committed) of `selection`."""
     fmt = record.format
-    chunks = exports.stream(db.session, record, selection)
+    chunks = exports.stream(db.session, record, selection, config=current_app.config)
     response = Response(stream_with_context(chunks), content_type=exports.FORMATS[fmt])
     response.headers["Content-Disposition"] = f'attachment; filename="{exports.filename(selection, fmt, utcnow())}"'
     # A list of addresses: no cache may keep it. And proxies must pass the chunks on as they come.

@@ -18,7 +18,7 @@ from markupsafe import escape
 from sqlalchemy import ColumnElement, String, func, literal_column
 from sqlalchemy.orm import Session
 
-from . import outbox, tokens
+from . import outbox, suppressions, tokens
 from .links import external_url
 from .models import Newsletter, Reader
 
@@ -137,9 +137,12 @@ def _address_in(header_value: str) -> str:
 
 
 def enqueue_confirmation(session: Session, reader: Reader, newsletters: list[Newsletter],
-                         config: Mapping[str, Any]) -> None:
-    """One email asking the reader to confirm every newsletter in `newsletters`."""
+                         config: Mapping[str, Any]) -> bool:
+    """One email asking the reader to confirm every newsletter in `newsletters`; False if the address is suppressed."""
+    if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
+        return False
     outbox.enqueue(session, **confirmation(reader, newsletters, config))
+    return True
 
 
 def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[str, Any],
@@ -157,9 +160,12 @@ def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[
 
 
 def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
-                    config: Mapping[str, Any]) -> None:
-    """The welcome email of one newsletter, with its unsubscribe and preferences links."""
+                    config: Mapping[str, Any]) -> bool:
+    """The welcome email of one newsletter, with its unsubscribe and preferences links; False if suppressed."""
+    if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
+        return False
     outbox.enqueue(session, **welcome(reader, newsletter, config))
+    return True
 
 
 def welcome(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,12 @@ Memory stays flat whatever the size of the list: rows come from the database in 
 CHUNK_ROWS (a server-side cursor on PostgreSQL; short keyset-paginated reads on SQLite) and each
 chunk is written out before the next is read. The database formats the cells (timestamps as ISO
 8601 text, formula neutralization), so Python only joins them into lines.
+
+Suppressed addresses (a mail-stopping entry in force) are left out by default, or marked, or the
+only ones taken (`suppressed=exclude|include|only`). An entry is found by its keyed hash, which the
+database can't compute: the stream reads the entries in force once (a list's thousands of bounces and
+complaints, not its millions of readers), then matches each row in Python as the chunk goes by
+(suppressions.mail_stopping_matcher: a dictionary look-up a row, and nothing at all while the list is empty).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import csv
 import io
 import json
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -27,6 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from . import suppressions
 from .catalog import SLUG
 from .models import SUBSCRIPTION_STATUSES, AdminUser, ApiToken, ConsentEvent, ExportRecord, Newsletter, Reader, \
     Subscription, utcnow
@@ -36,6 +43,8 @@ CHANNELS = ("admin", "api", "cli")
 COLUMNS = ("email", "name", "status", "subscribed_at", "confirmed_at", "source")
 # The date filters, each as the text a form, query string or command line option gives.
 DATE_FILTERS = ("signed_up_since", "signed_up_until", "confirmed_since", "confirmed_until")
+# What to do with suppressed addresses: leave them out (the default), add a `suppressed` column, or only them.
+SUPPRESSED_CHOICES = ("exclude", "include", "only")
 UNKNOWN_SOURCE = "unknown"
 # Rows per read from the database and per chunk written: big enough that per-chunk costs vanish,
 # small enough that a chunk is a few hundred kB.
@@ -68,12 +77,14 @@ class Selection:
     signed_up_before: datetime | None = None  # exclusive
     confirmed_since: datetime | None = None
     confirmed_before: datetime | None = None  # exclusive
+    suppressed: str = "exclude"  # one of SUPPRESSED_CHOICES
     # The filters as given (normalized), kept in the ExportRecord and shown in the list of exports.
     filters: dict[str, str] = field(default_factory=dict)
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return COLUMNS if self.newsletter_id is not None else ("newsletter", *COLUMNS)
+        columns = COLUMNS if self.newsletter_id is not None else ("newsletter", *COLUMNS)
+        return (*columns, "suppressed") if self.suppressed == "include" else columns
 
 
 def newsletter_named(session: Session, slug: str) -> Newsletter:
@@ -87,14 +98,18 @@ def newsletter_named(session: Session, slug: str) -> Newsletter:
 
 def parse_selection(newsletter: Newsletter | None, *, status: Iterable[str] = (), signed_up_since: str | None = None,
                     signed_up_until: str | None = None, confirmed_since: str | None = None,
-                    confirmed_until: str | None = None) -> Selection:
+                    confirmed_until: str | None = None, suppressed: str | None = None) -> Selection:
     """The Selection of `newsletter` (None: all) filtered as given, or InvalidExport naming every bad filter.
 
     Statuses may be repeated or comma-separated. A date (2026-01-31) since/until takes that whole
     day (UTC); a time (2026-01-31T09:30:00Z, UTC if no offset) is a bound to the second, `until`
-    exclusive.
+    exclusive. `suppressed` is one of SUPPRESSED_CHOICES (empty or None: exclude).
     """
     errors: dict[str, list[str]] = {}
+    suppressed = (suppressed or "").strip() or "exclude"
+    if suppressed not in SUPPRESSED_CHOICES:
+        errors["suppressed"] = [(f"Suppressed addresses can be excluded, included or taken alone: use "
+                                 f"{', '.join(SUPPRESSED_CHOICES)}, not {suppressed!r}.")]
     statuses = tuple(dict.fromkeys(part.strip() for item in status for part in item.split(",") if part.strip()))
     unknown = [name for name in statuses if name not in SUBSCRIPTION_STATUSES]
     if unknown:
@@ -125,13 +140,15 @@ def parse_selection(newsletter: Newsletter | None, *, status: Iterable[str] = ()
     if statuses:
         filters["status"] = ",".join(statuses)
     filters.update({name: text.strip() for name, text in given.items() if name in bounds and text})
+    if suppressed != "exclude":
+        filters["suppressed"] = suppressed
     return Selection(
         newsletter_id=newsletter.id if newsletter is not None else None,
         newsletter_slug=newsletter.slug if newsletter is not None else None,
         statuses=statuses,
         signed_up_since=bounds.get("signed_up_since"), signed_up_before=bounds.get("signed_up_until"),
         confirmed_since=bounds.get("confirmed_since"), confirmed_before=bounds.get("confirmed_until"),
-        filters=filters,
+        suppressed=suppressed, filters=filters,
     )
 
 
@@ -193,12 +210,12 @@ def _conditions(selection: Selection) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def rows_query(selection: Selection, *, for_csv: bool = True) -> Select[Any]:
-    """The export's rows, cells as text in `selection.columns` order, by subscription id.
+def rows_query(selection: Selection, *, for_csv: bool = True, with_address: bool = False) -> Select[Any]:
+    """The export's rows, cells as text in the order of `selection.columns` (but `suppressed`), by subscription id.
 
     For CSV the cells people typed (email, name) are neutralized for spreadsheets, and an empty
     cell is '' rather than NULL. The source is one of our own channel names; the rest are statuses
-    and timestamps.
+    and timestamps. `with_address` adds the address as stored, last, to find its suppression by.
     """
     s, r, e = _subscriptions.c, _readers.c, _events.c
     # The channel of the reader's first signup request for this newsletter: the opt-in's origin.
@@ -222,11 +239,13 @@ def rows_query(selection: Selection, *, for_csv: bool = True) -> Select[Any]:
     if selection.newsletter_id is None:
         columns.insert(0, _newsletters.c.slug.label("newsletter"))
         joined = joined.join(_newsletters, _newsletters.c.id == s.newsletter_id)
+    if with_address:
+        columns.append(r.email.label("address"))
     return select(*columns).select_from(joined).where(*_conditions(selection)).order_by(s.id)
 
 
 def count_rows(session: Session, selection: Selection) -> int:
-    """How many rows the export of `selection` has now (for a progress bar)."""
+    """How many rows the export of `selection` has now, suppressed addresses counted (for a progress bar)."""
     joined = _subscriptions.join(_readers, _readers.c.id == _subscriptions.c.reader_id)
     return session.scalar(select(func.count()).select_from(joined).where(*_conditions(selection))) or 0
 
@@ -249,27 +268,34 @@ def start(session: Session, selection: Selection, fmt: str, *, channel: str, adm
 
 
 def stream(session: Session, record: ExportRecord, selection: Selection,
-           on_rows: Callable[[int], None] | None = None) -> Iterator[bytes]:
+           on_rows: Callable[[int], None] | None = None, *, config: Mapping[str, Any]) -> Iterator[bytes]:
     """The export file in chunks of UTF-8 bytes; `on_rows(n)` after each chunk of n rows.
+
+    `config` holds NEWSLETTER_SUPPRESSION_KEY, which the addresses' keys are made with.
 
     CSV starts with its header row before the database is asked anything, so the first bytes
     leave at once. When the last row is out, the record gets its row count and finish time in a
     short transaction of its own: the end of the stream is the edge where that commit belongs.
     If the stream is abandoned (the client went away), the record stays unfinished.
     """
-    return _stream(session, record.id, record.format, selection, on_rows)
+    return _stream(session, record.id, record.format, selection, on_rows, config)
 
 
 def _stream(session: Session, record_id: int, fmt: str, selection: Selection,
-            on_rows: Callable[[int], None] | None) -> Iterator[bytes]:
+            on_rows: Callable[[int], None] | None, config: Mapping[str, Any]) -> Iterator[bytes]:
     encode = _csv_chunk(selection.columns) if fmt == "csv" else _ndjson_chunk(selection.columns)
-    query = rows_query(selection, for_csv=fmt == "csv")
     count = 0
     try:
         if fmt == "csv":
             yield encode([selection.columns])  # the header row, before the query runs
+        sift = _suppression_sift(session, selection, config, empty="" if fmt == "csv" else None)
+        query = rows_query(selection, for_csv=fmt == "csv", with_address=sift is not None)
         with closing(_read_chunks(session, query)) as chunks:
             for rows in chunks:
+                if sift is not None:
+                    rows = sift(rows)
+                    if not rows:
+                        continue
                 count += len(rows)
                 yield encode(rows)
                 if on_rows is not None:
@@ -281,6 +307,31 @@ def _stream(session: Session, record_id: int, fmt: str, selection: Selection,
     session.execute(update(ExportRecord).where(ExportRecord.id == record_id)
                     .values(row_count=count, finished_at=utcnow()))
     session.commit()
+
+
+Rows = Sequence[Sequence[Any]]
+
+
+def _suppression_sift(session: Session, selection: Selection, config: Mapping[str, Any],
+                      empty: str | None) -> Callable[[Rows], Rows] | None:
+    """What to do to each chunk of rows (each ending with the address) for `selection.suppressed`; None: nothing.
+
+    The rows lose their address; `include` puts the reason there (`empty` when none).
+    """
+    matcher = suppressions.mail_stopping_matcher(session, config)
+    if matcher is None:
+        if selection.suppressed == "exclude":
+            return None  # nothing to leave out: the query need not even read the address
+        if selection.suppressed == "only":
+            return lambda rows: []
+        return lambda rows: [(*row[:-1], empty) for row in rows]
+    # Built-ins called straight from each comprehension: no Python function call a row.
+    reasons, form = matcher.reasons.get, matcher.form
+    if selection.suppressed == "exclude":
+        return lambda rows: [row[:-1] for row in rows if reasons(form(row[-1])) is None]
+    if selection.suppressed == "only":
+        return lambda rows: [row[:-1] for row in rows if reasons(form(row[-1])) is not None]
+    return lambda rows: [(*row[:-1], reasons(form(row[-1])) or empty) for row in rows]
 
 
 def _read_chunks(session: Session, query: Select[Any]) -> Iterator[Sequence[Sequence[Any]]]:

@@ -49,6 +49,7 @@ from .models import (
     UTCDateTime,
     snapshot,
 )
+from . import suppressions
 from .sql import in_list, statement_at_a_time
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -70,15 +71,15 @@ _NEXT_READER_IDS = text("SELECT nextval(pg_get_serial_sequence('readers', 'id'))
 
 def sign_up_new(session: Session, address: str, name: str | None, newsletters: Sequence[Newsletter],
                 now: datetime, event_source: Mapping[str, str | None],
-                mail_for: Callable[[Reader], Mapping[str, Any]]) -> Reader | None:
+                mail_for: Callable[[Reader], Mapping[str, Any]], suppression_key: str) -> Reader | None:
     """A new reader with pending subscriptions to `newsletters`, their events and its confirmation mail.
 
-    None, with nothing written, if the address is known or a newsletter changed meanwhile (see
-    insert_reader). `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail_for`
+    None, with nothing written, if the address is known, suppressed (`suppression_key` is its
+    suppressions.address_key), or a newsletter changed meanwhile (see insert_reader). `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail_for`
     makes the reader's confirmation email as an outbox row.
     """
     if session.get_bind().dialect.name != "postgresql":
-        reader_id = insert_reader(session, address, name, newsletters, now)
+        reader_id = insert_reader(session, address, name, newsletters, now, suppression_key)
         if reader_id is None:
             return None
         reader = _new_reader(reader_id, address, name, now)
@@ -90,6 +91,7 @@ def sign_up_new(session: Session, address: str, name: str | None, newsletters: S
         mail = mail_for(reader)
         parameters = {
             "the_reader": reader.id, "address": address, "reader_name": name, "now": now,
+            "suppression_key": suppression_key,
             "count": len(newsletters), "ids": [n.id for n in newsletters], "slugs": [n.slug for n in newsletters],
             "newsletter_ids": [n.id for n in newsletters],
             **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
@@ -114,15 +116,17 @@ def _reserve_reader_id(connection: Connection) -> int:
 
 
 def insert_reader(session: Session, address: str, name: str | None, newsletters: Sequence[Newsletter],
-                  now: datetime) -> int | None:
-    """The id of a new reader with this address; None if the address is known or a newsletter changed.
+                  now: datetime, suppression_key: str) -> int | None:
+    """The id of a new reader with this address; None if the address is known, suppressed, or a newsletter changed.
 
     The row is only inserted while every (id, slug) of `newsletters` is still an active newsletter,
-    which makes entries from newsletter_cache safe to sign up with. A new reader is always sent a
+    which makes entries from newsletter_cache safe to sign up with, and while no mail-stopping
+    suppression of `suppression_key` is in force: a look at its unique index, inside the one statement. A new reader is always sent a
     confirmation, hence confirmation_sent_at (and its subscriptions', see add_subscriptions).
     """
     connection = session.connection()
-    parameters: dict[str, Any] = {"address": address, "reader_name": name, "now": now, "count": len(newsletters)}
+    parameters: dict[str, Any] = {"address": address, "reader_name": name, "now": now, "count": len(newsletters),
+                                  "suppression_key": suppression_key}
     if connection.dialect.name == "postgresql":
         parameters |= {"ids": [n.id for n in newsletters], "slugs": [n.slug for n in newsletters]}
     else:
@@ -167,7 +171,7 @@ def _all_still_active(dialect: str) -> ColumnElement[bool]:
 def _reader_insert(dialect: str) -> Executable:
     now = bindparam("now", type_=UTCDateTime())
     values = select(bindparam("address", type_=String()), bindparam("reader_name", type_=String()), now, now).where(
-        _all_still_active(dialect))
+        _all_still_active(dialect), ~suppressions.stops_mail())
     return (
         _INSERTS[dialect](Reader)
         .from_select(["email", "name", "created_at", "confirmation_sent_at"], values)
@@ -189,7 +193,7 @@ def _whole_signup(mail_columns: tuple[str, ...]) -> Executable:
         postgresql.insert(Reader)
         .from_select(["id", "email", "name", "created_at", "confirmation_sent_at"],
                      select(reader_id, bindparam("address", type_=String()), bindparam("reader_name", type_=String()),
-                            now, now).where(_all_still_active("postgresql")))
+                            now, now).where(_all_still_active("postgresql"), ~suppressions.stops_mail()))
         .on_conflict_do_nothing(index_elements=["email"])
         .returning(Reader.id)
         .cte("new_reader")

@@ -11,7 +11,7 @@ from flask_babel import gettext as _
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from . import outbox, tokens
+from . import outbox, suppressions, tokens
 from .links import external_url
 from .models import OutboxMessage, Reader, utcnow
 
@@ -21,12 +21,14 @@ KIND = "preferences_link"
 def send_preferences_link(session: Session, address: str, config: Mapping[str, Any]) -> bool:
     """Queue an email with a fresh preferences link to the reader at normalized `address`; whether one was queued.
 
-    Nobody is told which: the page answers the same for every address. Erased, blocked and unknown
-    addresses get nothing, and an address gets at most one such email per NEWSLETTER_CONFIRM_RESEND_INTERVAL.
+    Nobody is told which: the page answers the same for every address. Erased, blocked, suppressed and
+    unknown addresses get nothing, and an address gets at most one such email per NEWSLETTER_CONFIRM_RESEND_INTERVAL.
     """
     # Locked: two requests at once for one address see each other's email, not none.
     reader = session.scalars(select(Reader).where(Reader.email == address).with_for_update()).first()
     if reader is None or reader.erased_at is not None or reader.blocked_at is not None:
+        return False
+    if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
         return False
     since = utcnow() - timedelta(seconds=config["NEWSLETTER_CONFIRM_RESEND_INTERVAL"])
     if session.scalar(select(exists().where(OutboxMessage.reader_id == reader.id, OutboxMessage.kind == KIND,

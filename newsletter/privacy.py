@@ -6,15 +6,25 @@ the caller, like the rest of the domain.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import addresses
-from .models import MAX_ID, ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, utcnow
+from . import addresses, suppressions
+from .models import (
+    MAX_ID,
+    ConsentEvent,
+    DeliveryEvent,
+    Newsletter,
+    OutboxMessage,
+    Reader,
+    Subscription,
+    Suppression,
+    utcnow,
+)
 from .subscriptions import Source, UnknownReader
 
 EXPORT_FORMAT = "newsletter-reader-export/1"
@@ -171,13 +181,16 @@ def export_reader(session: Session, reader_id: int, *, for_reader: bool = False)
     }
 
 
-def erase_reader(session: Session, reader_id: int, *, source: Source) -> Reader:
+def erase_reader(session: Session, reader_id: int, *, source: Source, config: Mapping[str, Any]) -> Reader:
     """Remove the reader's address and personal fields everywhere, keeping anonymous counts.
 
     The row stays, with the email replaced by erased-<id>@invalid: subscriptions stay as counted
     (ended: `unsubscribed`), consent events keep their action and time but lose page URL, IP and user
     agent; emails to the reader lose address, name and bodies, and unsent ones are cancelled. A new
     signup with the same address later makes a new reader. Erasing twice changes nothing more.
+
+    The address goes on the do-not-contact list as its keyed hash only (reason `erased`), so that no
+    import or sync brings the person back; the suppression list and the bounces keep no copy of it.
     """
     reader = session.scalars(
         select(Reader).where(Reader.id == reader_id).with_for_update().execution_options(populate_existing=True)
@@ -186,6 +199,8 @@ def erase_reader(session: Session, reader_id: int, *, source: Source) -> Reader:
         raise UnknownReader(reader_id)
     now = utcnow()
     address, placeholder = reader.email, placeholder_address(reader.id)
+    if reader.erased_at is None:
+        _forget_on_suppression_list(session, config, address)
 
     # Consent ends: each live subscription becomes `unsubscribed`, recorded like any other unsubscribe.
     for subscription in session.scalars(
@@ -225,6 +240,26 @@ def erase_reader(session: Session, reader_id: int, *, source: Source) -> Reader:
         reader.erased_at = now
     session.flush()
     return reader
+
+
+def _forget_on_suppression_list(session: Session, config: Mapping[str, Any], address: str) -> None:
+    """Leave the address's keyed hash on the do-not-contact list, and no copy of the address on it or in bounces."""
+    key = suppressions.normalized_key(config, address)
+    entry = suppressions.in_force(session, key)
+    if entry is None:
+        suppressions.suppress(session, config, None, key=key, reason="erased", source="erasure")
+    # An entry of any reason, in force or lifted, keeps its reason and times; the address and the
+    # receiving servers' words (which quote it) go.
+    session.execute(
+        update(Suppression)
+        .where(or_(Suppression.address_key == key, func.lower(Suppression.email) == address.lower()))
+        .values(email=None, detail=None)
+        .execution_options(synchronize_session="fetch")
+    )
+    session.execute(
+        update(DeliveryEvent).where(DeliveryEvent.address_key == key).values(diagnostic=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _stale_pending(session: Session, cutoff: datetime, among: Iterable[int] | None = None) -> list[int]:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Date, cast, func, select
 from sqlalchemy.orm import Session
 
-from .models import ConsentEvent, Newsletter, Subscription, utcnow
+from .models import ConsentEvent, DeliveryEvent, Newsletter, Subscription, utcnow
 
 CHART_DAYS = 90
 TOP_PAGES = 10
@@ -29,11 +29,13 @@ class NewsletterCounts:
 
 @dataclass(frozen=True)
 class DayActivity:
-    """One UTC day: confirmations and unsubscribes recorded in the consent history."""
+    """One UTC day: confirmations and unsubscribes recorded in the consent history; bounces and complaints received."""
 
     day: date
     confirmed: int = 0
     unsubscribed: int = 0
+    bounces: int = 0  # hard and soft
+    complaints: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,13 @@ def window(days: int = CHART_DAYS, today: date | None = None) -> tuple[date, dat
 
 def daily_activity(session: Session, *, newsletter_id: int | None = None, days: int = CHART_DAYS,
                    today: date | None = None) -> list[DayActivity]:
-    """Confirmations and unsubscribes per UTC day for the last `days` days up to `today`, oldest first, gaps as 0."""
+    """Confirmations and unsubscribes per UTC day for the last `days` days up to `today`, oldest first, gaps as 0.
+
+    Bounces and complaints concern addresses, not newsletters: they are counted for all newsletters only.
+    """
     first, since = window(days, today)
-    day = _utc_day(ConsentEvent.occurred_at, session.get_bind().dialect.name).label("day")
+    dialect = session.get_bind().dialect.name
+    day = _utc_day(ConsentEvent.occurred_at, dialect).label("day")
     query = (
         select(day, ConsentEvent.action, func.count())
         .where(ConsentEvent.action.in_(("confirmed", "unsubscribed")), ConsentEvent.occurred_at >= since)
@@ -90,6 +96,15 @@ def daily_activity(session: Session, *, newsletter_id: int | None = None, days: 
     found: dict[date, dict[str, int]] = {}
     for bucket, action, number in session.execute(query):
         found.setdefault(_as_date(bucket), {})[action] = number
+    if newsletter_id is None:
+        delivered_day = _utc_day(DeliveryEvent.occurred_at, dialect).label("day")
+        for bucket, kind, number in session.execute(
+            select(delivered_day, DeliveryEvent.kind, func.count())
+            .where(DeliveryEvent.occurred_at >= since).group_by(delivered_day, DeliveryEvent.kind)
+        ):
+            counted = found.setdefault(_as_date(bucket), {})
+            what = "complaints" if kind == "complaint" else "bounces"
+            counted[what] = counted.get(what, 0) + number
     return [DayActivity(day, **found.get(day, {}))
             for day in (first + timedelta(days=offset) for offset in range(days))]
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from flask_babel import get_locale
 from flask_babel import gettext as _
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from . import confirmation_writes, emails, first_signup, newsletter_cache, outbox
+from . import confirmation_writes, emails, first_signup, newsletter_cache, outbox, suppressions
 from .catalog import SLUG
 from .models import ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, snapshot, utcnow
 from .sql import statement_at_a_time
@@ -57,7 +57,7 @@ class Source:
 
 @dataclass
 class SignupResult:
-    reader: Reader
+    reader: Reader | None  # None: a suppressed address, for which nothing was stored
     newsletters: list[Newsletter]
     confirmation_queued: bool
 
@@ -210,16 +210,20 @@ def sign_up(
     confirmation per resend interval. Each email names every newsletter still pending.
     """
     now = utcnow()
+    suppression_key = suppressions.normalized_key(config, address)
     new_reader = first_signup.sign_up_new(
         session, address, name, newsletters, now, _source_row(source),
-        lambda reader: outbox.message_row(**emails.confirmation(reader, newsletters, config)),
+        lambda reader: outbox.message_row(**emails.confirmation(reader, newsletters, config)), suppression_key,
     )
     if new_reader is not None:
         outbox.note_enqueued(session)
         return SignupResult(reader=new_reader, newsletters=newsletters, confirmation_queued=True)
 
-    # A known address, or a newsletter changed since it was looked up: look it up again.
+    # A known or suppressed address, or a newsletter changed since it was looked up: look it up again.
     newsletters = find_newsletters(session, [newsletter.slug for newsletter in newsletters])
+    if suppressions.stopping_reason(session, suppression_key) is not None:
+        # Answered like any signup (no enumeration), but nothing is stored and nothing is sent.
+        return SignupResult(reader=None, newsletters=newsletters, confirmation_queued=False)
     # The name is only stored with a new address: anyone may type anyone's address, and the name
     # greets the reader in our emails.
     reader = _upsert_locked_reader(session, address, name, now)
@@ -250,7 +254,8 @@ def sign_up(
     resend_due = reader.confirmation_sent_at is None or now - reader.confirmation_sent_at >= interval
     if not pending or not (not_yet_named or resend_due):
         return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
-    emails.enqueue_confirmation(session, reader, pending, config)
+    if not emails.enqueue_confirmation(session, reader, pending, config):
+        return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
     reader.confirmation_sent_at = now
     for newsletter in pending:
         subscriptions[newsletter].confirmation_sent_at = now
@@ -348,6 +353,13 @@ def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, 
         if written is None:
             raise UnknownReader(reader_id)
         reader = snapshot(Reader, {"id": reader_id, "email": written.reader[0], "name": written.reader[1]})
+        queued = [welcomes[newsletter_id].row["message_id"] for newsletter_id in written.confirmed & welcomes.keys()]
+        if queued and suppressions.stopping_reason(connection, suppressions.normalized_key(config, reader.email)):
+            # The address is known only now, from the statement that queued the welcomes: take them back
+            # before any worker sends them (a worker that claimed one first meets the outbox's own guard).
+            connection.execute(delete(OutboxMessage).where(OutboxMessage.message_id.in_(queued),
+                                                           OutboxMessage.status == "pending"))
+            welcomes = {}
         result = _sort_for_confirmation(reader, [(n, *written.before.get(n.id, (None, None))) for n in newsletters],
                                         issued_at)
         if {newsletter.id for newsletter in result.confirmed} != written.confirmed:
@@ -433,7 +445,8 @@ def resend_confirmation(session: Session, reader_id: int, *, source: Source, con
     if not pending:
         raise ActionRefused("This reader has no pending subscription to confirm.")
     now = utcnow()
-    emails.enqueue_confirmation(session, reader, pending, config)
+    if not emails.enqueue_confirmation(session, reader, pending, config):
+        raise ActionRefused("This address is on the suppression list: it gets no email. Lift its entry first.")
     reader.confirmation_sent_at = now
     session.execute(
         update(Subscription)
@@ -446,10 +459,12 @@ def resend_confirmation(session: Session, reader_id: int, *, source: Source, con
     return pending
 
 
-def block(session: Session, reader_id: int, *, source: Source) -> list[Newsletter]:
+def block(session: Session, reader_id: int, *, source: Source, config: Mapping[str, Any],
+          admin_id: int | None = None) -> list[Newsletter]:
     """Block the address: unsubscribe it from everything, drop its unsent mail, ignore its future signups.
 
-    Returns the newsletters it left; ActionRefused if it is blocked already.
+    The address goes on the suppression list (reason `blocked`), so the list shows every address
+    we don't mail. Returns the newsletters it left; ActionRefused if it is blocked already.
     """
     reader = _locked_reader(session, reader_id)
     if reader is None:
@@ -460,6 +475,8 @@ def block(session: Session, reader_id: int, *, source: Source) -> list[Newslette
     left = unsubscribe(session, reader.id, None, source=source)
     reader.blocked_at = now
     _record(session, reader, None, "blocked", source, now)
+    suppressions.suppress(session, config, reader.email, reason="blocked", source="admin", admin_id=admin_id,
+                          detail="Blocked from the reader's page.", when=now)
     # A worker that claimed a message first sends it; the rest never leave.
     session.execute(
         update(OutboxMessage)
@@ -470,8 +487,12 @@ def block(session: Session, reader_id: int, *, source: Source) -> list[Newslette
     return left
 
 
-def unblock(session: Session, reader_id: int, *, source: Source) -> None:
-    """Take signups from the address again (it stays unsubscribed until it signs up and confirms)."""
+def unblock(session: Session, reader_id: int, *, source: Source, config: Mapping[str, Any],
+            admin_id: int | None = None) -> None:
+    """Take signups from the address again (it stays unsubscribed until it signs up and confirms).
+
+    Its `blocked` suppression is lifted; an entry of another reason (it bounced, complained) stays.
+    """
     reader = _locked_reader(session, reader_id)
     if reader is None:
         raise UnknownReader(reader_id)
@@ -479,3 +500,6 @@ def unblock(session: Session, reader_id: int, *, source: Source) -> None:
         raise ActionRefused("This address is not blocked.")
     reader.blocked_at = None
     _record(session, reader, None, "unblocked", source, utcnow())
+    entry = suppressions.in_force(session, suppressions.normalized_key(config, reader.email))
+    if entry is not None and entry.reason == "blocked":
+        suppressions.lift(session, entry.id, admin_id=admin_id, note="Unblocked from the reader's page.")

@@ -614,7 +614,7 @@ def world(app):
                                   name=None, source=source, config=app.config)
         [live, erased, gone] = [privacy.find_reader(db.session, f"{who}@example.com").id
                                 for who in ("live", "erased", "gone")]
-        privacy.erase_reader(db.session, erased, source=source)
+        privacy.erase_reader(db.session, erased, source=source, config=app.config)
         db.session.execute(sa.delete(ConsentEvent).where(ConsentEvent.reader_id == gone))
         db.session.execute(sa.delete(OutboxMessage).where(OutboxMessage.reader_id == gone))
         db.session.execute(sa.delete(Subscription).where(Subscription.reader_id == gone))

@@ -57,7 +57,7 @@ def test_welcome_is_what_the_templates_give_for_this_reader(app, fixed_tokens, m
     monkeypatch.setattr(emails.outbox, "enqueue", lambda session, **message: sent.append(message))
     with app.test_request_context(headers={"Accept-Language": lang}):
         for _ in range(2):
-            emails.enqueue_welcome(None, reader, newsletter, app.config)
+            emails.enqueue_welcome(db.session, reader, newsletter, app.config)
         context = {
             "reader": reader,
             "newsletter": newsletter,

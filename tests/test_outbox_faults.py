@@ -569,7 +569,8 @@ def test_message_cancelled_by_erasure_while_being_sent_keeps_the_erasure(app, cl
         with app.app_context():
             from newsletter import privacy
 
-            privacy.erase_reader(db.session, reader_id, source=subscriptions.Source(channel="admin"))
+            privacy.erase_reader(db.session, reader_id, source=subscriptions.Source(channel="admin"),
+                                 config=app.config)
             db.session.commit()
             db.session.remove()
         loop_free.set()
@@ -599,7 +600,8 @@ def test_outbox_status_and_retry(app, client, runner, smtp, drain):
     sign_up(client, "blocked@example.org")
     with app.app_context():
         [blocked_id] = [row.reader_id for row in outbox_rows(app) if row.to_address == "blocked@example.org"]
-        subscriptions.block(db.session, blocked_id, source=subscriptions.Source(channel="admin"))
+        subscriptions.block(db.session, blocked_id, source=subscriptions.Source(channel="admin"),
+                            config=app.config)
         db.session.commit()
         db.session.remove()
     assert drain().failed == 1

@@ -194,7 +194,8 @@ def test_erased_readers_links_no_longer_work(app, client, mailbox):
     assert client.get(links["unsubscribe"]).status_code == 200
 
     with app.app_context():
-        privacy.erase_reader(db.session, reader_id_of(app, ADA), source=privacy.Source(channel="cli"))
+        privacy.erase_reader(db.session, reader_id_of(app, ADA), source=privacy.Source(channel="cli"),
+                             config=app.config)
         db.session.commit()
         db.session.remove()
 
@@ -220,7 +221,7 @@ def test_a_new_signup_after_erasure_makes_a_fresh_reader(app, client, mailbox, s
     sign_up_and_confirm(client, mailbox, ADA, ("daily-briefing",), name=ADA_NAME)
     old = reader_id_of(app, ADA)
     with app.app_context():
-        privacy.erase_reader(db.session, old, source=privacy.Source(channel="cli"))
+        privacy.erase_reader(db.session, old, source=privacy.Source(channel="cli"), config=app.config)
         db.session.commit()
         db.session.remove()
     sent_before = len(smtp.inbox.messages)

@@ -317,8 +317,10 @@ def readers(app, client, drain, smtp, ada):
         from newsletter import privacy, subscriptions
 
         ids = dict(db.session.execute(sa.select(Reader.email, Reader.id)).all())
-        subscriptions.block(db.session, ids["bob@example.com"], source=subscriptions.Source(channel="admin"))
-        privacy.erase_reader(db.session, ids["eve@example.com"], source=subscriptions.Source(channel="admin"))
+        subscriptions.block(db.session, ids["bob@example.com"], source=subscriptions.Source(channel="admin"),
+                           config=app.config)
+        privacy.erase_reader(db.session, ids["eve@example.com"], source=subscriptions.Source(channel="admin"),
+                           config=app.config)
         db.session.commit()
         db.session.remove()
     return len(smtp.inbox.wait_for(4))

@@ -7,4 +7,4 @@ blueprint = Blueprint("admin", __name__, url_prefix="/admin")
 from . import routes  # noqa: E402,F401
 from . import privacy, tokens  # noqa: E402,F401
 from . import dashboard, newsletters, readers  # noqa: E402,F401
-from . import exports, imports  # noqa: E402,F401
+from . import exports, imports, suppressions  # noqa: E402,F401

@@ -27,6 +27,7 @@ class Series:
     points: str  # "x,y x,y …" for <polyline points>
     total: int
     dash: str  # stroke-dasharray: told apart by shape, not only by colour
+    colour: str
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,16 @@ def day_label(day: date) -> str:
     return f"{day.day} {day:%b}"
 
 
-def daily_chart(days: Sequence[DayActivity]) -> DailyChart:
-    """Two lines over the days given (confirmed signups, unsubscribes), with labelled axes."""
+# Each line: (DayActivity field, legend, dash pattern, colour). Told apart by shape, not only by colour.
+LINES = (("confirmed", "Confirmed signups", "", "#0b5394"), ("unsubscribed", "Unsubscribes", "6 4", "#a4001d"),
+         ("bounces", "Bounces", "2 3", "#8a5a00"), ("complaints", "Complaints", "10 3 2 3", "#5b2a86"))
+
+
+def daily_chart(days: Sequence[DayActivity], *, with_delivery: bool = True) -> DailyChart:
+    """Lines over the days given (confirmed signups, unsubscribes; bounces, complaints), with labelled axes."""
+    lines = LINES if with_delivery else LINES[:2]
     right, bottom = WIDTH - RIGHT, HEIGHT - BOTTOM
-    peak = max([max(d.confirmed, d.unsubscribed) for d in days] + [0])
+    peak = max([max(getattr(d, key) for key, *_ in lines) for d in days] + [0])
     step = nice_step(peak)
     top_value = step * max(1, math.ceil(peak / step))
     span = max(len(days) - 1, 1)
@@ -85,8 +92,8 @@ def daily_chart(days: Sequence[DayActivity]) -> DailyChart:
     x_ticks = [Tick(x(i), day_label(days[i].day)) for i in indexes]
     series = [
         Series(key, label, " ".join(f"{x(i)},{y(getattr(d, key))}" for i, d in enumerate(days)),
-               sum(getattr(d, key) for d in days), dash)
-        for key, label, dash in (("confirmed", "Confirmed signups", ""), ("unsubscribed", "Unsubscribes", "6 4"))
+               sum(getattr(d, key) for d in days), dash, colour)
+        for key, label, dash, colour in lines
     ]
     return DailyChart(WIDTH, HEIGHT, LEFT, right, TOP, bottom, y_ticks, x_ticks, series,
                       days[0].day if days else date.today(), days[-1].day if days else date.today(), peak)

@@ -26,6 +26,7 @@ def dashboard() -> str:
     newsletter_id = chosen.id if chosen else None
     activity = stats.daily_activity(db.session, newsletter_id=newsletter_id)
     return render_template(
-        "admin/dashboard.html", counts=counts, chosen=chosen, activity=activity, chart=daily_chart(activity),
+        "admin/dashboard.html", counts=counts, chosen=chosen, activity=activity,
+        chart=daily_chart(activity, with_delivery=chosen is None),
         top_pages=stats.top_pages(db.session, newsletter_id=newsletter_id), days=stats.CHART_DAYS,
     )

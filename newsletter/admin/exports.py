@@ -37,6 +37,7 @@ def download_export() -> Response | tuple[str, int]:
     try:
         newsletter = exports.newsletter_named(db.session, fields["newsletter"]) if fields.get("newsletter") else None
         selection = exports.parse_selection(newsletter, status=fields.getlist("status"),
+                                            suppressed=fields.get("suppressed"),
                                             **{name: fields.get(name) for name in exports.DATE_FILTERS})
         record = exports.start(db.session, selection, fields.get("format") or "csv", channel="admin",
                                admin_id=current_user.id)

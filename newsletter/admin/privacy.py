@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from flask import flash, redirect, request, url_for
+from flask import current_app, flash, redirect, request, url_for
 from flask_login import current_user
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response
@@ -47,7 +47,7 @@ def erase_reader(reader_id: int) -> Response:
     # The admin's page is no signup page: keep no page URL, but say who acted.
     source = replace(request_source("admin", f"Erased by {current_user.email} in the admin"), page_url=None)
     try:
-        privacy.erase_reader(db.session, reader_id, source=source)
+        privacy.erase_reader(db.session, reader_id, source=source, config=current_app.config)
     except UnknownReader:
         raise NotFound(f"There is no reader number {reader_id}.") from None
     db.session.commit()

@@ -11,7 +11,7 @@ from werkzeug.exceptions import BadRequest, Gone, NotFound
 from werkzeug.wrappers import Response
 
 from .. import readers as reader_lookup
-from .. import subscriptions
+from .. import subscriptions, suppression_list, suppressions
 from ..authz import admin_view
 from ..extensions import db
 from ..models import Reader
@@ -54,9 +54,13 @@ def readers() -> str:
 @admin_view()
 def reader(reader_id: int) -> str:
     item = _reader(reader_id)
+    erased = item.erased_at is not None  # the address is gone: nothing to look up by
     return render_template(
         "admin/reader.html", reader=item, subscriptions=reader_lookup.subscriptions(db.session, item.id),
         history=reader_lookup.consent_history(db.session, item.id),
+        suppression=None if erased else suppression_list.for_address(db.session, current_app.config, item.email),
+        events=[] if erased else suppressions.events_for(db.session, current_app.config, item.email),
+        reasons=suppression_list.REASON_LABELS,
     )
 
 
@@ -117,7 +121,8 @@ def resend_confirmation(reader_id: int) -> Response:
 @admin_view(change=True)
 def block_reader(reader_id: int) -> Response:
     def run() -> str:
-        left = subscriptions.block(db.session, reader_id, source=_admin_source("Blocked"))
+        left = subscriptions.block(db.session, reader_id, source=_admin_source("Blocked"),
+                                   config=current_app.config, admin_id=current_user.id)
         also = f" Unsubscribed from {', '.join(n.name for n in left)}." if left else ""
         return f"Blocked: signups from this address are ignored and it gets no email.{also}"
 
@@ -128,7 +133,8 @@ def block_reader(reader_id: int) -> Response:
 @admin_view(change=True)
 def unblock_reader(reader_id: int) -> Response:
     def run() -> str:
-        subscriptions.unblock(db.session, reader_id, source=_admin_source("Unblocked"))
+        subscriptions.unblock(db.session, reader_id, source=_admin_source("Unblocked"),
+                              config=current_app.config, admin_id=current_user.id)
         return "Unblocked: the address can sign up again (it stays unsubscribed until it does)."
 
     return _act(reader_id, run)

@@ -24,7 +24,7 @@ def export_subscribers(slug: str, fmt: str) -> Response | tuple[Response, int]:
     except exports.InvalidExport as error:
         raise NotFound(error.errors["newsletter"][0]) from None
     try:
-        selection = exports.parse_selection(newsletter, status=args.getlist("status"),
+        selection = exports.parse_selection(newsletter, status=args.getlist("status"), suppressed=args.get("suppressed"),
                                             **{name: args.get(name) for name in exports.DATE_FILTERS})
     except exports.InvalidExport as error:
         return jsonify({"errors": error.errors}), 422

@@ -250,7 +250,8 @@ def _export(fmt: str, media_type: str) -> dict[str, Any]:
         "summary": f"Export a newsletter's subscribers as {fmt.upper()}",
         "description": (
             "The same streamed export as the admin's download: every matching subscription, with the columns "
-            "email, name, status, subscribed_at, confirmed_at and source; erased readers are left out. "
+            "email, name, status, subscribed_at, confirmed_at and source; erased readers are left out, and so "
+            "are suppressed addresses unless `suppressed` says otherwise. "
             + ("Cells a spreadsheet would run as a formula start with a '. " if fmt == "csv" else
                "One JSON object per line. ")
             + "Each export is recorded (which token, when, which filters, how many rows)."),
@@ -267,6 +268,11 @@ def _export(fmt: str, media_type: str) -> dict[str, Any]:
                                        ("signed_up_until", "signed up", "up to"),
                                        ("confirmed_since", "confirmed", "on or after"),
                                        ("confirmed_until", "confirmed", "up to"))],
+            {"name": "suppressed", "in": "query", "required": False,
+             "description": "Addresses on the suppression list (bounced, complained, blocked): exclude (the "
+                            "default) leaves them out, include adds a column `suppressed` with the reason (empty, "
+                            "or null in NDJSON, for the others), only takes them alone.",
+             "schema": {"type": "string", "enum": ["exclude", "include", "only"], "default": "exclude"}},
         ],
         "responses": _read({
             "200": {"description": "The rows, streamed.", "content": {media_type: {"schema": TEXT}},

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Response, g, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 
 from .. import metrics, privacy, subscribers, subscriptions, tokens
 from ..authz import token_required
@@ -211,7 +211,8 @@ def unsubscribe_reader(reader: str) -> Response:
 @token_required(change=True)
 def erase_reader(reader: str) -> Response:
     erased = privacy.erase_reader(db.session, _reader(reader).id,
-                                  source=Source(channel="api", wording=f"Erased with {_token_label()}"))
+                                  source=Source(channel="api", wording=f"Erased with {_token_label()}"),
+                                  config=current_app.config)
     db.session.commit()
     return jsonify(privacy.describe_reader(db.session, erased))
 
