@@ -1,0 +1,64 @@
+"""Review of issue 10's import half (revimport): failing tests for what was found."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from datetime import timedelta
+from pathlib import Path
+
+from newsletter import import_runner
+from newsletter.extensions import db
+from newsletter.import_formats import detect, read_rows
+from newsletter.models import utcnow
+
+from .conftest import query
+from .test_admin_imports import GOOD, editor, admins, readers, start, uploaded_run  # noqa: F401
+
+
+def test_a_file_of_one_giant_line_is_read_in_flat_memory(tmp_path: Path):
+    """'Streamed, memory flat whatever the size': a 40 MB line must not be held whole (128 kB is the cell limit)."""
+    path = tmp_path / "giant.csv"
+    with path.open("wb") as file:
+        file.write(b"email,name\r\nann@example.org,Ann\r\n")
+        file.write(b"x" * (40 << 20))
+        file.write(b"\r\nbob@example.org,Bob\r\n")
+    detected = detect(path)
+    tracemalloc.start()
+    try:
+        rows = list(read_rows(path, detected))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [row.email for row in rows if row.problem is None] == ["ann@example.org", "bob@example.org"]
+    assert peak < 8 << 20, f"reading the file held {peak / 2**20:.0f} MiB at its peak"
+
+
+def test_an_import_cut_off_by_a_restart_goes_on_without_anyone_opening_its_page(app, editor):
+    """`newsletter serve` kicks the imports at start, but a run cut off a moment ago is not stale yet:
+    nothing looks again, and it stays "running" until an admin happens to open that run's page."""
+    page = uploaded_run(editor)
+    assert start(editor, page, "import").status_code == 303
+    run_id = int(page.rsplit("/", 1)[1])
+    with app.app_context():
+        from newsletter.models import ImportRun
+
+        run = db.session.get(ImportRun, run_id)
+        # The web process that ran it was restarted a second ago.
+        run.status, run.heartbeat_at, run.started_at = "running", utcnow() - timedelta(seconds=1), utcnow()
+        db.session.commit()
+        db.session.remove()
+    app.config["NEWSLETTER_IMPORTS_IN_PROCESS"] = True
+    app.config["NEWSLETTER_IMPORT_STALE_AFTER"] = 2
+    import_runner.kick(app)  # what `newsletter serve` does as it starts
+    app.extensions["newsletter.imports"].join(10)
+    # Nobody opens the run's page; the import list may be looked at.
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        editor.get("/admin/imports")
+        if query(app, "SELECT status FROM imports")[0][0] == "finished":
+            break
+        time.sleep(0.5)
+    app.extensions["newsletter.imports"].join(10)
+    assert [row[0] for row in query(app, "SELECT status FROM imports")] == ["finished"]
+    assert readers(app) == GOOD
