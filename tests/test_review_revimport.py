@@ -62,3 +62,42 @@ def test_an_import_cut_off_by_a_restart_goes_on_without_anyone_opening_its_page(
     app.extensions["newsletter.imports"].join(10)
     assert [row[0] for row in query(app, "SELECT status FROM imports")] == ["finished"]
     assert readers(app) == GOOD
+
+
+def test_erasure_leaves_no_copy_of_the_address_in_import_records(app, tmp_path):
+    """'An erased reader … no address is kept': not in the refused rows of earlier imports, nor of later ones."""
+    import sqlalchemy as sa
+
+    from newsletter import imports, privacy
+    from newsletter.models import ImportRun, Newsletter
+    from newsletter.subscriptions import Source
+
+    from .import_files import member, write_members
+
+    def run_import(path: Path) -> ImportRun:
+        with app.app_context():
+            newsletter = db.session.scalars(sa.select(Newsletter).where(Newsletter.slug == "daily-briefing")).one()
+            run = imports.record_upload(db.session, app.config, source=path, file_name=path.name,
+                                        newsletter=newsletter, channel="cli")
+            imports.queue(db.session, run, dry_run=False, unconfirmed="ask")
+            db.session.commit()
+            run = imports.execute(db.session, app.config, run.id)
+            db.session.expunge(run)
+            db.session.remove()
+            return run
+
+    optin = "2023-03-01 10:00:00"
+    # Ann's row appears twice: the second is refused (duplicate_in_file) and kept with her address.
+    first = write_members(tmp_path / "members.csv", [member("ann@example.com", optin=optin),
+                                                     member("ann@example.com", optin=optin)])
+    assert run_import(first).counts["refused"] == {"duplicate_in_file": 1}
+    with app.app_context():
+        ann = privacy.find_reader(db.session, "ann@example.com")
+        privacy.erase_reader(db.session, ann.id, source=Source(channel="admin"))
+        db.session.commit()
+        db.session.remove()
+    # Someone imports an old list again: her row is refused (erased) — and her address stored once more.
+    again = write_members(tmp_path / "old_members.csv", [member("ann@example.com", optin=optin)])
+    assert run_import(again).counts["refused"] == {"erased": 1}
+    kept = query(app, "SELECT import_id, email, reason FROM import_refusals WHERE lower(email) LIKE '%ann@%'")
+    assert kept == [], f"the erased reader's address is still stored: {kept}"
