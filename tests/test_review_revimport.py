@@ -93,7 +93,7 @@ def test_erasure_leaves_no_copy_of_the_address_in_import_records(app, tmp_path):
     assert run_import(first).counts["refused"] == {"duplicate_in_file": 1}
     with app.app_context():
         ann = privacy.find_reader(db.session, "ann@example.com")
-        privacy.erase_reader(db.session, ann.id, source=Source(channel="admin"))
+        privacy.erase_reader(db.session, ann.id, source=Source(channel="admin"), config=app.config)
         db.session.commit()
         db.session.remove()
     # Someone imports an old list again: her row is refused (erased) — and her address stored once more.
