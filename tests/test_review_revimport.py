@@ -101,3 +101,36 @@ def test_erasure_leaves_no_copy_of_the_address_in_import_records(app, tmp_path):
     assert run_import(again).counts["refused"] == {"erased": 1}
     kept = query(app, "SELECT import_id, email, reason FROM import_refusals WHERE lower(email) LIKE '%ann@%'")
     assert kept == [], f"the erased reader's address is still stored: {kept}"
+
+
+def test_a_reader_unsubscribed_after_an_ask_import_gets_no_confirmation_email(app, tmp_path, drain):
+    """`ask` spaces its confirmations over hours or days; a reader who unsubscribes meanwhile (here: the
+    later unsubscribed export of the same audience) must not be asked to confirm any more."""
+    import sqlalchemy as sa
+
+    from newsletter import imports
+    from newsletter.models import Newsletter
+
+    from .import_files import member, write_members
+
+    def run_import(path: Path) -> dict:
+        with app.app_context():
+            newsletter = db.session.scalars(sa.select(Newsletter).where(Newsletter.slug == "daily-briefing")).one()
+            run = imports.record_upload(db.session, app.config, source=path, file_name=path.name,
+                                        newsletter=newsletter, channel="cli")
+            imports.queue(db.session, run, dry_run=False, unconfirmed="ask")
+            db.session.commit()
+            counts = imports.execute(db.session, app.config, run.id).counts
+            db.session.remove()
+            return counts
+
+    first = write_members(tmp_path / "subscribed_members_export_a.csv", [member("bob@example.com")])
+    assert run_import(first)["confirmations_queued"] == 1
+    later = (utcnow() + timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S")
+    unsubscribed = write_members(tmp_path / "unsubscribed_members_export_b.csv",
+                                 [member("bob@example.com", unsub=later, changed=later)], "unsubscribed")
+    assert run_import(unsubscribed)["updated"] == 1
+    assert query(app, "SELECT status FROM subscriptions") == [("unsubscribed",)]
+    drain()
+    sent = query(app, "SELECT to_address FROM outbox_messages WHERE kind = 'import_confirmation' AND status = 'sent'")
+    assert sent == [], "the confirmation email went to a reader who had unsubscribed"
