@@ -134,3 +134,30 @@ def test_a_reader_unsubscribed_after_an_ask_import_gets_no_confirmation_email(ap
     drain()
     sent = query(app, "SELECT to_address FROM outbox_messages WHERE kind = 'import_confirmation' AND status = 'sent'")
     assert sent == [], "the confirmation email went to a reader who had unsubscribed"
+
+
+def test_after_a_relay_outage_import_confirmations_keep_to_their_hourly_rate(app, tmp_path, drain):
+    """The rate is there "so that a big list does not look like spam": confirmations held back by an outage
+    (relay or worker down) must not all leave in one burst when it ends."""
+    import sqlalchemy as sa
+
+    from newsletter import imports
+    from newsletter.models import Newsletter
+
+    from .import_files import member, write_members
+
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 3600  # one a second
+    path = write_members(tmp_path / "subscribed_members_export_a.csv",
+                         [member(f"reader{i}@example.com") for i in range(12)])
+    with app.app_context():
+        newsletter = db.session.scalars(sa.select(Newsletter).where(Newsletter.slug == "daily-briefing")).one()
+        run = imports.record_upload(db.session, app.config, source=path, file_name=path.name,
+                                    newsletter=newsletter, channel="cli")
+        imports.queue(db.session, run, dry_run=False, unconfirmed="ask")
+        db.session.commit()
+        assert imports.execute(db.session, app.config, run.id).counts["confirmations_queued"] == 12
+        db.session.remove()
+    time.sleep(12)  # the relay (or the worker) is down for 12 seconds: 12 confirmations fall due meanwhile
+    drain()
+    sent = query(app, "SELECT count(*) FROM outbox_messages WHERE kind = 'import_confirmation' AND status = 'sent'")
+    assert sent[0][0] <= 2, f"{sent[0][0]} confirmations left at once, at a rate of one a second"
