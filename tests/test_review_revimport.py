@@ -161,3 +161,28 @@ def test_after_a_relay_outage_import_confirmations_keep_to_their_hourly_rate(app
     drain()
     sent = query(app, "SELECT count(*) FROM outbox_messages WHERE kind = 'import_confirmation' AND status = 'sent'")
     assert sent[0][0] <= 2, f"{sent[0][0]} confirmations left at once, at a rate of one a second"
+
+
+def test_a_time_in_the_future_is_not_taken_as_consent_proof(app, tmp_path):
+    """A typo'd year (2099) becomes the consent events' time and confirmed_at: every later unsubscribed row from
+    the source is then refused as newer_state_here, forever. Times after the import's own are not proof."""
+    import sqlalchemy as sa
+
+    from newsletter import imports
+    from newsletter.models import Newsletter
+
+    from .import_files import member, write_members
+
+    path = write_members(tmp_path / "subscribed_members_export_f.csv", [
+        member("future@example.com", optin="2099-01-01 00:00:00", confirm="2099-01-01 00:00:00",
+               optin_ip="not an ip")])
+    with app.app_context():
+        newsletter = db.session.scalars(sa.select(Newsletter).where(Newsletter.slug == "daily-briefing")).one()
+        run = imports.record_upload(db.session, app.config, source=path, file_name=path.name,
+                                    newsletter=newsletter, channel="cli")
+        imports.queue(db.session, run, dry_run=False, unconfirmed="ask")
+        db.session.commit()
+        imports.execute(db.session, app.config, run.id)
+        db.session.remove()
+    future = query(app, "SELECT action, occurred_at FROM consent_events WHERE occurred_at > :now", now=utcnow())
+    assert future == [], f"consent events dated in the future: {future}"
