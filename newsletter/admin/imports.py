@@ -107,6 +107,9 @@ def _names(runs: list[ImportRun]) -> tuple[dict[int, str], dict[int, str]]:
 
 def _list_page(form: ImportForm, status: int) -> tuple[str, int]:
     runs = imports.recent(db.session)
+    if any(run.status in ("queued", "running") for run in runs):
+        # A run cut off by a restart goes on without anyone opening its own page.
+        import_runner.kick(current_app._get_current_object())  # type: ignore[attr-defined]
     admins, slugs = _names(runs)
     return render_template("admin/imports.html", form=form, runs=runs, admins=admins, slugs=slugs), status
 
