@@ -39,6 +39,10 @@ Mailchimp (audience export: a zip of subscribed_members_export_*.csv, unsubscrib
   "unconfirmed" when it has neither. Opt-in and confirmation times and IPs carry over whatever the
   status; LAST_CHANGED is `changed_at` (without it: the clean, unsubscribe, confirmation or opt-in
   time, the first the row has).
+- OPTIN_IP and CONFIRM_IP are kept when they are IP addresses (ipaddress.ip_address reads them);
+  anything else in them is dropped (None): it proves nothing.
+- A row with a time (opt-in, confirmation, unsubscribe, clean, last change) later than now by more
+  than CLOCK_SKEW comes with `problem` set, in every format: a typo'd year is no proof of consent.
 - Times are "YYYY-MM-DD HH:MM:SS" without a zone, read as UTC: Mailchimp keeps and exports them in
   GMT (its export API, which the documentation calls "very similar to exporting via the web
   interface", takes and gives "a GMT timestamp in YYYY-MM-DD HH:mm:ss format",
@@ -85,12 +89,13 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import ipaddress
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
@@ -107,6 +112,8 @@ ZIP_MAX_MEMBER_BYTES = 50 << 20
 LINE_MAX_BYTES = 1 << 20
 # The header is the first line: a "line" longer than this is not a CSV header.
 HEADER_MAX_BYTES = 64 * 1024
+# A time later than now by more than this is refused (a typo'd year is no proof of consent).
+CLOCK_SKEW = timedelta(minutes=5)
 # How much after the header `detect` reads to tell a file that isn't UTF-8 (two lines or more that aren't).
 SAMPLE_BYTES = 64 * 1024
 
@@ -498,6 +505,7 @@ def _read_file(opened: Callable[[], AbstractContextManager[IO[bytes]]], layout: 
     make = {"mailchimp": _mailchimp_row, "listmonk": _listmonk_row, "csv": _our_row}[layout.format]
     convert = make(layout)
     file, width, email_at = layout.file, layout.width, layout.index["email"]
+    latest = datetime.now(_UTC) + CLOCK_SKEW
     try:
         with opened() as stream:
             capped = io.BufferedReader(_LineCapped(stream, file))
@@ -526,7 +534,10 @@ def _read_file(opened: Callable[[], AbstractContextManager[IO[bytes]]], layout: 
                     continue
                 if not row[email_at] and not any(cell.strip() for cell in row):
                     continue  # a spreadsheet's empty row: ,,,,
-                yield convert(file, start, row)
+                converted = convert(file, start, row)
+                if converted.problem is None:
+                    converted.problem = _future(converted, latest)
+                yield converted
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
         raise FormatError(f"{file}: the file stopped being readable part way through ({error}): upload it "
                           "again.") from None
@@ -627,6 +638,24 @@ def _go_time(text: str, column: str) -> datetime | None:
     return moment
 
 
+def _ip(text: str) -> str | None:
+    """An IP address as written, or None when the cell is empty or holds no IP address (not proof of anything)."""
+    try:
+        return str(ipaddress.ip_address(text)) if text else None
+    except ValueError:
+        return None
+
+
+def _future(row: SourceRow, latest: datetime) -> str | None:
+    """The problem of a row giving a time after `latest` (now and a little clock skew); None if none does."""
+    for label, moment in (("The opt-in time", row.optin_time), ("The confirmation time", row.confirm_time),
+                          ("The unsubscribe time", row.unsubscribed_at), ("The clean time", row.cleaned_at),
+                          ("The time of the last change", row.changed_at)):
+        if moment is not None and moment > latest:
+            return f"{label} is in the future ({moment:%Y-%m-%d %H:%M:%S} UTC): it proves nothing."
+    return None
+
+
 def _optional(text: str) -> str | None:
     text = text.strip()
     return text or None
@@ -667,7 +696,7 @@ def _mailchimp_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow
             status = "subscribed" if optin is not None or confirm is not None else "unconfirmed"
         return SourceRow(
             file=file, line=line, email=email, name=name, status=status, optin_time=optin,
-            optin_ip=optin_ip or None, confirm_time=confirm, confirm_ip=confirm_ip or None, changed_at=changed,
+            optin_ip=_ip(optin_ip), confirm_time=confirm, confirm_ip=_ip(confirm_ip), changed_at=changed,
             unsubscribed_at=unsubscribed, cleaned_at=cleaned,
         )
 
