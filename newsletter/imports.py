@@ -456,6 +456,8 @@ class _Context:
     heartbeat: datetime
     rows_done: int
     counts: dict[str, Any]
+    # Addresses refused as erased in this run: their later rows (duplicates) are stored without them.
+    erased: set[str] = field(default_factory=set)
 
 
 def _wordings(run: ImportRun, file_name: str) -> dict[str, str]:
@@ -648,10 +650,26 @@ def _merged(counts: dict[str, Any], outcome: _Outcome) -> dict[str, Any]:
     return merged
 
 
-def _refuse(context: _Context, outcome: _Outcome, row: SourceRow, reason: str, detail: str | None = None) -> None:
+def _refuse(context: _Context, outcome: _Outcome, row: SourceRow, reason: str, detail: str | None = None,
+            *, keep_address: bool = True) -> None:
     outcome.refused[reason] += 1
+    # An erased reader's address is kept nowhere, not even in the refusal report.
+    email = _cut(row.email, 320) if keep_address and reason != "erased" else None
     outcome.refusals.append({"import_id": context.run_id, "file": _clean(row.file)[:255] or "?", "line": row.line,
-                             "email": _cut(row.email, 320), "reason": reason, "detail": _cut(detail, 2000)})
+                             "email": email, "reason": reason, "detail": _cut(detail, 2000)})
+
+
+def _forget_erased(context: _Context, outcome: _Outcome, address: str) -> None:
+    """Take an erased address out of this batch's refusals of its duplicates (screened before it was known)."""
+    context.erased.add(address)
+    for refusal in outcome.refusals:
+        if refusal["reason"] == "duplicate_in_file" and refusal["email"]:
+            try:
+                same = normalize_address(refusal["email"]) == address
+            except addresses.InvalidAddress:
+                same = False
+            if same:
+                refusal["email"] = None
 
 
 def _screen(context: _Context, batch: list[SourceRow], outcome: _Outcome) -> list[_Candidate]:
@@ -671,7 +689,7 @@ def _screen(context: _Context, batch: list[SourceRow], outcome: _Outcome) -> lis
             _refuse(context, outcome, row, "invalid_address", str(error))
             continue
         if not seen.add(address):
-            _refuse(context, outcome, row, "duplicate_in_file")
+            _refuse(context, outcome, row, "duplicate_in_file", keep_address=address not in context.erased)
             continue
         if row.status == "unconfirmed" and policy == "skip":
             _refuse(context, outcome, row, "unconfirmed_skipped")
@@ -811,6 +829,7 @@ def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -
         reason = in_force.get(candidate.key)
         if reason == "erased":
             _refuse(context, outcome, candidate.row, "erased")
+            _forget_erased(context, outcome, candidate.address)
         elif candidate.row.status == "cleaned":
             if reason is not None:
                 outcome.counts["unchanged"] += 1
