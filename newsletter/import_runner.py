@@ -32,9 +32,12 @@ def stale_after(config: dict[str, Any]) -> timedelta:
 def run_due(session: Session, config: dict[str, Any], stop: threading.Event | None = None) -> int:
     """Run every queued import, and every one left by a dead process, to its end; how many were run.
 
+    Uploads of runs not imported within NEWSLETTER_IMPORT_KEEP_UPLOADS are deleted first.
+
     A database error propagates (the run stays "running" and is taken up again once stale); any other
     error fails that run, with the error on its record, and the next one is run.
     """
+    imports.delete_old_uploads(session, config)
     ran = 0
     while stop is None or not stop.is_set():
         claimed = imports.claim_next(session, stale_after=stale_after(config))

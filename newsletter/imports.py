@@ -58,6 +58,7 @@ for a million rows), so memory stays flat: about 32 MB for a million rows.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import hashlib
@@ -175,8 +176,7 @@ def record_upload(session: Session, config: Mapping[str, Any], *, source: Path, 
         raise InvalidImport(f"The file {file_name!r} can't be read: {error.strerror or error}.") from None
     stored = source
     if keep_file:
-        directory = Path(config["NEWSLETTER_IMPORT_DIR"])
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory = upload_dir(config)
         stored = directory / f"{secrets.token_hex(16)}.upload"
         fd = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as target, source.open("rb") as original:
@@ -241,6 +241,9 @@ def queue(session: Session, run: ImportRun, *, dry_run: bool, unconfirmed: str) 
         raise InvalidImport(f"Import #{run.id} has run already; upload the file again to import it again.")
     if run.status == "failed":
         raise InvalidImport(f"Import #{run.id} failed: {run.error}")
+    if not run.stored_path:
+        raise InvalidImport(f"The file of import #{run.id} is no longer kept (uploads not imported are deleted "
+                            "after a while): upload it again.")
     session.execute(delete(ImportRefusal).where(ImportRefusal.import_id == run.id))
     run.dry_run, run.unconfirmed, run.status = dry_run, unconfirmed, "queued"
     run.rows_done, run.rows_total, run.counts, run.error = 0, None, empty_counts(), None
@@ -545,12 +548,64 @@ def execute(session: Session, config: Mapping[str, Any], run_id: int, *, batch_r
     return session.get(ImportRun, run_id, populate_existing=True)  # type: ignore[return-value]
 
 
+def upload_dir(config: Mapping[str, Any]) -> Path:
+    """NEWSLETTER_IMPORT_DIR, created readable by this service's user alone (uploads hold addresses)."""
+    directory = Path(config["NEWSLETTER_IMPORT_DIR"])
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):  # a folder the operator made, and owns: theirs to set
+        if directory.stat().st_mode & 0o077:
+            directory.chmod(0o700)
+    return directory
+
+
+def upload_deleted_on(config: Mapping[str, Any], run: ImportRun) -> datetime | None:
+    """When a kept upload is deleted if the run is not imported by then (NEWSLETTER_IMPORT_KEEP_UPLOADS)."""
+    if not run.stored_path or run.created_at is None or not _kept_here(config, run.stored_path):
+        return None
+    return run.created_at + timedelta(seconds=config["NEWSLETTER_IMPORT_KEEP_UPLOADS"])
+
+
+def delete_old_uploads(session: Session, config: Mapping[str, Any]) -> int:
+    """Delete the uploads kept longer than NEWSLETTER_IMPORT_KEEP_UPLOADS by runs not imported; how many.
+
+    An upload waits for its run (after a dry run, maybe); one never imported would otherwise stay
+    under NEWSLETTER_IMPORT_DIR, addresses and all, for ever. The run keeps its record and counts;
+    it can't be started any more. A run queued or running meanwhile keeps its file.
+    """
+    cutoff = utcnow() - timedelta(seconds=config["NEWSLETTER_IMPORT_KEEP_UPLOADS"])
+    old = session.execute(
+        select(ImportRun.id, ImportRun.stored_path)
+        .where(ImportRun.stored_path.is_not(None), ImportRun.created_at < cutoff,
+               ImportRun.status.not_in(("queued", "running")))).all()
+    deleted = 0
+    for run_id, stored_path in old:
+        if not _kept_here(config, stored_path):
+            continue  # a file the CLI read in place is the user's own
+        taken = session.execute(
+            update(ImportRun).where(ImportRun.id == run_id, ImportRun.stored_path == stored_path,
+                                    ImportRun.status.not_in(("queued", "running")))
+            .values(stored_path=None).execution_options(synchronize_session=False)).rowcount
+        session.commit()
+        if taken:
+            try:
+                _delete_upload(config, stored_path)
+            except OSError as error:
+                log.warning("import %d: its old upload can't be deleted (%s)", run_id, error.strerror or error)
+                continue
+            deleted += 1
+    return deleted
+
+
+def _kept_here(config: Mapping[str, Any], stored_path: str) -> bool:
+    return Path(stored_path).parent.resolve() == Path(config["NEWSLETTER_IMPORT_DIR"]).resolve()
+
+
 def _delete_upload(config: Mapping[str, Any], stored_path: str | None) -> None:
     """Delete a kept upload; a file the CLI named in place (outside NEWSLETTER_IMPORT_DIR) is the user's own."""
     if not stored_path:
         return
     path = Path(stored_path)
-    if path.parent.resolve() == Path(config["NEWSLETTER_IMPORT_DIR"]).resolve():
+    if _kept_here(config, stored_path):
         path.unlink(missing_ok=True)
 
 

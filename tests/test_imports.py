@@ -50,6 +50,17 @@ def due_times(app) -> list[datetime]:
             db.session.remove()
 
 
+def time_passes(app, how_long: timedelta) -> None:
+    """Every outbox time moved back by `how_long`: what a wait of that long would find."""
+    with app.app_context():
+        for message in db.session.scalars(sa.select(OutboxMessage)):
+            message.next_attempt_at -= how_long
+            if message.sent_at is not None:
+                message.sent_at -= how_long
+        db.session.commit()
+        db.session.remove()
+
+
 def test_consent_carries_over_with_times_and_ips(app, tmp_path):
     path = write_members(tmp_path / "subscribed_members_export_1a2b.csv", [
         member("ada@example.com", first="Ada", optin=OPTIN, optin_ip="198.51.100.7", confirm=CONFIRM,
@@ -112,12 +123,9 @@ def test_ask_queues_spaced_confirmations_that_arrive_and_confirm(app, tmp_path, 
 
     drain()
     assert len(smtp.inbox.messages) == 1  # only the first is due yet
-    with app.app_context():
-        db.session.execute(sa.text("UPDATE outbox_messages SET next_attempt_at = :now"),
-                           {"now": utcnow() - timedelta(seconds=1)})
-        db.session.commit()
-        db.session.remove()
-    drain()
+    for _minute in range(3):
+        time_passes(app, timedelta(minutes=1))
+        drain()
     messages = smtp.inbox.wait_for(4)
     recipients = sorted(str(message["To"]) for message in messages)
     assert recipients == sorted(f"ask{i}@example.com" for i in (0, 1, 2, 9))
@@ -193,7 +201,9 @@ def test_erased_suppressed_and_blocked_are_refused(app, tmp_path):
         db.session.remove()
     lines = csv_text.splitlines()
     assert lines[0] == "file,line,email,reason,detail"
-    assert "members.csv,2,gone@example.com,erased," in lines
+    # An erased reader's address is not stored, even in the refusal report.
+    assert "members.csv,2,,erased," in lines
+    assert query(app, "SELECT count(*) FROM import_refusals WHERE email LIKE '%gone@%'")[0][0] == 0
     assert any(line.startswith("members.csv,3,bounced@example.com,suppressed,") and "hard_bounce" in line
                for line in lines)
     # A cleaned row of an erased reader does not bring the address back onto the list.
@@ -504,3 +514,72 @@ def test_a_confirmation_sent_days_later_counts_its_link_from_then(app, clock):
         clock.advance(timedelta(days=7).total_seconds())
         with pytest.raises(tokens.ExpiredToken):
             tokens.verify(tokens.CONFIRM, token, max_age=max_age)
+
+
+def test_a_duplicate_row_of_an_erased_reader_keeps_no_address_either(app, tmp_path):
+    with app.app_context():
+        suppressions.suppress(db.session, app.config, None, reason="erased", source="erasure",
+                              key=suppressions.address_key(app.config, "ann@example.com"))
+        db.session.commit()
+        db.session.remove()
+    # Within one batch, and in a later batch (the erased row is found after its duplicates are screened).
+    path = write_members(tmp_path / "members.csv", [member("ann@example.com", optin=OPTIN),
+                                                    member("ann@example.com", optin=OPTIN),
+                                                    member("other@example.com", optin=OPTIN),
+                                                    member("ann@example.com", optin=OPTIN)])
+    run = run_import(app, path, batch_rows=3)
+    assert run.counts["refused"] == {"duplicate_in_file": 2, "erased": 1}
+    assert query(app, "SELECT line, email, reason FROM import_refusals ORDER BY line") == [
+        (2, None, "erased"), (3, None, "duplicate_in_file"), (5, None, "duplicate_in_file")]
+
+
+def test_a_reader_unsubscribed_after_an_ask_import_is_not_sent_its_confirmation(app, tmp_path, smtp, drain):
+    """`ask` spaces its confirmations over hours: one who unsubscribed meanwhile is not asked any more."""
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 60
+    first = write_members(tmp_path / "subscribed_members_export_a.csv",
+                          [member("first@example.com"), member("bob@example.com")])
+    assert run_import(app, first).counts["confirmations_queued"] == 2
+    later = (utcnow() + timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S")
+    unsubscribed = write_members(tmp_path / "unsubscribed_members_export_b.csv",
+                                 [member("bob@example.com", unsub=later, changed=later)], "unsubscribed")
+    assert run_import(app, unsubscribed).counts["updated"] == 1
+    drain()
+    time_passes(app, timedelta(minutes=5))
+    drain()
+    assert [str(message["To"]) for message in smtp.inbox.wait_for(1)] == ["first@example.com"]
+    assert query(app, "SELECT to_address, status, attempts, last_error FROM outbox_messages "
+                      "WHERE to_address = 'bob@example.com'") == [
+        ("bob@example.com", "failed", 0,
+         "Not sent: the reader no longer waits to confirm (unsubscribed, confirmed or erased meanwhile)")]
+    smtp.inbox.wait_for(1)  # nothing else came
+
+
+def test_after_an_outage_import_confirmations_keep_to_their_hourly_rate(app, tmp_path, smtp, drain):
+    """Confirmations held back by an outage fall due together: they still leave one per 3600/rate seconds."""
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 60  # one a minute
+    path = write_members(tmp_path / "subscribed_members_export_a.csv",
+                         [member(f"reader{i}@example.com") for i in range(6)])
+    assert run_import(app, path).counts["confirmations_queued"] == 6
+    with app.app_context():
+        # A news email, not an import's confirmation, is due too: the rate holds it up not.
+        from newsletter import outbox
+        outbox.enqueue(db.session, kind="welcome", to_address="news@example.com", subject="Hi", body_text="Hi",
+                       body_html="<p>Hi</p>", mail_from="news@example.org")
+        db.session.commit()
+        db.session.remove()
+    time_passes(app, timedelta(minutes=10))  # the relay was down: all six are overdue
+    drain()
+    assert sorted(str(message["To"]) for message in smtp.inbox.messages) == ["news@example.com",
+                                                                              "reader0@example.com"]
+    [(attempts,)] = set(query(app, "SELECT attempts FROM outbox_messages WHERE status = 'pending'"))
+    assert attempts == 0  # postponed, no attempt spent
+    # They keep their spacing from the last one sent: one a minute.
+    with app.app_context():
+        due = list(db.session.scalars(sa.select(OutboxMessage.next_attempt_at)
+                                      .where(OutboxMessage.status == "pending").order_by(OutboxMessage.id)))
+        db.session.remove()
+    assert [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(due)] == [60.0] * 4
+    for sent in range(2, 7):
+        time_passes(app, timedelta(minutes=1))
+        drain()
+        assert len(smtp.inbox.messages) == sent + 1
