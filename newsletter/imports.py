@@ -80,6 +80,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import ARRAY, Integer, String, any_, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -669,9 +670,10 @@ def _run_batch(context: _Context, batch: list[SourceRow]) -> None:
                 # A batch lost in a server crash is lost with the run's progress, in the same transaction:
                 # the run resumes before it. So the commit need not wait for the disk.
                 session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            _apply(context, candidates, attempt_outcome)
-            if attempt_outcome.refusals:
-                _insert_rows(context, ImportRefusal.__table__, REFUSAL_ROW_COLUMNS, attempt_outcome.refusals)
+            with _driver_errors():
+                _apply(context, candidates, attempt_outcome)
+                if attempt_outcome.refusals:
+                    _insert_rows(context, ImportRefusal.__table__, REFUSAL_ROW_COLUMNS, attempt_outcome.refusals)
             counts = _merged(context.counts, attempt_outcome)
             now = utcnow()
             moved = session.execute(
@@ -1020,6 +1022,19 @@ EVENT_COLUMNS = ("reader_id", "newsletter_id", "action", "occurred_at", "source"
 REFUSAL_ROW_COLUMNS = ("import_id", "file", "line", "email", "reason", "detail")
 SUBSCRIPTION_COLUMNS = ("reader_id", "newsletter_id", "status", "created_at", "pending_since", "confirmed_at",
                         "unsubscribed_at", "confirmation_sent_at")
+
+
+@contextlib.contextmanager
+def _driver_errors() -> Iterator[None]:
+    """psycopg's own errors from the raw connection (COPY, staging) raised as SQLAlchemy's DBAPIError.
+
+    Every other statement's error comes so: the deadlock retry and the runner's outage path (which
+    leaves the run to be taken up again) then see them too, instead of an "unexpected error".
+    """
+    try:
+        yield
+    except psycopg.Error as error:
+        raise DBAPIError.instance(None, None, error, psycopg.Error) from error
 
 
 def _driver_connection(context: _Context) -> Any:
