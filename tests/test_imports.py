@@ -583,3 +583,86 @@ def test_after_an_outage_import_confirmations_keep_to_their_hourly_rate(app, tmp
         time_passes(app, timedelta(minutes=1))
         drain()
         assert len(smtp.inbox.messages) == sent + 1
+
+
+def test_a_time_in_the_future_is_refused_as_proof_of_consent(app, tmp_path):
+    """A typo'd year would become the consent's time, and every later unsubscribe would lose to it."""
+    path = write_members(tmp_path / "subscribed_members_export_f.csv", [
+        member("future@example.com", optin="2099-01-01 00:00:00", confirm="2099-01-01 00:00:00"),
+        member("odd-ip@example.com", optin=OPTIN, optin_ip="not an ip", confirm=CONFIRM, confirm_ip="192.0.2.9")])
+    run = run_import(app, path)
+    assert run.counts["new"] == 1 and run.counts["refused"] == {"unreadable_row": 1}
+    [(email, reason, detail)] = query(app, "SELECT email, reason, detail FROM import_refusals")
+    assert (email, reason) == ("future@example.com", "unreadable_row")
+    assert detail == "The opt-in time is in the future (2099-01-01 00:00:00 UTC): it proves nothing."
+    assert query(app, "SELECT count(*) FROM consent_events WHERE occurred_at > :now", now=utcnow())[0][0] == 0
+    assert query(app, "SELECT email FROM readers") == [("odd-ip@example.com",)]
+
+
+def _postgresql(app) -> bool:
+    with app.app_context():
+        return db.engine.dialect.name == "postgresql"
+
+
+def test_a_deadlock_during_copy_runs_the_batch_again(app, tmp_path, monkeypatch):
+    """psycopg's own error from the raw connection (COPY) reaches the deadlock retry as any other's does."""
+    if not _postgresql(app):
+        pytest.skip("COPY is PostgreSQL's")
+    insert_rows, calls = imports._insert_rows, []
+
+    def deadlocked_once(context, table, columns, rows):
+        calls.append(table.name)
+        if len(calls) == 1:  # the server's own 40P01, through the raw driver connection as COPY's would come
+            with imports._driver_connection(context).cursor() as cursor:
+                cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected'; "
+                               "END $$")
+        return insert_rows(context, table, columns, rows)
+
+    monkeypatch.setattr(imports, "_insert_rows", deadlocked_once)
+    path = write_members(tmp_path / "members.csv", [member("ann@example.com", optin=OPTIN),
+                                                    member("bob@example.com", optin=OPTIN)])
+    run = run_import(app, path)
+    assert run.status == "finished" and run.counts["new"] == 2
+    assert len(calls) == 2  # the batch, run again
+    assert query(app, "SELECT count(*) FROM consent_events")[0][0] > 0
+
+
+def test_a_database_outage_during_copy_is_an_outage_not_an_unexpected_error(app, tmp_path, monkeypatch):
+    """The connection dies under COPY: the run stays running (taken up again), nothing says "unexpected error"."""
+    if not _postgresql(app):
+        pytest.skip("COPY is PostgreSQL's")
+    import sqlalchemy.exc
+
+    from newsletter import import_runner, outages
+
+    insert_rows = imports._insert_rows
+
+    def connection_killed(context, table, columns, rows):
+        pid = imports._driver_connection(context).info.backend_pid
+        with db.engine.connect() as other:  # another session ends this one's backend, as a server restart does
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        return insert_rows(context, table, columns, rows)
+
+    monkeypatch.setattr(imports, "_insert_rows", connection_killed)
+    path = write_members(tmp_path / "members.csv", [member("ann@example.com", optin=OPTIN)])
+    with app.app_context():
+        newsletter = db.session.scalars(sa.select(Newsletter).where(Newsletter.slug == "daily-briefing")).one()
+        run = imports.record_upload(db.session, app.config, source=path, file_name=path.name,
+                                    newsletter=newsletter, channel="cli")
+        imports.queue(db.session, run, dry_run=False, unconfirmed="ask")
+        db.session.commit()
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as raised:
+            import_runner.run_due(db.session, app.config)
+        assert outages.database_unavailable(raised.value)
+        db.session.rollback()
+        db.session.remove()
+    assert query(app, "SELECT status, error FROM imports") == [("running", None)]
+    monkeypatch.setattr(imports, "_insert_rows", insert_rows)
+    app.config["NEWSLETTER_IMPORT_STALE_AFTER"] = 1
+    with app.app_context():
+        db.session.execute(sa.update(ImportRun).values(heartbeat_at=utcnow() - timedelta(seconds=5)))
+        db.session.commit()
+        assert import_runner.run_due(db.session, app.config) == 1
+        db.session.remove()
+    assert query(app, "SELECT status FROM imports") == [("finished",)]
