@@ -627,7 +627,7 @@ def test_a_deadlock_during_copy_runs_the_batch_again(app, tmp_path, monkeypatch)
     assert query(app, "SELECT count(*) FROM consent_events")[0][0] > 0
 
 
-def test_a_database_outage_during_copy_is_an_outage_not_an_unexpected_error(app, tmp_path, monkeypatch):
+def test_a_database_outage_during_copy_is_an_outage_not_an_unexpected_error(app, tmp_path, monkeypatch, caplog):
     """The connection dies under COPY: the run stays running (taken up again), nothing says "unexpected error"."""
     if not _postgresql(app):
         pytest.skip("COPY is PostgreSQL's")
@@ -658,6 +658,7 @@ def test_a_database_outage_during_copy_is_an_outage_not_an_unexpected_error(app,
         db.session.rollback()
         db.session.remove()
     assert query(app, "SELECT status, error FROM imports") == [("running", None)]
+    assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
     monkeypatch.setattr(imports, "_insert_rows", insert_rows)
     app.config["NEWSLETTER_IMPORT_STALE_AFTER"] = 1
     with app.app_context():
