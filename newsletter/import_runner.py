@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask

@@ -129,8 +129,9 @@ def _lease(config: dict[str, Any]) -> timedelta:
 class Claim:
     """A message leased for sending: its attempts count with this one (to give it back), and the email.
 
-    `suppressed` (the suppression's reason) instead: the address may no longer be mailed, and the
-    message was marked failed in the claiming transaction; there is nothing to send.
+    `suppressed` (the suppression's reason, or NOT_PENDING_ANY_MORE for an import's confirmation
+    whose reader no longer waits to confirm) instead: the message may no longer be sent, and it was
+    marked failed in the claiming transaction; there is nothing to send.
     """
 
     row_id: int
@@ -154,7 +155,9 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
     Claiming is a short transaction of its own (FOR UPDATE SKIP LOCKED on PostgreSQL) that leases the
     message by moving its next attempt past the send: other workers skip it, and no transaction (or
     SQLite's write lock) stays open while SMTP talks. If the sender dies, the lease runs out and the
-    message is sent again, with the same Message-ID.
+    message is sent again, with the same Message-ID. An import's confirmation is checked once more
+    here: not sent when its reader no longer has a pending subscription, and held back (no attempt
+    spent) to keep NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR; the next due message is claimed then.
     """
     while True:
         now = utcnow()
