@@ -31,3 +31,54 @@ def test_a_relay_refusing_every_recipient_for_the_senders_reason_suppresses_nobo
     # Every reader is now suppressed as a hard bounce: a relay misconfiguration for one hour wipes
     # the whole list (5.7.x is a policy/security status about the sender, RFC 3463, not the mailbox).
     assert suppressed == [], f"suppressed as hard bounces for the relay's reason: {suppressed}"
+
+
+def _dsn(message_id: str, blocks: str) -> bytes:
+    return f"""From: MAILER-DAEMON@mx.example.net (Mail Delivery System)
+To: bounces@news.example.com
+Subject: Undelivered Mail
+Message-ID: <{message_id}>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+report
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+{blocks}
+--B--
+""".encode()
+
+
+def _stopped(app, address: str):
+    from .test_own_bounces import suppression_of as of
+    return of(app, address)
+
+
+def test_a_forged_dsn_from_anyone_does_not_mass_suppress_addresses_we_never_mailed(app, client, runner):
+    # The bounce mailbox is our public envelope sender: anyone can mail it a "DSN". This one names
+    # 500 readers in one message, none of whom was ever sent a message that bounced; it returns no
+    # message of ours (no Message-ID in our outbox), it is from an unrelated host.
+    readers = [f"reader{i}@example.org" for i in range(500)]
+    blocks = "\n".join(f"Final-Recipient: rfc822; {a}\nAction: failed\nStatus: 5.1.1\n" for a in readers)
+    result = runner.invoke(args=["bounce-mail"], input=_dsn("forged@evil.example", blocks))
+    assert result.exit_code == 0
+    suppressed = [a for a in readers if _stopped(app, a) is not None]
+    assert len(suppressed) == 0, f"one forged email suppressed {len(suppressed)} addresses"
+
+
+def test_delay_warnings_for_one_slow_message_do_not_suppress_the_reader(app, runner):
+    # Exim repeats its delay warning every `delay_warning` (24h by default) while it retries one
+    # message; a delay is not a failure, and the message may still be delivered. The provider
+    # webhooks ignore deferrals for exactly this reason (sendgrid.py), the mailbox counts them.
+    block = "Final-Recipient: rfc822; slow@example.org\nAction: delayed\nStatus: 4.4.1\n"
+    for day in range(3):
+        result = runner.invoke(args=["bounce-mail"], input=_dsn(f"delay{day}@mx.example.net", block))
+        assert result.exit_code == 0
+    assert _stopped(app, "slow@example.org") is None, "three delay warnings of one message suppressed the reader"
