@@ -82,3 +82,24 @@ def test_delay_warnings_for_one_slow_message_do_not_suppress_the_reader(app, run
         result = runner.invoke(args=["bounce-mail"], input=_dsn(f"delay{day}@mx.example.net", block))
         assert result.exit_code == 0
     assert _stopped(app, "slow@example.org") is None, "three delay warnings of one message suppressed the reader"
+
+
+def test_a_full_mailbox_refused_at_rcpt_with_a_5xx_is_not_an_immediate_hard_bounce(app, client, smtp, drain):
+    # bounce_reports._transient treats X.2.2 (mailbox full, RFC 3463 "persistent transient") as a
+    # soft bounce; the relay's own 552 5.2.2 at RCPT is a hard bounce that suppresses at once.
+    address = "full@example.org"
+    smtp.inbox.refuse_rcpt[address] = f"552 5.2.2 <{address}>: Mailbox full"
+    sign_up(client, address)
+    drain()
+    assert suppression_of(app, address) is None, suppression_of(app, address)
+
+
+def test_the_sns_certificate_host_check_refuses_an_s3_bucket_called_sns():
+    from newsletter.provider_events import Refused, sns
+    # https://sns.s3.amazonaws.com/… is the S3 bucket named "sns" (virtual-hosted style), not SNS;
+    # whoever owns that bucket could serve a certificate of their own. AWS's own validators also
+    # pin the path (/SimpleNotificationService-<32 hex>.pem).
+    for url in ("https://sns.s3.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
+                "https://sns.s3-external-1.amazonaws.com/cert.pem"):
+        with pytest.raises(Refused):
+            sns.check_sns_url(url, "SigningCertURL")
