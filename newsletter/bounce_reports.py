@@ -14,10 +14,10 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.iterators import typed_subpart_iterator
-from email.message import Message
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
+from email.iterators import typed_subpart_iterator
+from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
@@ -130,10 +130,7 @@ def returned_message_ids(message: Message) -> list[str]:
     for header in ("In-Reply-To", "References"):
         found += _MESSAGE_ID.findall(_one_line(message.get(header)))
     for part in typed_subpart_iterator(message, "text"):
-        try:
-            payload = part.get_payload(decode=True)
-        except Exception:  # noqa: BLE001 (a malformed part: looked past)
-            continue
+        payload = part.get_payload(decode=True)  # a malformed encoding comes back as it is, not raised
         if isinstance(payload, bytes):
             found += _QUOTED_MESSAGE_ID.findall(payload[:MAX_MESSAGE_BYTES].decode("utf-8", "replace"))
     own = _one_line(message.get("Message-ID"))

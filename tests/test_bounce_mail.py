@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import email
 from pathlib import Path
 
 import pytest
-
-import email
-
 import sqlalchemy as sa
 
 from newsletter import bounce_reports, create_app, outbox, suppressions
