@@ -790,3 +790,18 @@ def test_good_settings(tmp_path):
     defaults = config.load(tmp_path, {})
     assert defaults["NEWSLETTER_SES_TOPIC_ARNS"] is None and defaults["NEWSLETTER_MAILGUN_SIGNING_KEY"] is None
     assert defaults["NEWSLETTER_EVENTS_MAX_BODY_BYTES"] == 1024 * 1024
+
+
+def test_a_sendgrid_batch_naming_an_event_twice_or_sent_again_records_each_event_once(app, client, sendgrid):
+    # More events than one look-up of known ids takes (500), with one event repeated inside the batch.
+    batch = [{"email": f"reader{number}@example.org", "event": "bounce", "type": "bounce",
+              "sg_event_id": f"event-{number}", "timestamp": 1700000000, "reason": "550 5.1.1 user unknown"}
+             for number in range(600)]
+    batch.append(dict(batch[0]))
+    body = json.dumps(batch).encode()
+
+    first = client.post("/api/v1/events/sendgrid", data=body, headers=sendgrid.headers(body))
+    assert first.get_json() == {"recorded": 600, "repeated": 1, "skipped": 0, "problems": []}
+    again = client.post("/api/v1/events/sendgrid", data=body, headers=sendgrid.headers(body))
+    assert again.get_json() == {"recorded": 0, "repeated": 601, "skipped": 0, "problems": []}
+    assert len(events_of(app)) == 600
