@@ -14,6 +14,8 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.iterators import typed_subpart_iterator
 from email.message import Message
 from email.utils import getaddresses, parseaddr
@@ -34,6 +36,11 @@ PROVIDER = "mailbox"
 # reports), `not-spam` and `other` are not, and record nothing.
 COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus"})
 DIAGNOSTIC_LIMIT = 500
+# Recipients looked at per notification: one of our messages has one; a forged report may name thousands.
+MAX_RECIPIENTS = 5
+# Message-IDs of returned messages looked up per notification.
+MAX_RETURNED_IDS = 10
+NOT_OURS = "not a bounce of a message we sent"
 
 # flufl.bounce logs a detector's exception with its traceback before raising it: a malformed
 # message would print one on the command's stderr. The caller reports it in one line instead.
@@ -43,6 +50,9 @@ _flufl_log.propagate = False
 
 _STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})")
 _ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")
+_MESSAGE_ID = re.compile(r"<[^<>\s]{1,250}>")
+# A Message-ID header quoted in the text of a bounce that returns the original headers inline.
+_QUOTED_MESSAGE_ID = re.compile(r"^[ \t>]*Message-ID:[ \t]*(<[^<>\s]{1,250}>)", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -62,9 +72,12 @@ class Reading:
     reports: list[Report] = field(default_factory=list)
     # Set when nothing was recognized: a short reason for the operator.
     nothing_because: str | None = None
+    # The Message-IDs the notification returns (from the returned message or its headers, the
+    # report's In-Reply-To and References): record() acts only on a report about one of ours.
+    returned_ids: list[str] = field(default_factory=list)
     # An ARF complaint whose recipient is redacted (as many providers do): our Message-ID in the
     # returned message still names the address we sent it to (see record).
-    redacted_complaint: tuple[str, str, str] | None = None  # (original Message-ID, event id base, feedback type)
+    redacted_complaint: str | None = None  # the complaint's diagnostic
 
 
 def read(raw: bytes) -> Reading:
@@ -75,31 +88,57 @@ def read(raw: bytes) -> Reading:
         message = email.message_from_bytes(raw)
     except Exception as error:  # noqa: BLE001 (the parser's own failure on hostile input: say so, don't crash)
         return Reading(nothing_because=f"the message could not be parsed ({type(error).__name__})")
-    base_id = _notification_id(message, raw)
+    returned_ids = returned_message_ids(message)
     feedback = _feedback_fields(message)
     if feedback is not None:
-        return _read_complaint(message, feedback, base_id)
+        reading = _read_complaint(message, feedback)
+        reading.returned_ids = returned_ids
+        return reading
     try:
         temporary, permanent = all_failures(message)
     except Exception as error:  # noqa: BLE001 (a detector choking on a malformed message)
         return Reading(nothing_because=f"the bounce detector could not read it ({type(error).__name__})")
     statuses = _dsn_statuses(message)
     reports: dict[str, Report] = {}
-    for raw_address, permanent_failure in [(a, False) for a in temporary] + [(a, True) for a in permanent]:
+    # Only failures: a delay warning (Action: delayed, flufl.bounce's "temporary") is no failure,
+    # and the message may still be delivered. A failure with a transient status is a soft bounce.
+    for raw_address in sorted(permanent)[:MAX_RECIPIENTS]:
         address = _clean_address(raw_address.decode("ascii", "replace"))
-        if address is None:
+        if address is None or address.lower() in reports:
             continue
         status, diagnostic = statuses.get(address.lower(), (None, None))
-        kind = "hard_bounce" if permanent_failure and not _transient(status) else "soft_bounce"
-        # A recipient both delayed and failed in one notification: the failure is what counts.
-        if address.lower() not in reports or kind == "hard_bounce":
-            reports[address.lower()] = Report(address, kind, diagnostic, _event_id(base_id, address))
+        kind = "soft_bounce" if _transient(status) else "hard_bounce"
+        reports[address.lower()] = Report(address, kind, diagnostic, "")
     if not reports:
-        return Reading(nothing_because="it is neither a bounce nor a complaint (an out-of-office reply?)")
-    return Reading(reports=list(reports.values()))
+        because = ("it only warns of a delay; the message may still be delivered" if temporary
+                   else "it is neither a bounce nor a complaint (an out-of-office reply?)")
+        return Reading(nothing_because=because, returned_ids=returned_ids)
+    return Reading(reports=list(reports.values()), returned_ids=returned_ids)
 
 
-def _read_complaint(message: Message, feedback: Message, base_id: str) -> Reading:
+def returned_message_ids(message: Message) -> list[str]:
+    """The Message-IDs of the message(s) a notification returns, at most MAX_RETURNED_IDS.
+
+    From the returned message or its headers (message/rfc822, text/rfc822-headers), the report's
+    In-Reply-To and References, and a Message-ID header quoted in a text part (bounces that return
+    the original inline). The notification's own Message-ID is not one of them.
+    """
+    found: list[str] = []
+    original = _returned_headers(message)
+    if original is not None:
+        found += _MESSAGE_ID.findall(_one_line(original.get("Message-ID")))
+    for header in ("In-Reply-To", "References"):
+        found += _MESSAGE_ID.findall(_one_line(message.get(header)))
+    for part in typed_subpart_iterator(message, "text"):
+        payload = part.get_payload(decode=True)  # a malformed encoding comes back as it is, not raised
+        if isinstance(payload, bytes):
+            found += _QUOTED_MESSAGE_ID.findall(payload[:MAX_MESSAGE_BYTES].decode("utf-8", "replace"))
+    own = _one_line(message.get("Message-ID"))
+    unique = list(dict.fromkeys(found))
+    return [message_id for message_id in unique if message_id != own][:MAX_RETURNED_IDS]
+
+
+def _read_complaint(message: Message, feedback: Message) -> Reading:
     feedback_type = " ".join(str(feedback.get("Feedback-Type", "")).split()).lower()
     if feedback_type not in COMPLAINT_TYPES:
         shown = feedback_type[:40] or "none"
@@ -107,23 +146,26 @@ def _read_complaint(message: Message, feedback: Message, base_id: str) -> Readin
     diagnostic = f"ARF feedback type {feedback_type}"
     if feedback.get("User-Agent"):
         diagnostic += f" from {_one_line(feedback['User-Agent'])}"
-    named = [value for header in ("Original-Rcpt-To", "Removal-Recipient")
+    named = [_decoded(value) for header in ("Original-Rcpt-To", "Removal-Recipient")
              for value in (feedback.get_all(header) or [])]
-    addresses = [_clean_address(parseaddr(str(value))[1] or str(value)) for value in named]
+    addresses = [_clean_address(parseaddr(value)[1] or value) for value in named if value]
     if not any(addresses):
         original = _returned_headers(message)
         if original is not None:
             addresses = [_clean_address(address) for _, address in getaddresses(original.get_all("To") or [])]
     found = {address.lower(): address for address in addresses if address}
     if found:
-        return Reading(reports=[Report(address, "complaint", _cut(diagnostic), _event_id(base_id, address))
-                                for address in found.values()])
-    original = _returned_headers(message)
-    our_id = original.get("Message-ID") if original is not None else None
-    if our_id:
-        return Reading(redacted_complaint=(str(our_id).strip(), base_id, diagnostic),
-                       nothing_because="the complaint names no recipient")
-    return Reading(nothing_because="the complaint names no recipient and returns no Message-ID of ours")
+        return Reading(reports=[Report(address, "complaint", _cut(diagnostic), "")
+                                for address in list(found.values())[:MAX_RECIPIENTS]])
+    return Reading(redacted_complaint=_cut(diagnostic), nothing_because="the complaint names no recipient")
+
+
+def _decoded(value: Any) -> str | None:
+    """A header's text with RFC 2047 encoded words decoded; None when they can't be."""
+    try:
+        return str(make_header(decode_header(str(value))))
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        return None
 
 
 def _feedback_fields(message: Message) -> Message | None:
@@ -194,17 +236,14 @@ def _clean_address(text: str | None) -> str | None:
     return match.group(0).strip(".;,\"'()[]")
 
 
-def _notification_id(message: Message, raw: bytes) -> str:
-    """What names this notification: its Message-ID, or a hash of its bytes when it has none."""
-    message_id = _one_line(message.get("Message-ID"))
-    if message_id:
-        return message_id[:200]
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
+def _event_id(config: Mapping[str, Any], returned_id: str, address: str, kind: str) -> str:
+    """The provider_event_id: our returned message and (a keyed hash of) its recipient, never the address.
 
-
-def _event_id(base_id: str, address: str) -> str:
-    """The provider_event_id: the notification and the recipient, so that a message read twice counts once."""
-    event_id = f"{base_id} {address.lower()}"
+    So each of our messages counts once per kind however many notifications speak of it (a
+    notification read twice, a warning then the final failure of a full mailbox).
+    """
+    event_id = f"{returned_id} {suppressions.address_key(config, address)[:16]}"
+    event_id = event_id if kind == "soft_bounce" else f"{event_id} {kind}"
     return event_id if len(event_id) <= 255 else "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
@@ -226,13 +265,32 @@ class Outcome:
 
 
 def record(session: Session, config: Mapping[str, Any], reading: Reading) -> list[Outcome]:
-    """Record each report as a delivery event and apply the suppression rules. The caller commits."""
-    reports = list(reading.reports)
-    if not reports and reading.redacted_complaint is not None:
-        our_id, base_id, diagnostic = reading.redacted_complaint
-        address = session.scalar(select(OutboxMessage.to_address).where(OutboxMessage.message_id == our_id))
-        if address is not None:
-            reports = [Report(address, "complaint", diagnostic, _event_id(base_id, address))]
+    """Record each report about one of our messages as a delivery event and apply the suppression rules.
+
+    The bounce mailbox takes mail from anyone: a report counts only when the notification returns a
+    message we sent (its Message-ID in the outbox) and names that message's recipient. Otherwise
+    nothing is recorded and reading.nothing_because says why. The caller commits.
+    """
+    if not reading.reports and reading.redacted_complaint is None:
+        return []
+    ours = session.execute(select(OutboxMessage.message_id, OutboxMessage.to_address)
+                           .where(OutboxMessage.message_id.in_(reading.returned_ids))).all() if reading.returned_ids else []
+    sent_to = {suppressions.address_key(config, to_address): (message_id, to_address) for message_id, to_address in ours}
+    reports: list[Report] = []
+    if not reading.reports and reading.redacted_complaint is not None:
+        # The complaint names no recipient: the address our returned message went to is the one.
+        reports = [Report(to_address, "complaint", reading.redacted_complaint,
+                          _event_id(config, message_id, to_address, "complaint"))
+                   for message_id, to_address in sent_to.values()][:1]
+    for report in reading.reports:
+        match = sent_to.get(suppressions.address_key(config, report.address))
+        if match is not None:
+            reports.append(Report(report.address, report.kind, report.diagnostic,
+                                  _event_id(config, match[0], report.address, report.kind)))
+    if not reports:
+        reading.nothing_because = (f"{NOT_OURS} (it returns no Message-ID of ours)" if not ours
+                                   else f"{NOT_OURS} (the address it reports is not the one we sent to)")
+        return []
     outcomes = []
     for report in reports:
         recorded = suppressions.record_event(session, config, report.address, kind=report.kind, provider=PROVIDER,

@@ -25,9 +25,11 @@ def bounce_mail(message: BinaryIO) -> None:
 
     It reads a delivery status notification (RFC 3464, and the many non-standard bounce formats
     flufl.bounce knows) or a spam complaint in ARF (RFC 5965). A permanent failure (a hard bounce)
-    and a complaint suppress the address at once. A temporary failure (a delay, a full mailbox) is
-    a soft bounce: NEWSLETTER_SOFT_BOUNCE_LIMIT of them within NEWSLETTER_SOFT_BOUNCE_WINDOW
-    suppress it. The same message read twice is recorded once.
+    and a complaint suppress the address at once. A failure with a transient status (a full
+    mailbox) is a soft bounce: NEWSLETTER_SOFT_BOUNCE_LIMIT of them within
+    NEWSLETTER_SOFT_BOUNCE_WINDOW suppress it; a delay warning records nothing. Only a report that
+    returns a message we sent, about the address we sent it to, is recorded; each message counts
+    once however many notifications speak of it.
     Prints one line per recipient recorded.
 
     Point the bounce mailbox's delivery at it (a pipe alias, an Exim pipe transport, a fetchmail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -19,14 +20,17 @@ class TemporaryFailure(Exception):
 
 
 class RecipientRefused(PermanentFailure):
-    """The relay refused the recipient for good at RCPT TO (5xx): a hard bounce of that address.
+    """The relay refused the recipient for good at RCPT TO (5xx): the message fails.
 
     `diagnostic` is the relay's reply, e.g. "550 5.1.1 <x@example.com>: Recipient address rejected".
+    `bounce` is what the refusal says of the address (classify_refusal): "hard_bounce" (no such
+    mailbox), "soft_bounce" (mailbox full) or None (the relay's policy, the sender, the message).
     """
 
-    def __init__(self, description: str, *, diagnostic: str) -> None:
+    def __init__(self, description: str, *, diagnostic: str, bounce: str | None = "hard_bounce") -> None:
         super().__init__(description)
         self.diagnostic = diagnostic
+        self.bounce = bounce
 
 
 class RecipientDeferred(TemporaryFailure):
@@ -50,6 +54,34 @@ class RelayUnavailable(Exception):
 
 # Replies about the relay, not the message: 421 closes the channel; 530/535/538 ask for a (working) login.
 RELAY_CODES = frozenset({421, 530, 534, 535, 538})
+
+# RFC 3463 enhanced status code at the start of a reply's text, e.g. "5.1.1".
+_ENHANCED = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# A 550/551/553 without an enhanced code is a hard bounce only when its words say the mailbox does
+# not exist. "Mailbox unavailable" is left out on purpose: RFC 5321 gives it as 550's generic text,
+# and relays answer policy refusals (blocklists, relay denied) with it.
+_UNKNOWN_USER = re.compile(
+    r"user unknown|unknown user|no such user|no such mailbox|unknown recipient|recipient unknown"
+    r"|(?:user|mailbox|recipient|address|account) (?:\S+ )?does not exist", re.IGNORECASE)
+
+
+def classify_refusal(code: int, text: str) -> str | None:
+    """What a 5xx refusal at RCPT TO says of the recipient's address (RFC 3463): a bounce kind, or None.
+
+    Only statuses about the mailbox itself are bounces: 5.1.x (no such mailbox or domain, moved)
+    and 5.2.1 (mailbox disabled) are hard bounces; X.2.2 (mailbox full) is a soft bounce, as RFC
+    3463 calls it "persistent transient". X.7.x (policy, relay access denied, sender rejected),
+    X.3.x, X.4.x, X.5.x and other X.2.x are about the sender, the relay or the message: no bounce.
+    """
+    match = _ENHANCED.match(text)
+    if match is None:
+        return "hard_bounce" if code in (550, 551, 553) and _UNKNOWN_USER.search(text) else None
+    subject, detail = match.group(2), match.group(3)
+    if subject == "2" and detail == "2":
+        return "soft_bounce"
+    if subject == "1" or (subject == "2" and detail == "1"):
+        return "hard_bounce"
+    return None
 
 
 class Transport(Protocol):
@@ -158,13 +190,20 @@ class SmtpTransport:
         if not codes or any(code in RELAY_CODES or not 400 <= code < 600 for code in codes):
             self._drop()
             raise RelayUnavailable(_describe(error)) from error
+        if isinstance(error, smtplib.SMTPSenderRefused) and not _about_the_message(error):
+            # MAIL FROM refused (the bounce address not allowed for our login, say): every message
+            # would meet the same refusal, so none is failed; the worker pauses and tries again.
+            diagnostic = _reply(error.smtp_code, error.smtp_error)
+            raise RelayUnavailable(f"the relay refuses our envelope sender {error.sender} at MAIL FROM: "
+                                   f"{diagnostic}") from error
         if isinstance(error, smtplib.SMTPRecipientsRefused) and len(codes) == 1:
-            # One recipient per message: the refusal is about that address, not the message.
+            # One recipient per message: the refusal is about that address, or the relay's policy.
             [(recipient, reply)] = error.recipients.items()
             diagnostic = _reply(*reply)
             description = f"{type(error).__name__}: {recipient}: {diagnostic}"
             if 500 <= codes[0] < 600:
-                raise RecipientRefused(description, diagnostic=diagnostic) from error
+                raise RecipientRefused(description, diagnostic=diagnostic,
+                                       bounce=classify_refusal(codes[0], diagnostic.partition(" ")[2])) from error
             raise RecipientDeferred(description, diagnostic=diagnostic) from error
         if all(500 <= code < 600 for code in codes):
             raise PermanentFailure(_describe(error)) from error
@@ -177,6 +216,15 @@ class SmtpTransport:
             except (OSError, smtplib.SMTPException):
                 pass
             self._connection = None
+
+
+def _about_the_message(error: smtplib.SMTPSenderRefused) -> bool:
+    """A MAIL FROM refusal of this message's size (552, X.3.4: the SIZE it announced), not of the sender."""
+    text = error.smtp_error.decode("utf-8", "replace") if isinstance(error.smtp_error, bytes) else str(error.smtp_error)
+    match = _ENHANCED.match(text)
+    if match is not None:
+        return match.group(2, 3) == ("3", "4")
+    return error.smtp_code == 552
 
 
 def _describe(error: BaseException) -> str:

@@ -115,6 +115,36 @@ class DrainResult:
     stopped_by_error: str | None = None
 
 
+# The same refusal at RCPT for this many different recipients in a row is the relay's, not theirs.
+SAME_REFUSAL_LIMIT = 3
+
+
+class RefusalGuard:
+    """Tells a relay refusing everyone (relay access denied, our sender rejected) from readers' bounces.
+
+    The relay's reply without its addresses is compared: when the same one comes for
+    SAME_REFUSAL_LIMIT different recipients in a row, with no message sent in between, it is the
+    relay's problem: no bounce is recorded for it and sending pauses, as when the relay is away.
+    A message sent clears it.
+    """
+
+    def __init__(self) -> None:
+        self.reply: str | None = None
+        self.recipients: set[str] = set()
+        self.reported = False
+
+    def relay_wide(self, diagnostic: str, recipient: str) -> bool:
+        """Note one refusal at RCPT; whether it is now the relay's refusal of every recipient."""
+        reply = without_addresses(diagnostic)
+        if reply != self.reply:
+            self.reply, self.recipients, self.reported = reply, set(), False
+        self.recipients.add(recipient.lower())
+        return len(self.recipients) >= SAME_REFUSAL_LIMIT
+
+    def clear(self) -> None:
+        self.reply, self.recipients, self.reported = None, set(), False
+
+
 def _backoff(attempts: int, base_seconds: int) -> timedelta:
     # The exponent stops growing: a message put off for days would overflow a timedelta.
     return min(timedelta(seconds=base_seconds * 2 ** min(max(attempts - 1, 0), 30)), MAX_BACKOFF)
@@ -275,8 +305,12 @@ def _verdict(error: Exception | None) -> str:
     return "temporary"
 
 
-def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], result: DrainResult) -> None:
-    """Write what became of a claimed message and commit; a message deleted or cancelled meanwhile stays so."""
+def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], result: DrainResult,
+                   guard: RefusalGuard | None = None) -> None:
+    """Write what became of a claimed message and commit; a message deleted or cancelled meanwhile stays so.
+
+    `guard` follows refusals at RCPT across messages (see RefusalGuard); the Sender keeps one.
+    """
     claim, error = outcome.claim, outcome.error
     verdict = _verdict(error)
     if verdict == "relay" and result.sent and getattr(error, "mid_message", False):
@@ -294,6 +328,17 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
         session.rollback()
         log.info("outbox message %s became %s while being sent (%s); left as it is", row.id, row.status, verdict)
         return
+    if guard is not None and verdict == "sent":
+        guard.clear()
+    elif guard is not None and isinstance(error, RecipientRefused) and guard.relay_wide(error.diagnostic, row.to_address):
+        if not guard.reported:
+            guard.reported = True
+            log.error("outbox: the relay gave the same refusal for %s different recipients in a row (%s): "
+                      "taken as the relay's own problem, not the readers'; no bounce is recorded for it and "
+                      "sending pauses until the relay takes mail again", SAME_REFUSAL_LIMIT,
+                      without_addresses(error.diagnostic))
+        verdict = "relay"
+        error = RelayUnavailable(f"the relay refuses every recipient: {error.diagnostic}")
     now = utcnow()
     if verdict == "sent":
         row.status, row.sent_at, row.last_error = "sent", now, None
@@ -334,15 +379,19 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
 def _record_bounce(session: Session, config: dict[str, Any], row: OutboxMessage, error: Exception | None) -> str | None:
     """Record a failed message's refusal at RCPT as a bounce of its address, in the outcome's transaction.
 
-    A 5xx at RCPT is a hard bounce; a 4xx that lasted until the message failed counts once as a
-    soft bounce. Refusals at DATA are about the message (content, size), not the address: none is
-    recorded for them. Returns what was recorded, for the log (no address in it).
+    A 5xx at RCPT is what mailer.classify_refusal says of it (5.1.x, 5.2.1: hard bounce; X.2.2:
+    soft bounce; the relay's policy, e.g. 5.7.1: none); a 4xx that lasted until the message failed
+    counts once as a soft bounce. Refusals at DATA are about the message (content, size), not the
+    address: none is recorded for them. Returns what was recorded, for the log (no address in it).
     """
+    kind: str | None
     if isinstance(error, RecipientRefused):
-        kind = "hard_bounce"
+        kind = error.bounce
     elif isinstance(error, RecipientDeferred):
         kind = "soft_bounce"
     else:
+        return None
+    if kind is None:
         return None
     recorded = suppressions.record_event(session, config, row.to_address, kind=kind, provider="smtp",
                                          diagnostic=error.diagnostic, provider_event_id=row.message_id)
@@ -365,6 +414,7 @@ class Sender:
         self.transport = transport
         self.config = config
         self.unrecorded: list[Outcome] = []
+        self.guard = RefusalGuard()
 
     def send_next(self, session: Session, result: DrainResult) -> bool:
         """Claim one due message, send it and record the outcome; False when nothing is due or the relay is away."""
@@ -389,7 +439,7 @@ class Sender:
         # Held until written: after a database outage the sent message is marked sent, not sent again.
         self.unrecorded.append(outcome)
         try:
-            record_outcome(session, outcome, self.config, result)
+            record_outcome(session, outcome, self.config, result, self.guard)
         except SQLAlchemyError:
             raise
         except Exception:

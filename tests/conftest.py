@@ -114,6 +114,15 @@ class Inbox:
         # Recipient (lowercased) -> the reply to its RCPT TO, e.g. "550 5.1.1 <x>: Recipient address rejected".
         self.refuse_rcpt: dict[str, str] = {}
         self.rcpt_refused: list[str] = []
+        # The reply to every MAIL FROM, e.g. "553 5.7.1 Sender address rejected: not owned by user"; None: 250.
+        self.refuse_mail_from: str | None = None
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:  # noqa: N802
+        if self.refuse_mail_from:
+            return self.refuse_mail_from
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: N802
         refusal = self.refuse_rcpt.get(address.lower())

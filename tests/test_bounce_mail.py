@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import email
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from newsletter import create_app, suppressions
+from newsletter import bounce_reports, create_app, outbox, suppressions
 from newsletter.extensions import db
+from newsletter.models import OutboxMessage
 
 from .conftest import SECRET, query
 from .test_outbox import outbox_rows, sign_up
@@ -17,19 +20,20 @@ DATA = Path(__file__).parent / "data" / "bounces"
 # (sample, the address it reports, what it is): flufl.bounce's corpus, then samples in Postfix's shape.
 BOUNCES = [
     ("flufl_dsn_01.eml", "JimmyMcEgypt@go.com", "hard_bounce"),
-    ("flufl_dsn_05.eml", "pkocmid@atlas.cz", "soft_bounce"),  # Action: delayed
     ("flufl_postfix_01.eml", "xxxxx@local.ie", "hard_bounce"),
     ("flufl_exim_01.eml", "delangen@its.tudelft.nl", "hard_bounce"),
     ("flufl_qmail_01.eml", "psadisc@wwwmail.n-h.de", "hard_bounce"),
     ("flufl_groupwise_01.eml", "thoff@MAINEX1.ASU.EDU", "hard_bounce"),
     ("flufl_microsoft_01.eml", "DJBENNETT@IKON.COM", "hard_bounce"),
     ("flufl_simple_17.eml", "internetsailing@gmail.com", "hard_bounce"),  # googlemail.com
-    ("flufl_yahoo_01.eml", "subscribe.motorcycles@listsociety.com", "hard_bounce"),
-    ("flufl_simple_03.eml", "jacobus@geo.co.za", "soft_bounce"),  # "not yet been delivered" warning
     ("postfix_550_user_unknown.eml", "gone@example.org", "hard_bounce"),
     ("postfix_422_mailbox_full.eml", "full@example.org", "soft_bounce"),
 ]
 NEITHER = ["out_of_office.eml", "reader_reply.eml", "postfix_delivered_notice.eml", "arf_auth_failure_report.eml"]
+# Delay warnings: flufl_dsn_05 (Action: delayed), flufl_simple_03 ("not yet been delivered").
+DELAYS = [("flufl_dsn_05.eml", "pkocmid@atlas.cz"), ("flufl_simple_03.eml", "jacobus@geo.co.za")]
+GONE_ID = "<176458036312.4242.1730001@news.example.com>"  # what postfix_550_user_unknown.eml returns
+FULL_ID = "<176400000001.4242.1730002@news.example.com>"  # what postfix_422_mailbox_full.eml returns
 
 
 def sample(name: str) -> bytes:
@@ -53,14 +57,38 @@ def bounce_mail(runner, raw: bytes):
     return runner.invoke(args=["bounce-mail"], input=raw)
 
 
+def we_sent(app, message_id: str, to_address: str) -> None:
+    """An outbox row as if we had sent `to_address` the message `message_id`."""
+    row = outbox.message_row(kind="confirmation", to_address=to_address, subject="Confirm", body_text="b",
+                             body_html="<p>b</p>", mail_from="newsletters@news.example.com")
+    row.update(message_id=message_id, status="sent")
+    with app.app_context():
+        db.session.execute(sa.insert(OutboxMessage), [row])
+        db.session.commit()
+        db.session.remove()
+
+
+def event_id(app, message_id: str, address: str, kind: str) -> str:
+    with app.app_context():
+        key = suppressions.address_key(app.config, address)[:16]
+    return f"{message_id} {key}" + ("" if kind == "soft_bounce" else f" {kind}")
+
+
+def returned_id(raw: bytes) -> str:
+    [message_id] = bounce_reports.returned_message_ids(email.message_from_bytes(raw))
+    return message_id
+
+
 @pytest.mark.parametrize("name, address, kind", BOUNCES)
-def test_each_real_world_bounce_is_recorded_for_its_recipient(app, runner, name, address, kind):
+def test_each_real_world_bounce_of_a_message_we_sent_is_recorded_for_its_recipient(app, runner, name, address, kind):
+    we_sent(app, returned_id(sample(name)), address)
     result = bounce_mail(runner, sample(name))
 
     assert result.exit_code == 0, result.output
     [(recorded_kind, provider, _, event_id)] = events(app)
     assert (recorded_kind, provider) == (kind, "mailbox")
-    assert event_id.endswith(" " + address.lower())
+    assert event_id == globals()["event_id"](app, returned_id(sample(name)), address, kind)
+    assert address.lower() not in event_id.lower()
     if kind == "hard_bounce":
         assert result.stdout == f"hard bounce of {address}: suppressed (hard bounce)\n"
         assert stopped(app, address) == "hard_bounce"
@@ -71,13 +99,14 @@ def test_each_real_world_bounce_is_recorded_for_its_recipient(app, runner, name,
 
 
 def test_a_dsn_keeps_the_status_and_diagnostic_of_its_recipient_and_stops_our_mail(app, client, runner, smtp, drain):
+    we_sent(app, GONE_ID, "gone@example.org")
     result = runner.invoke(args=["bounce-mail", str(DATA / "postfix_550_user_unknown.eml")])  # a file, not stdin
 
     assert result.exit_code == 0, result.output
     [(kind, provider, diagnostic, event_id)] = events(app)
     assert diagnostic == ("5.1.1 (smtp; 550 5.1.1 <gone@example.org>: Recipient address rejected: "
                           "User unknown in virtual mailbox table)")
-    assert event_id == "<20261201091244.9E1C31C0F3@relay.news.example.com> gone@example.org"
+    assert event_id == globals()["event_id"](app, GONE_ID, "gone@example.org", "hard_bounce")
     # The next signup of the address gets the usual answer, and no mail reaches it.
     sign_up(client, "gone@example.org")
     sign_up(client, "kept@example.org")
@@ -86,6 +115,7 @@ def test_a_dsn_keeps_the_status_and_diagnostic_of_its_recipient_and_stops_our_ma
 
 
 def test_the_same_message_piped_twice_is_recorded_once(app, runner):
+    we_sent(app, GONE_ID, "gone@example.org")
     first = bounce_mail(runner, sample("postfix_550_user_unknown.eml"))
     again = bounce_mail(runner, sample("postfix_550_user_unknown.eml"))
 
@@ -96,17 +126,21 @@ def test_the_same_message_piped_twice_is_recorded_once(app, runner):
     assert query(app, "SELECT count(*) FROM suppressions")[0][0] == 1
 
 
-def test_transient_failures_count_toward_the_soft_bounce_rule(app, runner):
+def test_failures_of_one_message_count_once_and_failures_of_three_messages_suppress(app, runner):
     raw = sample("postfix_422_mailbox_full.eml")
-    # The same notification again is one soft bounce, not two.
-    for _ in range(3):
-        bounce_mail(runner, raw)
+    we_sent(app, FULL_ID, "full@example.org")
+    # The same notification again, or another notification (its own Message-Id) about the same
+    # message of ours, is one soft bounce, not several.
+    for number in range(3):
+        bounce_mail(runner, raw.replace(b"AA11BB22CC@", f"AA11BB22C{number}@".encode()))
     assert len(events(app)) == 1
     assert stopped(app, "full@example.org") is None
 
-    # Two more notifications (each its own Message-Id) make three within the window: suppressed.
-    for number in (2, 3):
-        result = bounce_mail(runner, raw.replace(b"AA11BB22CC@", f"AA11BB22C{number}@".encode()))
+    # Two more of our messages failing make three within the window: suppressed.
+    for number in (3, 4):
+        our_id = f"<176400000001.4242.173000{number}@news.example.com>"
+        we_sent(app, our_id, "full@example.org")
+        result = bounce_mail(runner, raw.replace(FULL_ID.encode(), our_id.encode()))
         assert result.exit_code == 0, result.output
     assert [row.kind for row in events(app)] == ["soft_bounce"] * 3
     assert result.stdout == "soft bounce of full@example.org: suppressed (soft bounces)\n"
@@ -114,8 +148,133 @@ def test_transient_failures_count_toward_the_soft_bounce_rule(app, runner):
     assert detail.startswith("3 soft bounces within 15 days; last: 4.2.2 (smtp; 452 4.2.2")
 
 
+@pytest.mark.parametrize("name, address", DELAYS)
+def test_a_delay_warning_records_nothing(app, runner, name, address):
+    raw = sample(name)
+    for message_id in bounce_reports.returned_message_ids(email.message_from_bytes(raw)):
+        we_sent(app, message_id, address)
+    result = bounce_mail(runner, raw)
+    assert result.exit_code == 0
+    assert result.stderr == "Nothing recognized: it only warns of a delay; the message may still be delivered.\n"
+    assert events(app) == []
+
+
+def _dsn(message_id: str, blocks: str, returned: str = "") -> bytes:
+    return f"""From: MAILER-DAEMON@mx.example.net (Mail Delivery System)
+To: bounces@news.example.com
+Subject: Undelivered Mail
+Message-ID: <{message_id}>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+report
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+{blocks}
+--B
+Content-Type: text/rfc822-headers
+
+{returned}
+--B--
+""".encode()
+
+
+def test_delay_warnings_then_the_failure_of_one_message_count_as_one_soft_bounce(app, runner):
+    our_id = "<slow-1@news.example.com>"
+    we_sent(app, our_id, "slow@example.org")
+    returned = f"From: newsletters@news.example.com\nTo: slow@example.org\nMessage-ID: {our_id}\n"
+    # Exim repeats its delay warning (every 24 h by default) while it retries one message.
+    for day in range(3):
+        block = "Final-Recipient: rfc822; slow@example.org\nAction: delayed\nStatus: 4.4.1\n"
+        assert bounce_mail(runner, _dsn(f"delay{day}@mx.example.net", block, returned)).exit_code == 0
+    assert events(app) == []
+    failed = "Final-Recipient: rfc822; slow@example.org\nAction: failed\nStatus: 4.4.7\n"
+    bounce_mail(runner, _dsn("gave-up@mx.example.net", failed, returned))
+    bounce_mail(runner, _dsn("gave-up-again@mx.example.net", failed, returned))
+    assert [row.kind for row in events(app)] == ["soft_bounce"]
+    assert stopped(app, "slow@example.org") is None
+
+
+def test_a_forged_dsn_returning_no_message_of_ours_suppresses_no_one(app, runner):
+    # The bounce mailbox is our public envelope sender: anyone can mail it a "DSN" naming readers.
+    readers = [f"reader{i}@example.org" for i in range(500)]
+    for reader in readers[:3]:
+        we_sent(app, f"<real-{reader}>", reader)
+    blocks = "\n".join(f"Final-Recipient: rfc822; {a}\nAction: failed\nStatus: 5.1.1\n" for a in readers)
+    result = bounce_mail(runner, _dsn("forged@evil.example", blocks, "Message-ID: <made-up@evil.example>\n"))
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert result.stderr == "Nothing recognized: not a bounce of a message we sent (it returns no Message-ID of ours).\n"
+    assert events(app) == []
+    assert [reader for reader in readers if stopped(app, reader)] == []
+
+
+def test_a_dsn_returning_our_message_counts_only_for_the_address_we_sent_it_to(app, runner):
+    our_id = "<ours-1@news.example.com>"
+    we_sent(app, our_id, "Ada@Example.org")
+    others = "".join(f"Final-Recipient: rfc822; other{i}@example.org\nAction: failed\nStatus: 5.1.1\n\n"
+                     for i in range(3))
+    only_others = bounce_mail(runner, _dsn("n1@mx.example.net", others, f"Message-ID: {our_id}\n"))
+    assert only_others.stderr == ("Nothing recognized: not a bounce of a message we sent "
+                                  "(the address it reports is not the one we sent to).\n")
+    assert events(app) == []
+
+    ada = "Final-Recipient: rfc822; ada@EXAMPLE.org\nAction: failed\nStatus: 5.1.1\n"
+    result = bounce_mail(runner, _dsn("n2@mx.example.net", others + ada, f"Message-ID: {our_id}\n"))
+    assert result.stdout == "hard bounce of ada@EXAMPLE.org: suppressed (hard bounce)\n"
+    assert [row.kind for row in events(app)] == ["hard_bounce"]
+    assert [f"other{i}@example.org" for i in range(3) if stopped(app, f"other{i}@example.org")] == []
+
+
+def test_a_bounce_whose_original_headers_were_stripped_is_not_recorded(app, runner):
+    # Yahoo's old format returns no header of the message: nothing says it was one of ours.
+    result = bounce_mail(runner, sample("flufl_yahoo_01.eml"))
+    assert result.exit_code == 0
+    assert result.stderr.startswith("Nothing recognized: not a bounce of a message we sent")
+    assert events(app) == []
+
+
+def test_a_report_in_reply_to_our_message_is_traced_by_that_header(app, runner):
+    we_sent(app, "<ours-2@news.example.com>", "bob@example.net")
+    raw = _dsn("n3@mx.example.net", "Final-Recipient: rfc822; bob@example.net\nAction: failed\nStatus: 5.1.1\n")
+    raw = raw.replace(b"Subject:", b"In-Reply-To: <ours-2@news.example.com>\nSubject:", 1)
+    assert bounce_mail(runner, raw).stdout == "hard bounce of bob@example.net: suppressed (hard bounce)\n"
+
+
+def arf(raw_rcpt: bytes, message_id: str) -> bytes:
+    return (sample("rfc5965_abuse_report.eml")
+            .replace(b"Original-Rcpt-To: <user@example.com>", b"Original-Rcpt-To: " + raw_rcpt)
+            .replace(b"Removal-Recipient: user@example.com\r\n", b"")
+            .replace(b"Message-ID: 8787KJKJ3K4J3K4J3K4J3.mail@example.net", f"Message-ID: {message_id}".encode()))
+
+
+def test_an_rfc_2047_encoded_recipient_of_a_complaint_is_decoded(app, runner):
+    we_sent(app, "<ours-3@news.example.com>", "cleo@example.com")
+    result = bounce_mail(runner, arf(b"=?utf-8?q?cleo=40example=2Ecom?=", "<ours-3@news.example.com>"))
+    assert result.stdout == "complaint of cleo@example.com: suppressed (complaint)\n"
+    assert stopped(app, "cleo@example.com") == "complaint"
+
+
+def test_a_forged_complaint_returning_no_message_of_ours_suppresses_no_one(app, runner):
+    we_sent(app, "<ours-4@news.example.com>", "dora@example.com")
+    result = bounce_mail(runner, arf(b"<dora@example.com>", "<not-ours@evil.example>"))
+    assert result.exit_code == 0
+    assert result.stderr.startswith("Nothing recognized: not a bounce of a message we sent")
+    assert stopped(app, "dora@example.com") is None
+
+
 def test_an_arf_complaint_suppresses_the_reader_once(app, runner):
-    raw = sample("rfc5965_abuse_report.eml")  # the RFC's example: no Message-ID of its own
+    # The RFC's example (no Message-ID of its own), returning a message of ours.
+    raw = sample("rfc5965_abuse_report.eml").replace(b"Message-ID: 8787KJKJ3K4J3K4J3K4J3.mail@example.net",
+                                                     b"Message-ID: <8787KJKJ3K4J3K4J3K4J3.mail@example.net>")
+    we_sent(app, "<8787KJKJ3K4J3K4J3K4J3.mail@example.net>", "user@example.com")
     result = bounce_mail(runner, raw)
 
     assert result.exit_code == 0, result.output
@@ -182,6 +341,7 @@ def test_malformed_input_is_said_in_one_line_without_a_traceback(app, runner, ra
 
 
 def test_a_very_large_message_is_read_up_to_the_cap_and_still_recorded(app, runner):
+    we_sent(app, GONE_ID, "gone@example.org")
     # A bounce that returns a big message whole: the report comes first, the 11 MB after the cap.
     raw = sample("postfix_550_user_unknown.eml").replace(
         b"--4B2A31C0F2.1764580364/relay.news.example.com--",

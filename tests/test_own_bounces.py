@@ -210,3 +210,118 @@ def test_without_a_bounce_address_the_from_address_is_the_envelope_sender(app, c
     drain()
     [(mail_from, _)] = smtp.inbox.envelopes
     assert mail_from == smtp.inbox.messages[0]["From"].addresses[0].addr_spec
+
+
+READERS = ["ada@example.org", "bob@example.net", "cleo@example.com"]
+
+
+@pytest.mark.parametrize("reply", [
+    # Postfix's reject_unauth_destination, when our IP / SASL login is no longer allowed to relay.
+    "554 5.7.1 <{rcpt}>: Relay access denied",
+    # Postfix's reject_sender_login_mismatch with NEWSLETTER_BOUNCE_ADDRESS not owned by the login,
+    # answered at RCPT TO (smtpd_delay_reject=yes, the default).
+    "553 5.7.1 <bounces@news.example.com>: Sender address rejected: not owned by user newsletter",
+    # The relay's own policy (SPF of the envelope sender, our IP on a blocklist), answered at RCPT.
+    "550 5.7.1 Client host rejected: Access denied",
+    # No enhanced status code, and words that are no proof of a missing mailbox.
+    "550 Requested action not taken: mailbox unavailable",
+])
+def test_a_relay_refusing_every_recipient_for_its_own_reason_suppresses_nobody_and_pauses_sending(
+        app, client, smtp, drain, caplog, reply):
+    for address in READERS:
+        smtp.inbox.refuse_rcpt[address] = reply.format(rcpt=address)
+        sign_up(client, address)
+
+    with caplog.at_level(logging.INFO, logger="newsletter.outbox"):
+        result = drain()
+
+    assert smtp.inbox.rcpt_refused == READERS
+    assert [address for address in READERS if suppression_of(app, address) or events_of(app, address)] == []
+    # The first two fail (a policy refusal is about the message, not the address); the third
+    # refusal alike makes it the relay's problem: that message waits, its attempt unspent.
+    assert [(row.status, row.attempts) for address in READERS for row in rows_to(app, address)] == [
+        ("failed", 1), ("failed", 1), ("pending", 0)]
+    assert result.stopped_by_error is not None and "refuses every recipient" in result.stopped_by_error
+    [loud] = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert "same refusal for 3 different recipients in a row" in loud.getMessage()
+    assert not any(address in caplog.text for address in READERS)
+
+
+def test_the_same_user_unknown_for_three_recipients_in_a_row_stops_recording_bounces(app, client, smtp, drain):
+    # A relay that lost its recipient table answers "user unknown" for everyone, each with its address.
+    addresses = [f"reader{number}@example.org" for number in range(4)]
+    for address in addresses:
+        smtp.inbox.refuse_rcpt[address] = f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        sign_up(client, address)
+
+    result = drain()
+
+    assert [address for address in addresses if suppression_of(app, address)] == addresses[:2]
+    assert events_of(app, addresses[2]) == [] and events_of(app, addresses[3]) == []
+    assert result.stopped_by_error is not None
+    assert smtp.inbox.rcpt_refused == addresses[:3]
+
+
+def test_refusals_with_mail_going_through_in_between_are_each_the_readers_bounce(app, client, smtp, drain):
+    gone = [f"gone{number}@example.org" for number in range(3)]
+    for number, address in enumerate(gone):
+        smtp.inbox.refuse_rcpt[address] = f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        sign_up(client, address)
+        sign_up(client, f"kept{number}@example.org")
+
+    result = drain()
+
+    assert (result.sent, result.failed, result.stopped_by_error) == (3, 3, None)
+    assert [suppression_of(app, address)[0] for address in gone] == ["hard_bounce"] * 3
+
+
+@pytest.mark.parametrize("reply, kind", [
+    ("550 User unknown", "hard_bounce"),
+    ("553 sorry, no such user here", "hard_bounce"),
+    ("550 5.1.10 <{rcpt}>: Recipient address rejected: null MX", "hard_bounce"),
+    ("550 5.2.1 <{rcpt}>: Mailbox disabled", "hard_bounce"),
+    ("550 5.4.1 <{rcpt}>: Recipient address rejected: Access denied", None),
+    ("552 5.3.4 Message size exceeds fixed limit", None),
+    ("554 Transaction failed", None),
+])
+def test_a_refusal_at_rcpt_is_a_bounce_only_when_its_status_is_about_the_mailbox(app, client, smtp, drain, reply, kind):
+    address = "reader@example.org"
+    smtp.inbox.refuse_rcpt[address] = reply.format(rcpt=address)
+    sign_up(client, address)
+
+    assert drain().failed == 1
+    assert [event[0] for event in events_of(app, address)] == ([kind] if kind else [])
+    assert (suppression_of(app, address) or (None,))[0] == kind
+
+
+def test_a_full_mailbox_refused_at_rcpt_with_a_5xx_fails_the_message_and_counts_once_as_a_soft_bounce(
+        app, client, smtp, drain):
+    address = "full@example.org"
+    reply = f"552 5.2.2 <{address}>: Mailbox full"
+    smtp.inbox.refuse_rcpt[address] = reply
+    sign_up(client, address)
+
+    assert drain().failed == 1
+    [row] = rows_to(app, address)
+    assert row.status == "failed"
+    assert events_of(app, address) == [("soft_bounce", "smtp", reply, row.message_id)]
+    assert suppression_of(app, address) is None
+
+
+def test_a_relay_refusing_our_envelope_sender_fails_no_message_and_sending_resumes_once_it_takes_it(
+        app, client, smtp, drain):
+    app.config["NEWSLETTER_BOUNCE_ADDRESS"] = "bounces@news.example.com"
+    smtp.inbox.refuse_mail_from = "553 5.7.1 <bounces@news.example.com>: Sender address rejected: not owned by user"
+    sign_up(client, "ada@example.org")
+    sign_up(client, "bob@example.net")
+
+    result = drain()
+
+    assert (result.sent, result.failed, result.retrying) == (0, 0, 0)
+    assert "refuses our envelope sender" in result.stopped_by_error
+    assert "Sender address rejected: not owned by user" in result.stopped_by_error
+    assert [(row.status, row.attempts) for row in outbox_rows(app)] == [("pending", 0), ("pending", 0)]
+
+    smtp.inbox.refuse_mail_from = None
+    assert drain().sent == 2
+    assert sorted(recipients_received(smtp)) == ["ada@example.org", "bob@example.net"]

@@ -195,8 +195,15 @@ def test_ses_message_signed_by_another_key_is_refused(app, client, signer):
     "https://s3.amazonaws.com/cert.pem",
     "https://127.0.0.1/cert.pem",
     "file:///etc/passwd",
+    # The S3 bucket called "sns" (virtual-hosted style): whoever owns it could serve a certificate.
+    "https://sns.s3.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
+    "https://sns.s3-external-1.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
+    # SNS's host, but not the path of its signing certificates.
+    "https://sns.us-west-2.amazonaws.com/cert.pem",
+    "https://sns.us-west-2.amazonaws.com/SimpleNotificationService-f3ecfb7224c7233fe7bb5f59f96de52f.pem?x=1",
+    "https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription",
 ])
-def test_certificate_url_off_an_sns_host_is_never_fetched(app, client, signer, url):
+def test_certificate_url_off_an_sns_host_or_path_is_never_fetched(app, client, signer, url):
     message = signer.sign({**notification(sample("ses_bounce.json")), "SigningCertURL": url})
     answer = post_sns(client, message)
     assert answer.status_code == 403, answer.get_data(as_text=True)
@@ -205,8 +212,10 @@ def test_certificate_url_off_an_sns_host_is_never_fetched(app, client, signer, u
     assert events_of(app) == []
 
 
-def test_china_region_certificate_host_is_accepted(app, client, signer):
-    url = "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem"
+@pytest.mark.parametrize("host", ["sns.cn-north-1.amazonaws.com.cn", "sns.us-gov-west-1.amazonaws.com",
+                                  "sns.eu-central-2.amazonaws.com"])
+def test_regional_sns_certificate_hosts_are_accepted(app, client, signer, host):
+    url = f"https://{host}/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem"
     answer = post_sns(client, signer.sign({**notification(sample("ses_bounce.json")), "SigningCertURL": url}))
     assert answer.status_code == 200
     assert signer.fetched == [url]
@@ -247,6 +256,19 @@ def test_forged_subscription_confirmation_is_not_confirmed(app, client, signer):
                                     "SubscribeURL": "https://internal.example/admin?delete=all"})
     assert post_sns(client, signed_elsewhere).status_code == 403  # signed, but not an SNS URL
     assert "internal.example" not in " ".join(signer.fetched)
+
+
+@pytest.mark.parametrize("subscribe_url", [
+    "https://sns.us-west-2.amazonaws.com/SimpleNotificationService-0123456789abcdef0123456789abcdef.pem",
+    "https://sns.us-west-2.amazonaws.com/?Action=Publish&TopicArn=x",
+    "https://sns.s3.amazonaws.com/?Action=ConfirmSubscription&Token=t",
+    "https://sns.us-west-2.amazonaws.com/other?Action=ConfirmSubscription&Token=t",
+])
+def test_a_signed_subscribe_url_that_is_not_snss_confirmation_is_not_visited(app, client, signer, subscribe_url):
+    confirmation = signer.sign({**sample("sns_subscription_confirmation.json"), "SubscribeURL": subscribe_url})
+    answer = post_sns(client, confirmation)
+    assert answer.status_code == 403, answer.get_data(as_text=True)
+    assert signer.fetched == [CERT_URL]
 
 
 def test_other_messages_on_the_topic_and_other_ses_events_are_accepted_and_ignored(app, client, signer):
@@ -768,3 +790,18 @@ def test_good_settings(tmp_path):
     defaults = config.load(tmp_path, {})
     assert defaults["NEWSLETTER_SES_TOPIC_ARNS"] is None and defaults["NEWSLETTER_MAILGUN_SIGNING_KEY"] is None
     assert defaults["NEWSLETTER_EVENTS_MAX_BODY_BYTES"] == 1024 * 1024
+
+
+def test_a_sendgrid_batch_naming_an_event_twice_or_sent_again_records_each_event_once(app, client, sendgrid):
+    # More events than one look-up of known ids takes (500), with one event repeated inside the batch.
+    batch = [{"email": f"reader{number}@example.org", "event": "bounce", "type": "bounce",
+              "sg_event_id": f"event-{number}", "timestamp": 1700000000, "reason": "550 5.1.1 user unknown"}
+             for number in range(600)]
+    batch.append(dict(batch[0]))
+    body = json.dumps(batch).encode()
+
+    first = client.post("/api/v1/events/sendgrid", data=body, headers=sendgrid.headers(body))
+    assert first.get_json() == {"recorded": 600, "repeated": 1, "skipped": 0, "problems": []}
+    again = client.post("/api/v1/events/sendgrid", data=body, headers=sendgrid.headers(body))
+    assert again.get_json() == {"recorded": 0, "repeated": 601, "skipped": 0, "problems": []}
+    assert len(events_of(app)) == 600

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -39,7 +39,12 @@ SIGNED_FIELDS = {
     "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"),
 }
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
-_SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# Exactly SNS's own regional host (not, say, sns.s3.amazonaws.com: the S3 bucket called "sns"), as
+# the AWS SDKs' message validators require; regions like us-east-1, us-gov-west-1, us-isob-east-1.
+_SNS_HOST = re.compile(r"sns\.[a-z]{2}(?:-gov|-iso[a-z]*)?-[a-z]+-\d{1,2}\.amazonaws\.com(?:\.cn)?")
+# What each URL field may point at on that host: the signing certificate, or SNS's API.
+_SNS_PATH = {"SigningCertURL": re.compile(r"/SimpleNotificationService-[0-9a-f]{32}\.pem")}
+_SNS_API_PATH = re.compile(r"/?")
 # A certificate is a few KB; anything much larger is not one.
 _MAX_DOWNLOAD = 64 * 1024
 _CACHE_SIZE = 32
@@ -64,7 +69,11 @@ _opener = urllib.request.build_opener(_NoRedirects)
 
 
 def check_sns_url(url: Any, field: str) -> str:
-    """`url` if it is https on an SNS host (default port, no credentials); Refused otherwise."""
+    """`url` if it is https on an SNS host (default port, no credentials) at the path `field` has; Refused otherwise.
+
+    SigningCertURL: /SimpleNotificationService-<32 hex>.pem; SubscribeURL and UnsubscribeURL: SNS's
+    API at "/" with Action=ConfirmSubscription (or Unsubscribe).
+    """
     if not isinstance(url, str) or len(url) > 2048:
         raise BadPayload(f"The {field} is missing or not a URL.", field)
     parts = urlsplit(url)
@@ -74,10 +83,19 @@ def check_sns_url(url: Any, field: str) -> str:
         port = -1
     if (parts.scheme != "https" or not parts.hostname or not _SNS_HOST.fullmatch(parts.hostname)
             or port not in (None, 443) or parts.username is not None or parts.password is not None
-            or "\\" in url or any(ord(ch) < 33 for ch in url)):
+            or "\\" in url or any(ord(ch) < 33 for ch in url) or parts.fragment
+            or not _sns_path_fits(field, parts.path, parts.query)):
         raise Refused(f"The {field} must be an https URL on an Amazon SNS host (sns.<region>.amazonaws.com); "
                       f"refused {url[:200]!r}.")
     return url
+
+
+def _sns_path_fits(field: str, path: str, query: str) -> bool:
+    pattern = _SNS_PATH.get(field)
+    if pattern is not None:
+        return pattern.fullmatch(path) is not None and not query
+    action = "Unsubscribe" if field == "UnsubscribeURL" else "ConfirmSubscription"
+    return _SNS_API_PATH.fullmatch(path) is not None and parse_qs(query).get("Action") == [action]
 
 
 def fetch(url: str, timeout: float) -> bytes:
