@@ -1,0 +1,85 @@
+"""Review of issue 10's suppression list (revsuppress): findings that fail today."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from newsletter import privacy, suppressions
+from newsletter.extensions import db
+
+from .conftest import query
+
+DSN = b"""From: MAILER-DAEMON@mx.example.net
+To: bounces@news.example
+Subject: Delivery Status Notification (Failure)
+Message-ID: <dsn-1@mx.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
+
+--b1
+Content-Type: text/plain
+
+Delivery failed permanently.
+
+--b1
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; Erase.Me@example.org
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 user unknown
+
+--b1--
+"""
+
+TABLES = ("readers", "subscriptions", "consent_events", "outbox_messages", "suppressions", "delivery_events",
+          "webhook_nonces", "imports", "import_refusals", "exports")
+
+
+def leftovers(app, needle: str) -> list[tuple[str, tuple]]:
+    found = []
+    for table in TABLES:
+        for row in query(app, f"SELECT * FROM {table}"):
+            if any(needle in str(value).lower() for value in row):
+                found.append((table, tuple(row)))
+    return found
+
+
+def erase(app, address: str) -> None:
+    with app.app_context():
+        reader = query(app, "SELECT id FROM readers WHERE email = :a", a=address)[0][0]
+        privacy.erase_reader(db.session, reader, source=privacy.Source(channel="admin"), config=app.config)
+        db.session.commit()
+        db.session.remove()
+
+
+def test_erasure_leaves_no_address_in_the_event_id_of_a_piped_bounce(app, client, runner):
+    assert client.post("/api/v1/subscriptions", json={"email": "Erase.Me@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    result = runner.invoke(args=["bounce-mail"], input=DSN)
+    assert result.exit_code == 0, result.output
+
+    erase(app, "Erase.Me@example.org")
+
+    # bounce_reports._event_id keeps "<message-id> erase.me@example.org" in delivery_events.provider_event_id.
+    assert leftovers(app, "erase.me@example.org") == []
+
+
+def test_erasure_leaves_no_address_in_an_imports_refused_rows(app, client, runner, tmp_path: Path):
+    assert client.post("/api/v1/subscriptions", json={"email": "erase.me@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    with app.app_context():
+        suppressions.suppress(db.session, app.config, "erase.me@example.org", reason="hard_bounce", source="smtp")
+        db.session.commit()
+        db.session.remove()
+    file = tmp_path / "list.csv"
+    file.write_text("email\nerase.me@example.org\nERASE.ME@example.org\n")
+    result = runner.invoke(args=["import", str(file), "--newsletter", "daily-briefing", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+
+    erase(app, "erase.me@example.org")
+
+    # import_refusals.email keeps both spellings of the erased address.
+    assert leftovers(app, "erase.me@example.org") == []
