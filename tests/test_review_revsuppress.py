@@ -83,3 +83,21 @@ def test_erasure_leaves_no_address_in_an_imports_refused_rows(app, client, runne
 
     # import_refusals.email keeps both spellings of the erased address.
     assert leftovers(app, "erase.me@example.org") == []
+
+
+def test_outbox_retry_does_not_queue_again_a_message_to_a_suppressed_address(app, client, runner):
+    assert client.post("/api/v1/subscriptions", json={"email": "gone@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    with app.app_context():
+        db.session.execute(db.text("UPDATE outbox_messages SET status = 'failed', "
+                                   "last_error = '550 5.1.1 <gone@example.org>: Recipient address rejected'"))
+        suppressions.suppress(db.session, app.config, "gone@example.org", reason="hard_bounce", source="smtp")
+        db.session.commit()
+        db.session.remove()
+
+    result = runner.invoke(args=["outbox", "retry"])
+
+    # Today: "Queued 1 failed message again." and the message is pending again, to a suppressed address
+    # (only the sender's last guard stops it, and the original diagnostic is lost).
+    assert query(app, "SELECT status FROM outbox_messages") == [("failed",)], result.output
+    assert "Queued 1" not in result.output
