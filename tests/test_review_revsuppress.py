@@ -101,3 +101,32 @@ def test_outbox_retry_does_not_queue_again_a_message_to_a_suppressed_address(app
     # (only the sender's last guard stops it, and the original diagnostic is lost).
     assert query(app, "SELECT status FROM outbox_messages") == [("failed",)], result.output
     assert "Queued 1" not in result.output
+
+
+def test_rotating_the_secret_key_as_the_readme_says_keeps_the_suppression_list_working(
+        database_url, instance_dir, monkeypatch):
+    from newsletter import create_app
+
+    from .conftest import close_app
+
+    # The README: "To rotate the secret key, move the old one into NEWSLETTER_SECRET_KEY_FALLBACKS and set a
+    # new one". NEWSLETTER_SUPPRESSION_KEY is left unset, as the README's configuration table never names it.
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    monkeypatch.delenv("NEWSLETTER_SUPPRESSION_KEY", raising=False)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "the-old-key-" + "x" * 40)
+    before = create_app({"TESTING": True})
+    with before.app_context():
+        suppressions.suppress(db.session, before.config, "complained@example.org", reason="complaint",
+                              source="ses")
+        db.session.commit()
+    close_app(before)
+
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY_FALLBACKS", "the-old-key-" + "x" * 40)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "the-new-key-" + "y" * 40)
+    after = create_app({"TESTING": True})
+    try:
+        with after.app_context():
+            # Today: None. The complaint no longer stops anything: signups, confirmations, the worker's guard.
+            assert suppressions.mail_stopped(db.session, after.config, "complained@example.org") is not None
+    finally:
+        close_app(after)
