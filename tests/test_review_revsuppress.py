@@ -130,3 +130,32 @@ def test_rotating_the_secret_key_as_the_readme_says_keeps_the_suppression_list_w
             assert suppressions.mail_stopped(db.session, after.config, "complained@example.org") is not None
     finally:
         close_app(after)
+
+
+def test_lifting_the_bounce_entry_of_an_erased_reader_does_not_let_an_import_bring_them_back(app, client, runner,
+                                                                                             tmp_path: Path):
+    assert client.post("/api/v1/subscriptions", json={"email": "bounced.then.erased@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    with app.app_context():
+        entry = suppressions.suppress(db.session, app.config, "bounced.then.erased@example.org",
+                                      reason="hard_bounce", source="smtp")
+        db.session.commit()
+        entry_id = entry.id
+        db.session.remove()
+    erase(app, "bounced.then.erased@example.org")
+    # Erasure kept the hard_bounce entry (without its address) and added no `erased` entry.
+    with app.app_context():
+        from newsletter import suppression_list
+
+        # An admin lifts it (e.g. the mailbox works again); the page shows "An erased reader (no address kept)".
+        suppression_list.lift(db.session, app.config, entry_id, "mailbox fixed", admin_id=None)
+        db.session.commit()
+        db.session.remove()
+
+    file = tmp_path / "old-list.csv"
+    file.write_text("email,status,confirmed_at\nbounced.then.erased@example.org,confirmed,2024-01-01T00:00:00Z\n")
+    runner.invoke(args=["import", str(file), "--newsletter", "daily-briefing", "--format", "csv",
+                        "--unconfirmed", "confirmed"])
+
+    # Today: the import brings the erased person back as a reader.
+    assert query(app, "SELECT email FROM readers WHERE email LIKE 'bounced.then.erased%'") == []
