@@ -208,3 +208,23 @@ def test_two_admins_lifting_a_blocked_entry_at_once_get_no_error(app, client, da
     # (the view only catches RefusedChange and UnknownSuppression).
     error = outcome["second"]
     assert error is None or isinstance(error, suppressions.UnknownSuppression), repr(error)
+
+
+def test_the_docs_say_a_lifted_address_is_mailed_again_only_after_it_signs_up_and_confirms_again(app, client, runner):
+    # docs-snippets/suppression.md: "A lifted address is mailed again only once its owner signs up and confirms
+    # again." The suppression leaves the subscription `confirmed`: once lifted, the very next export (what the
+    # sending platform mails) has the address back, with no new signup.
+    assert client.post("/api/v1/subscriptions", json={"email": "was.bounced@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    with app.app_context():
+        db.session.execute(db.text("UPDATE subscriptions SET status = 'confirmed', confirmed_at = pending_since"))
+        entry = suppressions.suppress(db.session, app.config, "was.bounced@example.org", reason="hard_bounce",
+                                      source="smtp")
+        db.session.commit()
+        assert "was.bounced" not in runner.invoke(args=["export", "daily-briefing", "--status", "confirmed"]).output
+        suppressions.lift(db.session, entry.id, admin_id=None, note="mailbox works again")
+        db.session.commit()
+        db.session.remove()
+
+    exported = runner.invoke(args=["export", "daily-briefing", "--status", "confirmed"]).output
+    assert "was.bounced@example.org" not in exported
