@@ -228,3 +228,23 @@ def test_the_docs_say_a_lifted_address_is_mailed_again_only_after_it_signs_up_an
 
     exported = runner.invoke(args=["export", "daily-briefing", "--status", "confirmed"]).output
     assert "was.bounced@example.org" not in exported
+
+
+def test_a_bounce_arriving_after_erasure_does_not_put_the_address_back(app, client):
+    assert client.post("/api/v1/subscriptions", json={"email": "late.bounce@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    erase(app, "late.bounce@example.org")
+    assert leftovers(app, "late.bounce@example.org") == []
+    # The sending platform mailed the last issue before its list was updated: a complaint arrives by webhook.
+    with app.app_context():
+        from newsletter import provider_events
+
+        provider_events.record(db.session, app.config, "generic", [provider_events.ProviderEvent(
+            address="late.bounce@example.org", kind="complaint", occurred_at=None,
+            diagnostic="Feedback-ID: abuse report for late.bounce@example.org")])
+        db.session.commit()
+        db.session.remove()
+
+    # Today: the `erased` entry gives way to a `complaint` entry holding the address in clear (and the diagnostic
+    # quoting it); lifting that entry later also ends the do-not-contact protection.
+    assert leftovers(app, "late.bounce@example.org") == []
