@@ -52,7 +52,7 @@ class Report:
     address: str
     kind: str  # hard_bounce, soft_bounce or complaint
     diagnostic: str | None
-    event_id: str
+    notification_id: str  # the notification's Message-ID (or a hash of its bytes)
 
 
 @dataclass
@@ -93,7 +93,7 @@ def read(raw: bytes) -> Reading:
         kind = "hard_bounce" if permanent_failure and not _transient(status) else "soft_bounce"
         # A recipient both delayed and failed in one notification: the failure is what counts.
         if address.lower() not in reports or kind == "hard_bounce":
-            reports[address.lower()] = Report(address, kind, diagnostic, _event_id(base_id, address))
+            reports[address.lower()] = Report(address, kind, diagnostic, base_id)
     if not reports:
         return Reading(nothing_because="it is neither a bounce nor a complaint (an out-of-office reply?)")
     return Reading(reports=list(reports.values()))
@@ -116,7 +116,7 @@ def _read_complaint(message: Message, feedback: Message, base_id: str) -> Readin
             addresses = [_clean_address(address) for _, address in getaddresses(original.get_all("To") or [])]
     found = {address.lower(): address for address in addresses if address}
     if found:
-        return Reading(reports=[Report(address, "complaint", _cut(diagnostic), _event_id(base_id, address))
+        return Reading(reports=[Report(address, "complaint", _cut(diagnostic), base_id)
                                 for address in found.values()])
     original = _returned_headers(message)
     our_id = original.get("Message-ID") if original is not None else None
@@ -202,9 +202,12 @@ def _notification_id(message: Message, raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def _event_id(base_id: str, address: str) -> str:
-    """The provider_event_id: the notification and the recipient, so that a message read twice counts once."""
-    event_id = f"{base_id} {address.lower()}"
+def _event_id(config: Mapping[str, Any], base_id: str, address: str) -> str:
+    """The provider_event_id: the notification and the recipient, so that a message read twice counts once.
+
+    The recipient as a keyed hash, not the address: event ids outlive an erasure, addresses must not.
+    """
+    event_id = f"{base_id} {suppressions.address_key(config, address)[:16]}"
     return event_id if len(event_id) <= 255 else "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
@@ -232,11 +235,13 @@ def record(session: Session, config: Mapping[str, Any], reading: Reading) -> lis
         our_id, base_id, diagnostic = reading.redacted_complaint
         address = session.scalar(select(OutboxMessage.to_address).where(OutboxMessage.message_id == our_id))
         if address is not None:
-            reports = [Report(address, "complaint", diagnostic, _event_id(base_id, address))]
+            reports = [Report(address, "complaint", diagnostic, base_id)]
     outcomes = []
     for report in reports:
         recorded = suppressions.record_event(session, config, report.address, kind=report.kind, provider=PROVIDER,
-                                             diagnostic=report.diagnostic, provider_event_id=report.event_id)
+                                             diagnostic=report.diagnostic,
+                                             provider_event_id=_event_id(config, report.notification_id,
+                                                                         report.address))
         entry = recorded.suppression
         reason = entry.reason if entry is not None and entry.reason in suppressions.MAIL_STOPPING else None
         outcomes.append(Outcome(report, recorded.event is not None, reason))
