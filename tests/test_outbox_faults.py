@@ -173,7 +173,7 @@ def test_worker_waits_out_a_stopped_database_and_sigterm_stops_it_while_it_pause
         workers.append(worker)
         # It keeps trying, one line each time, pausing 1 s, 2 s, 4 s…, and does not exit.
         worker.wait_for_output("trying again in 4 s")
-        tries = [line for line in worker.output().splitlines() if "the database is unavailable" in line]
+        tries = [line for line in worker.output().splitlines() if "outbox: the database is unavailable" in line]
         assert [line.rsplit("trying again in ", 1)[1] for line in tries] == ["1 s", "2 s", "4 s"], worker.output()
         assert "Traceback" not in worker.output()
     finally:
