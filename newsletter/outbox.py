@@ -8,13 +8,13 @@ import logging
 import re
 import smtplib
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from functools import lru_cache
-from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, current_app

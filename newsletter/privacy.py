@@ -193,8 +193,9 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
     agent; emails to the reader lose address, name and bodies, and unsent ones are cancelled. A new
     signup with the same address later makes a new reader. Erasing twice changes nothing more.
 
-    The address goes on the do-not-contact list as its keyed hash only (reason `erased`), so that no
-    import or sync brings the person back; the suppression list and the bounces keep no copy of it.
+    The address goes on the do-not-contact list as its keyed hash only (reason `erased`, beside any
+    other entry of the address), so that no import or sync brings the person back; the suppression
+    list, the bounces (diagnostics, event ids), imports' refused rows and admins' notes keep no copy of it.
     """
     reader = session.scalars(
         select(Reader).where(Reader.id == reader_id).with_for_update().execution_options(populate_existing=True)

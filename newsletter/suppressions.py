@@ -2,8 +2,12 @@
 
 An address is looked up by its key, a keyed hash of the lowercased address: bounce reports and
 imports write addresses in any case, and an erased reader's entry must keep no address at all.
-The key's secret is NEWSLETTER_SUPPRESSION_KEY (by default the SECRET_KEY): if it changed, the
-erased readers' entries would no longer match, so it is set apart from the key that signs links.
+The key's secret is NEWSLETTER_SUPPRESSION_KEY (by default the secret key the list was built with,
+see config._oldest_key): if it changed, no entry would match any more, so it is set apart from the
+key that signs links.
+
+An address has at most one mail-stopping entry in force and, beside it, at most one `erased`
+entry: an erasure's do-not-import record is never lifted nor replaced by a bounce or a block.
 
 Rules (record_event): a hard bounce or a complaint suppresses the address at once; soft bounces
 suppress it once NEWSLETTER_SOFT_BOUNCE_LIMIT of them arrive within NEWSLETTER_SOFT_BOUNCE_WINDOW.
