@@ -6,7 +6,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import privacy
+from . import imports, privacy
 from .extensions import db
 
 
@@ -18,6 +18,7 @@ from .extensions import db
 def purge_pending(days: int | None) -> None:
     """Delete readers who never confirmed anything and last asked, or were sent a confirmation, over N days ago.
 
+    Uploaded import files not imported within NEWSLETTER_IMPORT_KEEP_UPLOADS are deleted too.
     Run it daily, e.g. from cron. Confirmed (even if unsubscribed later), blocked and erased
     readers are never touched.
     """
@@ -25,3 +26,6 @@ def purge_pending(days: int | None) -> None:
     purged = privacy.purge_pending(db.session, days)
     db.session.commit()
     click.echo(f"Purged {purged} never-confirmed reader{'' if purged == 1 else 's'} older than {days} days.")
+    uploads = imports.delete_old_uploads(db.session, current_app.config)
+    if uploads:
+        click.echo(f"Deleted {uploads} uploaded import file{'' if uploads == 1 else 's'} never imported.")

@@ -315,6 +315,9 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
             "NEWSLETTER_SNS_TIMEOUT", get("SNS_TIMEOUT"), 5)),
         # Uploaded import files wait here until their run ends.
         "NEWSLETTER_IMPORT_DIR": get("IMPORT_DIR") or str(instance_path / "imports"),
+        # An upload whose run is not imported within this long is deleted (it holds addresses).
+        "NEWSLETTER_IMPORT_KEEP_UPLOADS": _positive("NEWSLETTER_IMPORT_KEEP_UPLOADS", _duration(
+            "NEWSLETTER_IMPORT_KEEP_UPLOADS", get("IMPORT_KEEP_UPLOADS"), 7 * DAY)),
         # The admin's import upload, the one route whose body may pass MAX_CONTENT_LENGTH (admins only).
         "NEWSLETTER_IMPORT_MAX_BYTES": _positive("NEWSLETTER_IMPORT_MAX_BYTES", _integer(
             "NEWSLETTER_IMPORT_MAX_BYTES", get("IMPORT_MAX_BYTES"), 200 * 1024 * 1024)),

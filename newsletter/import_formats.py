@@ -39,6 +39,10 @@ Mailchimp (audience export: a zip of subscribed_members_export_*.csv, unsubscrib
   "unconfirmed" when it has neither. Opt-in and confirmation times and IPs carry over whatever the
   status; LAST_CHANGED is `changed_at` (without it: the clean, unsubscribe, confirmation or opt-in
   time, the first the row has).
+- OPTIN_IP and CONFIRM_IP are kept when they are IP addresses (ipaddress.ip_address reads them);
+  anything else in them is dropped (None): it proves nothing.
+- A row with a time (opt-in, confirmation, unsubscribe, clean, last change) later than now by more
+  than CLOCK_SKEW comes with `problem` set, in every format: a typo'd year is no proof of consent.
 - Times are "YYYY-MM-DD HH:MM:SS" without a zone, read as UTC: Mailchimp keeps and exports them in
   GMT (its export API, which the documentation calls "very similar to exporting via the web
   interface", takes and gives "a GMT timestamp in YYYY-MM-DD HH:mm:ss format",
@@ -85,12 +89,13 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import ipaddress
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
@@ -98,11 +103,17 @@ FORMATS = ("mailchimp", "listmonk", "csv")
 # What a row says of the reader's consent.
 ROW_STATUSES = ("subscribed", "unconfirmed", "unsubscribed", "cleaned")
 
-# A zip member is refused when its declared size passes both of these (a zip bomb).
-ZIP_MAX_RATIO = 200
-ZIP_MAX_MEMBER_BYTES = 1 << 30
+# A zip member is refused when its declared size passes both of these (a zip bomb): an export of
+# readers packs 5 to 20 times, a 1 GiB member of a 1 MB zip is no export.
+ZIP_MAX_RATIO = 100
+ZIP_MAX_MEMBER_BYTES = 50 << 20
+# The longest physical line read: no real row is near it, and csv reads a whole line into memory
+# before it sees the cells (a line break inside a quoted cell starts the count again).
+LINE_MAX_BYTES = 1 << 20
 # The header is the first line: a "line" longer than this is not a CSV header.
 HEADER_MAX_BYTES = 64 * 1024
+# A time later than now by more than this is refused (a typo'd year is no proof of consent).
+CLOCK_SKEW = timedelta(minutes=5)
 # How much after the header `detect` reads to tell a file that isn't UTF-8 (two lines or more that aren't).
 SAMPLE_BYTES = 64 * 1024
 
@@ -230,16 +241,23 @@ def _read_header(opened: Callable[[], AbstractContextManager[IO[bytes]]], file: 
     if not text.strip():
         raise FormatError(f"{file}: the file is empty (or its first line is): the first line must be the "
                           "header naming the columns.")
-    _refuse_other_encoding(sample, file)
+    _refuse_other_encoding(sample, file, whole=len(sample) < SAMPLE_BYTES)
     delimiter = ";" if text.count(";") > text.count(",") else ","
     cells = next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter), [])
     return _Header(file=file, cells=[cell.strip() for cell in cells], delimiter=delimiter)
 
 
-def _refuse_other_encoding(sample: bytes, file: str) -> None:
-    """A file whose first rows are not UTF-8 is refused as a whole; one stray line is that row's problem."""
-    lines = sample.decode("utf-8", "surrogateescape").splitlines()[:-1]  # the last may be cut short
-    if sum(1 for line in lines if _unreadable(line.replace("\x00", ""))) >= 2:
+def _refuse_other_encoding(sample: bytes, file: str, *, whole: bool) -> None:
+    """A file whose first rows are not UTF-8 is refused as a whole; one stray line is that row's problem.
+
+    `whole`: the sample is the rest of the file, so its last line is whole too (a short file with a
+    single row that isn't UTF-8 is refused: nothing in it is).
+    """
+    lines = sample.decode("utf-8", "surrogateescape").splitlines()
+    if not whole:
+        lines = lines[:-1]  # the last may be cut short
+    unreadable = sum(1 for line in lines if _unreadable(line.replace("\x00", "")))
+    if unreadable >= 2 or (whole and unreadable and unreadable == len([line for line in lines if line.strip()])):
         raise _not_utf8(sample, file)
 
 
@@ -487,9 +505,11 @@ def _read_file(opened: Callable[[], AbstractContextManager[IO[bytes]]], layout: 
     make = {"mailchimp": _mailchimp_row, "listmonk": _listmonk_row, "csv": _our_row}[layout.format]
     convert = make(layout)
     file, width, email_at = layout.file, layout.width, layout.index["email"]
+    latest = datetime.now(_UTC) + CLOCK_SKEW
     try:
         with opened() as stream:
-            text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            capped = io.BufferedReader(_LineCapped(stream, file))
+            text = io.TextIOWrapper(capped, encoding="utf-8-sig", errors="surrogateescape", newline="")
             reader = csv.reader(text, delimiter=layout.delimiter)
             next(reader, None)  # the header
             end = reader.line_num
@@ -514,10 +534,53 @@ def _read_file(opened: Callable[[], AbstractContextManager[IO[bytes]]], layout: 
                     continue
                 if not row[email_at] and not any(cell.strip() for cell in row):
                     continue  # a spreadsheet's empty row: ,,,,
-                yield convert(file, start, row)
+                converted = convert(file, start, row)
+                if converted.problem is None:
+                    converted.problem = _future(converted, latest)
+                yield converted
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
         raise FormatError(f"{file}: the file stopped being readable part way through ({error}): upload it "
                           "again.") from None
+
+
+class _LineCapped(io.RawIOBase):
+    """A binary stream that stops with a FormatError at a physical line longer than LINE_MAX_BYTES.
+
+    Lines are counted at LF (CR resets the length too, for files of CR line ends); the count is
+    the line number in the FormatError, the header being line 1.
+    """
+
+    def __init__(self, stream: IO[bytes], file: str) -> None:
+        self._stream = stream
+        self._file = file
+        self._run = 0  # bytes since the last line break
+        self._lines = 0  # line feeds read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        cap = LINE_MAX_BYTES
+        # At most `cap` bytes at a time: a line too long can't lie wholly inside one chunk.
+        chunk = self._stream.read(min(len(buffer), cap, 64 * 1024))
+        size = len(chunk)
+        first = min((at for at in (chunk.find(b"\n"), chunk.find(b"\r")) if at >= 0), default=-1)
+        if first < 0:
+            self._run += size
+        else:
+            if self._run + first > cap:
+                self._too_long()
+            self._run = size - 1 - max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+        if self._run > cap:
+            self._too_long()
+        self._lines += chunk.count(b"\n")
+        buffer[:size] = chunk
+        return size
+
+    def _too_long(self) -> None:
+        limit = f"{LINE_MAX_BYTES // (1 << 20)} MB" if LINE_MAX_BYTES >= 1 << 20 else f"{LINE_MAX_BYTES:,} bytes"
+        raise FormatError(f"{self._file}: line {self._lines + 1} is longer than {limit}: this is not a list of "
+                          "readers.")
 
 
 def _clean(text: str) -> str:
@@ -575,6 +638,24 @@ def _go_time(text: str, column: str) -> datetime | None:
     return moment
 
 
+def _ip(text: str) -> str | None:
+    """An IP address as written, or None when the cell is empty or holds no IP address (not proof of anything)."""
+    try:
+        return str(ipaddress.ip_address(text)) if text else None
+    except ValueError:
+        return None
+
+
+def _future(row: SourceRow, latest: datetime) -> str | None:
+    """The problem of a row giving a time after `latest` (now and a little clock skew); None if none does."""
+    for label, moment in (("The opt-in time", row.optin_time), ("The confirmation time", row.confirm_time),
+                          ("The unsubscribe time", row.unsubscribed_at), ("The clean time", row.cleaned_at),
+                          ("The time of the last change", row.changed_at)):
+        if moment is not None and moment > latest:
+            return f"{label} is in the future ({moment:%Y-%m-%d %H:%M:%S} UTC): it proves nothing."
+    return None
+
+
 def _optional(text: str) -> str | None:
     text = text.strip()
     return text or None
@@ -615,7 +696,7 @@ def _mailchimp_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow
             status = "subscribed" if optin is not None or confirm is not None else "unconfirmed"
         return SourceRow(
             file=file, line=line, email=email, name=name, status=status, optin_time=optin,
-            optin_ip=optin_ip or None, confirm_time=confirm, confirm_ip=confirm_ip or None, changed_at=changed,
+            optin_ip=_ip(optin_ip), confirm_time=confirm, confirm_ip=_ip(confirm_ip), changed_at=changed,
             unsubscribed_at=unsubscribed, cleaned_at=cleaned,
         )
 

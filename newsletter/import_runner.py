@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import update
+from sqlalchemy import exists, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -31,9 +32,12 @@ def stale_after(config: dict[str, Any]) -> timedelta:
 def run_due(session: Session, config: dict[str, Any], stop: threading.Event | None = None) -> int:
     """Run every queued import, and every one left by a dead process, to its end; how many were run.
 
+    Uploads of runs not imported within NEWSLETTER_IMPORT_KEEP_UPLOADS are deleted first.
+
     A database error propagates (the run stays "running" and is taken up again once stale); any other
     error fails that run, with the error on its record, and the next one is run.
     """
+    imports.delete_old_uploads(session, config)
     ran = 0
     while stop is None or not stop.is_set():
         claimed = imports.claim_next(session, stale_after=stale_after(config))
@@ -70,19 +74,61 @@ def _reset(session: Any) -> None:
     session.remove()
 
 
+def unfinished(session: Session) -> bool:
+    """Whether any run is queued or running (here or in another process, alive or not)."""
+    return bool(session.scalar(select(exists().where(ImportRun.status.in_(("queued", "running"))))))
+
+
+def look_until_done(app: Flask, wait: Callable[[float], bool], *, max_pause: float = 30.0) -> None:
+    """Run due imports, then look again while any run is queued or running; return when none is.
+
+    A run cut off by a restart keeps "running" with a fresh heartbeat for a while: it is looked at
+    again every NEWSLETTER_IMPORT_STALE_AFTER / 2 until it is taken up. A database outage pauses
+    1 s doubling to `max_pause`. `wait(seconds)` sleeps and returns True to stop at once.
+    """
+    from .extensions import db
+    from .outbox import Backoff
+
+    backoff = Backoff(most=max_pause)
+    with app.app_context():
+        while True:
+            try:
+                run_due(db.session, app.config)
+                backoff.reset()
+                if not unfinished(db.session):
+                    return
+                pause = stale_after(app.config).total_seconds() / 2
+            except SQLAlchemyError as error:
+                pause = backoff.next()
+                log.warning("imports: the database is unavailable (%s); trying again in %g s",
+                            outages.summary(error), pause)
+            except Exception:
+                pause = backoff.next()
+                log.exception("imports: unexpected error")
+            finally:
+                _reset(db.session)
+            if wait(pause):
+                return
+
+
 class InProcessImports:
-    """The web process's import thread: started when an import is queued, it ends when none is left."""
+    """The web process's import thread: started when an import is queued or may have been cut off.
+
+    It ends when no run is queued or running any more (see look_until_done).
+    """
 
     def __init__(self, app: Flask) -> None:
         self.app = app
         self._lock = threading.Lock()
         self._wanted = False
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def kick(self) -> None:
         """Look for imports to run now (a thread is started unless one is running; it looks again)."""
         with self._lock:
             self._wanted = True
+            self._wake.set()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="imports", daemon=True)
                 self._thread.start()
@@ -93,25 +139,24 @@ class InProcessImports:
         if thread is not None:
             thread.join(timeout)
 
-    def _run(self) -> None:
-        from .extensions import db
+    def _wait(self, seconds: float) -> bool:
+        # A kick during the pause ends it early.
+        self._wake.wait(seconds)
+        self._wake.clear()
+        return False
 
-        with self.app.app_context():
-            while True:
-                with self._lock:
-                    if not self._wanted:
-                        self._thread = None
-                        return
-                    self._wanted = False
-                try:
-                    run_due(db.session, self.app.config)
-                except SQLAlchemyError as error:
-                    # Left as it is: the worker, or the next kick after the outage, takes the run up again.
-                    log.warning("imports: the database is unavailable (%s); the import waits", outages.summary(error))
-                except Exception:
-                    log.exception("imports: unexpected error")
-                finally:
-                    _reset(db.session)
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._wanted:
+                    self._thread = None
+                    return
+                self._wanted = False
+                self._wake.clear()
+            try:
+                look_until_done(self.app, self._wait)
+            except Exception:  # never expected (look_until_done logs its own); the next kick starts again
+                log.exception("imports: unexpected error")
 
 
 _registry_lock = threading.Lock()

@@ -58,6 +58,7 @@ for a million rows), so memory stays flat: about 32 MB for a million rows.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import hashlib
@@ -79,6 +80,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import ARRAY, Integer, String, any_, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -175,8 +177,7 @@ def record_upload(session: Session, config: Mapping[str, Any], *, source: Path, 
         raise InvalidImport(f"The file {file_name!r} can't be read: {error.strerror or error}.") from None
     stored = source
     if keep_file:
-        directory = Path(config["NEWSLETTER_IMPORT_DIR"])
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory = upload_dir(config)
         stored = directory / f"{secrets.token_hex(16)}.upload"
         fd = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as target, source.open("rb") as original:
@@ -241,6 +242,9 @@ def queue(session: Session, run: ImportRun, *, dry_run: bool, unconfirmed: str) 
         raise InvalidImport(f"Import #{run.id} has run already; upload the file again to import it again.")
     if run.status == "failed":
         raise InvalidImport(f"Import #{run.id} failed: {run.error}")
+    if not run.stored_path:
+        raise InvalidImport(f"The file of import #{run.id} is no longer kept (uploads not imported are deleted "
+                            "after a while): upload it again.")
     session.execute(delete(ImportRefusal).where(ImportRefusal.import_id == run.id))
     run.dry_run, run.unconfirmed, run.status = dry_run, unconfirmed, "queued"
     run.rows_done, run.rows_total, run.counts, run.error = 0, None, empty_counts(), None
@@ -456,6 +460,8 @@ class _Context:
     heartbeat: datetime
     rows_done: int
     counts: dict[str, Any]
+    # Addresses refused as erased in this run: their later rows (duplicates) are stored without them.
+    erased: set[str] = field(default_factory=set)
 
 
 def _wordings(run: ImportRun, file_name: str) -> dict[str, str]:
@@ -543,12 +549,64 @@ def execute(session: Session, config: Mapping[str, Any], run_id: int, *, batch_r
     return session.get(ImportRun, run_id, populate_existing=True)  # type: ignore[return-value]
 
 
+def upload_dir(config: Mapping[str, Any]) -> Path:
+    """NEWSLETTER_IMPORT_DIR, created readable by this service's user alone (uploads hold addresses)."""
+    directory = Path(config["NEWSLETTER_IMPORT_DIR"])
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):  # a folder the operator made, and owns: theirs to set
+        if directory.stat().st_mode & 0o077:
+            directory.chmod(0o700)
+    return directory
+
+
+def upload_deleted_on(config: Mapping[str, Any], run: ImportRun) -> datetime | None:
+    """When a kept upload is deleted if the run is not imported by then (NEWSLETTER_IMPORT_KEEP_UPLOADS)."""
+    if not run.stored_path or run.created_at is None or not _kept_here(config, run.stored_path):
+        return None
+    return run.created_at + timedelta(seconds=config["NEWSLETTER_IMPORT_KEEP_UPLOADS"])
+
+
+def delete_old_uploads(session: Session, config: Mapping[str, Any]) -> int:
+    """Delete the uploads kept longer than NEWSLETTER_IMPORT_KEEP_UPLOADS by runs not imported; how many.
+
+    An upload waits for its run (after a dry run, maybe); one never imported would otherwise stay
+    under NEWSLETTER_IMPORT_DIR, addresses and all, for ever. The run keeps its record and counts;
+    it can't be started any more. A run queued or running meanwhile keeps its file.
+    """
+    cutoff = utcnow() - timedelta(seconds=config["NEWSLETTER_IMPORT_KEEP_UPLOADS"])
+    old = session.execute(
+        select(ImportRun.id, ImportRun.stored_path)
+        .where(ImportRun.stored_path.is_not(None), ImportRun.created_at < cutoff,
+               ImportRun.status.not_in(("queued", "running")))).all()
+    deleted = 0
+    for run_id, stored_path in old:
+        if not _kept_here(config, stored_path):
+            continue  # a file the CLI read in place is the user's own
+        taken = session.execute(
+            update(ImportRun).where(ImportRun.id == run_id, ImportRun.stored_path == stored_path,
+                                    ImportRun.status.not_in(("queued", "running")))
+            .values(stored_path=None).execution_options(synchronize_session=False)).rowcount
+        session.commit()
+        if taken:
+            try:
+                _delete_upload(config, stored_path)
+            except OSError as error:
+                log.warning("import %d: its old upload can't be deleted (%s)", run_id, error.strerror or error)
+                continue
+            deleted += 1
+    return deleted
+
+
+def _kept_here(config: Mapping[str, Any], stored_path: str) -> bool:
+    return Path(stored_path).parent.resolve() == Path(config["NEWSLETTER_IMPORT_DIR"]).resolve()
+
+
 def _delete_upload(config: Mapping[str, Any], stored_path: str | None) -> None:
     """Delete a kept upload; a file the CLI named in place (outside NEWSLETTER_IMPORT_DIR) is the user's own."""
     if not stored_path:
         return
     path = Path(stored_path)
-    if path.parent.resolve() == Path(config["NEWSLETTER_IMPORT_DIR"]).resolve():
+    if _kept_here(config, stored_path):
         path.unlink(missing_ok=True)
 
 
@@ -612,9 +670,10 @@ def _run_batch(context: _Context, batch: list[SourceRow]) -> None:
                 # A batch lost in a server crash is lost with the run's progress, in the same transaction:
                 # the run resumes before it. So the commit need not wait for the disk.
                 session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            _apply(context, candidates, attempt_outcome)
-            if attempt_outcome.refusals:
-                _insert_rows(context, ImportRefusal.__table__, REFUSAL_ROW_COLUMNS, attempt_outcome.refusals)
+            with _driver_errors():
+                _apply(context, candidates, attempt_outcome)
+                if attempt_outcome.refusals:
+                    _insert_rows(context, ImportRefusal.__table__, REFUSAL_ROW_COLUMNS, attempt_outcome.refusals)
             counts = _merged(context.counts, attempt_outcome)
             now = utcnow()
             moved = session.execute(
@@ -648,10 +707,26 @@ def _merged(counts: dict[str, Any], outcome: _Outcome) -> dict[str, Any]:
     return merged
 
 
-def _refuse(context: _Context, outcome: _Outcome, row: SourceRow, reason: str, detail: str | None = None) -> None:
+def _refuse(context: _Context, outcome: _Outcome, row: SourceRow, reason: str, detail: str | None = None,
+            *, keep_address: bool = True) -> None:
     outcome.refused[reason] += 1
+    # An erased reader's address is kept nowhere, not even in the refusal report.
+    email = _cut(row.email, 320) if keep_address and reason != "erased" else None
     outcome.refusals.append({"import_id": context.run_id, "file": _clean(row.file)[:255] or "?", "line": row.line,
-                             "email": _cut(row.email, 320), "reason": reason, "detail": _cut(detail, 2000)})
+                             "email": email, "reason": reason, "detail": _cut(detail, 2000)})
+
+
+def _forget_erased(context: _Context, outcome: _Outcome, address: str) -> None:
+    """Take an erased address out of this batch's refusals of its duplicates (screened before it was known)."""
+    context.erased.add(address)
+    for refusal in outcome.refusals:
+        if refusal["reason"] == "duplicate_in_file" and refusal["email"]:
+            try:
+                same = normalize_address(refusal["email"]) == address
+            except addresses.InvalidAddress:
+                same = False
+            if same:
+                refusal["email"] = None
 
 
 def _screen(context: _Context, batch: list[SourceRow], outcome: _Outcome) -> list[_Candidate]:
@@ -671,7 +746,7 @@ def _screen(context: _Context, batch: list[SourceRow], outcome: _Outcome) -> lis
             _refuse(context, outcome, row, "invalid_address", str(error))
             continue
         if not seen.add(address):
-            _refuse(context, outcome, row, "duplicate_in_file")
+            _refuse(context, outcome, row, "duplicate_in_file", keep_address=address not in context.erased)
             continue
         if row.status == "unconfirmed" and policy == "skip":
             _refuse(context, outcome, row, "unconfirmed_skipped")
@@ -815,6 +890,7 @@ def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -
         reason = in_force.get(candidate.key)
         if reason == "erased":
             _refuse(context, outcome, candidate.row, "erased")
+            _forget_erased(context, outcome, candidate.address)
         elif candidate.row.status == "cleaned":
             if reason is not None:
                 outcome.counts["unchanged"] += 1
@@ -951,6 +1027,19 @@ EVENT_COLUMNS = ("reader_id", "newsletter_id", "action", "occurred_at", "source"
 REFUSAL_ROW_COLUMNS = ("import_id", "file", "line", "email", "reason", "detail")
 SUBSCRIPTION_COLUMNS = ("reader_id", "newsletter_id", "status", "created_at", "pending_since", "confirmed_at",
                         "unsubscribed_at", "confirmation_sent_at")
+
+
+@contextlib.contextmanager
+def _driver_errors() -> Iterator[None]:
+    """psycopg's own errors from the raw connection (COPY, staging) raised as SQLAlchemy's DBAPIError.
+
+    Every other statement's error comes so: the deadlock retry and the runner's outage path (which
+    leaves the run to be taken up again) then see them too, instead of an "unexpected error".
+    """
+    try:
+        yield
+    except psycopg.Error as error:
+        raise DBAPIError.instance(None, None, error, psycopg.Error) from error
 
 
 def _driver_connection(context: _Context) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Flask, current_app
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import Select, and_, event, exists, func, insert, not_, or_, select, update
+from sqlalchemy import Select, and_, bindparam, event, exists, func, insert, not_, or_, select, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -130,8 +130,9 @@ def _lease(config: dict[str, Any]) -> timedelta:
 class Claim:
     """A message leased for sending: its attempts count with this one (to give it back), and the email.
 
-    `suppressed` (the suppression's reason) instead: the address may no longer be mailed, and the
-    message was marked failed in the claiming transaction; there is nothing to send.
+    `suppressed` (the suppression's reason, or NOT_PENDING_ANY_MORE for an import's confirmation
+    whose reader no longer waits to confirm) instead: the message may no longer be sent, and it was
+    marked failed in the claiming transaction; there is nothing to send.
     """
 
     row_id: int
@@ -155,27 +156,38 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
     Claiming is a short transaction of its own (FOR UPDATE SKIP LOCKED on PostgreSQL) that leases the
     message by moving its next attempt past the send: other workers skip it, and no transaction (or
     SQLite's write lock) stays open while SMTP talks. If the sender dies, the lease runs out and the
-    message is sent again, with the same Message-ID.
+    message is sent again, with the same Message-ID. An import's confirmation is checked once more
+    here: not sent when its reader no longer has a pending subscription, and held back (no attempt
+    spent) to keep NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR; the next due message is claimed then.
     """
-    now = utcnow()
-    row = session.scalars(
-        select(OutboxMessage)
-        .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
-    if row is None:
-        session.rollback()
-        return None
-    # The last line of defence: whatever queued it, no email goes to an address suppressed since.
-    stopping = suppressions.mail_stopped(session, config, row.to_address)
-    if stopping is not None:
-        row.status, row.next_attempt_at = "failed", now
-        row.last_error = not_sent_error(stopping.reason)
-        claim = Claim(row.id, row.attempts, None, None, suppressed=stopping.reason)
-        session.commit()
-        return claim
+    while True:
+        now = utcnow()
+        row = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
+            .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if row is None:
+            session.rollback()
+            return None
+        # The last line of defence: whatever queued it, no email goes to an address suppressed since.
+        stopping = suppressions.mail_stopped(session, config, row.to_address)
+        reason = stopping.reason if stopping is not None else None
+        if reason is None and row.kind == IMPORT_CONFIRMATION_KIND:
+            if not _still_pending(session, row):
+                reason = NOT_PENDING_ANY_MORE
+            elif _postpone_for_rate(session, config, row, now):
+                session.commit()
+                continue
+        if reason is not None:
+            row.status, row.next_attempt_at = "failed", now
+            row.last_error = not_sent_error(reason)
+            claim = Claim(row.id, row.attempts, None, None, suppressed=reason)
+            session.commit()
+            return claim
+        break
     row.attempts += 1
     row.next_attempt_at = now + _lease(config)
     try:
@@ -189,12 +201,65 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
 
 
 SUPPRESSED_PREFIX = "Not sent: the address is suppressed"
+# imports.CONFIRMATION_KIND (imports imports this module).
+IMPORT_CONFIRMATION_KIND = "import_confirmation"
+# The `suppressed` reason of an import's confirmation whose reader no longer waits to confirm.
+NOT_PENDING_ANY_MORE = "not_pending_any_more"
 
 
 def not_sent_error(reason: str) -> str:
     """The last_error of a message not sent because its address is suppressed for `reason`."""
     # Starts with CANCELLED_PREFIX: `outbox retry` leaves it alone (lift the suppression, then sign up again).
+    if reason == NOT_PENDING_ANY_MORE:
+        return "Not sent: the reader no longer waits to confirm (unsubscribed, confirmed or erased meanwhile)"
     return f"{SUPPRESSED_PREFIX} ({reason.replace('_', ' ')})"
+
+
+def _still_pending(session: Session, row: OutboxMessage) -> bool:
+    """Whether an import's confirmation still has a subscription waiting for it.
+
+    `ask` spaces its confirmations over hours or days: a reader who unsubscribed, confirmed some
+    other way or was erased meanwhile is not asked any more.
+    """
+    from .models import Subscription
+
+    if row.reader_id is None:
+        return False
+    return bool(session.scalar(select(exists().where(Subscription.reader_id == row.reader_id,
+                                                     Subscription.status == "pending"))))
+
+
+def _postpone_for_rate(session: Session, config: dict[str, Any], row: OutboxMessage, now: datetime) -> bool:
+    """Keep import confirmations to NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR at send time; True if `row` waits.
+
+    The import spaced them when it queued them, but those held back by an outage (relay, worker)
+    fall due together: one leaves per 3600/rate seconds. When one was sent more recently than that,
+    every pending confirmation is moved later by the same amount (one UPDATE), so that they keep
+    their spacing and the first leaves one interval after the last sent. No attempt is spent.
+    """
+    interval = timedelta(seconds=3600 / config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"])
+    # next_attempt_at of a sent message is its lease's end, after its sent_at: the range keeps to
+    # ix_outbox_messages_due (status, next_attempt_at) instead of reading every sent confirmation.
+    last_sent = session.scalar(
+        select(func.max(OutboxMessage.sent_at))
+        .where(OutboxMessage.status == "sent", OutboxMessage.next_attempt_at > now - interval,
+               OutboxMessage.kind == IMPORT_CONFIRMATION_KIND, OutboxMessage.sent_at > now - interval))
+    if last_sent is None:
+        return False
+    if last_sent.tzinfo is None:
+        last_sent = last_sent.replace(tzinfo=UTC)
+    delay = last_sent + interval - row.next_attempt_at
+    # Computed here, not in SQL: SQLite has no interval arithmetic on these columns.
+    later = session.execute(
+        select(OutboxMessage.id, OutboxMessage.next_attempt_at)
+        .where(OutboxMessage.status == "pending", OutboxMessage.kind == IMPORT_CONFIRMATION_KIND,
+               OutboxMessage.next_attempt_at >= row.next_attempt_at)).all()
+    session.connection().execute(
+        update(OutboxMessage.__table__).where(OutboxMessage.__table__.c.id == bindparam("the_id"))
+        .values(next_attempt_at=bindparam("the_time")),
+        [{"the_id": id_, "the_time": due + delay} for id_, due in later])
+    session.expire(row)
+    return True
 
 
 def _verdict(error: Exception | None) -> str:
@@ -310,7 +375,7 @@ class Sender:
         if claim.suppressed is not None:
             result.suppressed += 1
             metrics.count_not_sent(claim.suppressed)
-            log.info("outbox message %s not sent: the address is suppressed (%s)", claim.row_id, claim.suppressed)
+            log.info("outbox message %s not sent: %s", claim.row_id, not_sent_error(claim.suppressed)[len("Not sent: "):])
             return True
         error = claim.build_error
         if claim.message is not None:

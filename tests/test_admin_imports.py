@@ -9,6 +9,7 @@ import html
 import io
 import json
 import os
+import re
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -378,3 +379,107 @@ def test_an_unknown_button_or_a_full_disk_is_said_plainly(app, editor, monkeypat
     assert query(app, "SELECT count(*) FROM imports")[0][0] == 1
     leftovers = [p.name for p in Path(app.config["NEWSLETTER_IMPORT_DIR"]).glob("upload-*.part")]
     assert leftovers == []
+
+
+def _cut_off(app, run_id: int, seconds_ago: float) -> None:
+    """The run as a web process restarted `seconds_ago` left it: running, its heartbeat that old."""
+    from newsletter.models import ImportRun
+
+    with app.app_context():
+        run = db.session.get(ImportRun, run_id)
+        run.status, run.started_at = "running", utcnow()
+        run.heartbeat_at = utcnow() - timedelta(seconds=seconds_ago)
+        db.session.commit()
+        db.session.remove()
+
+
+def test_a_run_cut_off_by_a_restart_is_taken_up_once_stale_without_anyone_opening_its_page(app, editor,
+                                                                                         monkeypatch):
+    """`serve` looks as it starts, when the cut-off run's heartbeat is still fresh: the runner looks again."""
+    page = uploaded_run(editor)
+    assert start(editor, page, "import").status_code == 303
+    run_id = int(page.rsplit("/", 1)[1])
+    _cut_off(app, run_id, 1)
+    app.config["NEWSLETTER_IMPORT_STALE_AFTER"] = 120
+    # And the database is away at the first look.
+    claim_next, looks = imports.claim_next, []
+
+    def flaky_claim(session, **options):
+        looks.append(1)
+        if len(looks) == 1:
+            import sqlalchemy.exc
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return claim_next(session, **options)
+
+    monkeypatch.setattr(imports, "claim_next", flaky_claim)
+    pauses = []
+
+    def wait(seconds: float) -> bool:  # time passes: the heartbeat grows older by the pause
+        pauses.append(seconds)
+        _cut_off(app, run_id, 1 + sum(pauses))
+        return False
+
+    import_runner.look_until_done(app, wait)
+    assert pauses == [1.0, 60.0, 60.0]  # the outage's back-off, then half of STALE_AFTER until it is stale
+    assert [row[0] for row in query(app, "SELECT status FROM imports")] == ["finished"]
+    assert readers(app) == GOOD
+
+
+def test_the_runner_stops_looking_when_told_or_when_nothing_is_left(app, editor):
+    pauses = []
+    import_runner.look_until_done(app, lambda seconds: pauses.append(seconds) or True)
+    assert pauses == []  # nothing queued or running: it returns at once
+    page = uploaded_run(editor)
+    assert start(editor, page, "import").status_code == 303
+    _cut_off(app, int(page.rsplit("/", 1)[1]), 0)
+    import_runner.look_until_done(app, lambda seconds: pauses.append(seconds) or True)
+    assert pauses == [60.0]  # STALE_AFTER's default, 2 minutes, halved; then told to stop
+    assert [row[0] for row in query(app, "SELECT status FROM imports")] == ["running"]
+
+
+def test_the_imports_list_takes_up_a_queued_run_in_the_web_process(app, editor):
+    page = uploaded_run(editor)
+    assert start(editor, page, "import").status_code == 303  # queued; the web process was not running them
+    app.config["NEWSLETTER_IMPORTS_IN_PROCESS"] = True
+    assert editor.get("/admin/imports").status_code == 200
+    app.extensions["newsletter.imports"].join(30)
+    assert [row[0] for row in query(app, "SELECT status FROM imports")] == ["finished"]
+    assert readers(app) == GOOD
+
+
+def _text(page: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", page)).split())
+
+
+def test_the_run_page_says_when_an_upload_not_imported_is_deleted(app, editor, runner):
+    from newsletter.models import ImportRun
+
+    app.config["NEWSLETTER_IMPORT_KEEP_UPLOADS"] = 7 * 24 * 3600
+    page = uploaded_run(editor)
+    run_id = int(page.rsplit("/", 1)[1])
+    with app.app_context():
+        run = db.session.get(ImportRun, run_id)
+        created, stored = run.created_at, Path(run.stored_path)
+        db.session.remove()
+    shown = _text(editor.get(page).get_data(as_text=True))
+    assert f"The uploaded file is deleted on {(created + timedelta(days=7)):%Y-%m-%d %H:%M} UTC if it is not " \
+           "imported by then." in shown
+    # The imports folder is this service's alone.
+    assert stored.is_file() and stored.parent.stat().st_mode & 0o777 == 0o700
+    assert stored.stat().st_mode & 0o777 == 0o600
+    # Eight days later: `purge-pending` deletes the file; the run keeps its record and can't be started.
+    with app.app_context():
+        db.session.get(ImportRun, run_id).created_at = created - timedelta(days=8)
+        db.session.commit()
+        db.session.remove()
+    result = runner.invoke(args=["purge-pending"])
+    assert result.exit_code == 0, result.output
+    assert "Deleted 1 uploaded import file never imported." in result.output
+    assert not stored.exists()
+    assert query(app, "SELECT status, stored_path FROM imports") == [("uploaded", None)]
+    shown = _text(editor.get(page).get_data(as_text=True))
+    assert "The uploaded file is deleted on" not in shown and "The uploaded file is no longer kept" in shown
+    answer = start(editor, page, "import")
+    assert answer.status_code == 422
+    assert "is no longer kept (uploads not imported are deleted after a while): upload it again." in \
+        html.unescape(answer.get_data(as_text=True))

@@ -357,6 +357,11 @@ BAD_FILES = [  # name, content, the error's words
     ("latin1.csv", LATIN1, "not UTF-8 (it looks like Windows-1252 or Latin-1, what Excel saves as \"CSV\" in "
                            "Western Europe): save it as UTF-8 CSV"),
     ("latin1-header.csv", "Adresse électronique,Prénom\n".encode("latin-1"), "not UTF-8"),
+    # A short file: its one row is the whole sample, and none of it is UTF-8.
+    ("latin1-one-row.csv", (MAILCHIMP_HEADER + "\n" + mailchimp_row("r@example.com", first="Zoë")).encode("latin-1"),
+     "not UTF-8 (it looks like Windows-1252 or Latin-1"),
+    ("latin1-two-rows.csv", (MAILCHIMP_HEADER + "\n" + mailchimp_row("r@example.com", first="Zoë") + "\n"
+                             + mailchimp_row("s@example.com", first="Anaïs") + "\n").encode("latin-1"), "not UTF-8"),
     ("utf16.csv", "\ufeffemail,name\r\na@example.org,A\r\n".encode("utf-16-le"), "it looks like UTF-16"),
     ("utf16-no-bom.csv", "email,name\r\na@example.org,A\r\n".encode("utf-16-le"), "it looks like UTF-16"),
     ("wrong-header.csv", b"id,address,full name\n1,a@example.org,A\n",
@@ -387,7 +392,7 @@ def test_a_zip_bomb_member_is_refused_before_it_is_unpacked(tmp_path, monkeypatc
                                              MAILCHIMP_HEADER.encode() + b"\n" + b"0" * (8 << 20)}))
     info = zipfile.ZipFile(path).infolist()[0]
     assert info.file_size > 200 * info.compress_size
-    detect(path)  # 8 MB is no bomb under the real limit (1 GB)
+    detect(path)  # 8 MB is no bomb under the real limit (50 MB)
     monkeypatch.setattr(import_formats, "ZIP_MAX_MEMBER_BYTES", 1 << 20)
     with pytest.raises(FormatError, match=r"would unpack to 8,388,\d{3} bytes from [\d,]+: that is no export"):
         detect(path)
@@ -430,3 +435,79 @@ def test_every_row_status_is_one_the_import_knows():
     statuses = {row.status for name in (SUBSCRIBED, UNSUBSCRIBED, CLEANED, "listmonk_subscribers.csv")
                 for row in rows(DATA / name)[1]}
     assert statuses == set(import_formats.ROW_STATUSES)
+
+
+def test_a_gigabyte_member_of_a_megabyte_zip_is_refused_from_its_declared_size(tmp_path):
+    """The real limits: a 1 GiB member packed 1000 times is refused before a byte is unpacked."""
+    path = write(tmp_path, "export.zip", _zip({"subscribed_members_export_1.csv": MAILCHIMP_HEADER.encode()}))
+    data = bytearray(path.read_bytes())
+    # The declared (uncompressed) size, in the local header and the central directory: 1 GiB.
+    archive = zipfile.ZipFile(path)
+    info = archive.infolist()[0]
+    archive.close()
+    size = (1 << 30).to_bytes(4, "little")
+    data[22:26] = size  # local file header
+    central = data.index(b"PK\x01\x02")
+    data[central + 24:central + 28] = size
+    path.write_bytes(bytes(data))
+    assert info.compress_size < 1 << 20
+    with pytest.raises(FormatError, match=r"would unpack to 1,073,741,824 bytes from [\d,]+: that is no export"):
+        detect(path)
+
+
+def test_a_line_longer_than_the_cap_stops_the_read_with_its_number(tmp_path, monkeypatch):
+    """csv reads a whole line before its cells: one endless line must not be held in memory."""
+    monkeypatch.setattr(import_formats, "LINE_MAX_BYTES", 4096)
+    content = (MAILCHIMP_HEADER + "\n" + mailchimp_row("ann@example.com") + "\n").encode() + b"x" * 10_000 + \
+        ("\n" + mailchimp_row("bob@example.com") + "\n").encode()
+    path = write(tmp_path, "giant.csv", content)
+    detected = detect(path)
+    read = []
+    with pytest.raises(FormatError, match=r"^giant.csv: line 3 is longer than 4,096 bytes: this is not a list of "
+                                          r"readers\.$"):
+        for row in read_rows(path, detected):
+            read.append(row.email)
+    assert read == ["ann@example.com"]
+    # A long line split by line breaks inside a quoted cell is no trouble: each physical line is short.
+    quoted = (MAILCHIMP_HEADER + "\n").encode() + b'carol@example.com,"' + b"y" * 3000 + b"\n" + b"y" * 3000 + \
+        b'",Smith,2,"2020-01-02 03:04:05",192.0.2.1,,,,,,,,,,"",1,abc,,\n'
+    path = write(tmp_path, "quoted.csv", quoted)
+    assert [row.email for row in read_rows(path, detect(path))] == ["carol@example.com"]
+
+
+def test_a_line_longer_than_the_cap_in_a_zip_member_stops_the_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(import_formats, "LINE_MAX_BYTES", 4096)
+    member = (MAILCHIMP_HEADER + "\n" + mailchimp_row("ann@example.com") + "\n").encode() + b"," * 100_000
+    path = write(tmp_path, "export.zip", _zip({"subscribed_members_export_1.csv": member}))
+    with pytest.raises(FormatError, match=r"^subscribed_members_export_1.csv: line 3 is longer than 4,096 bytes"):
+        list(read_rows(path, detect(path)))
+
+
+def test_the_real_line_cap_reads_an_export_unchanged():
+    path = DATA / SUBSCRIBED
+    assert import_formats.LINE_MAX_BYTES == 1 << 20
+    assert all(row.email for row in read_rows(path, detect(path)))
+
+
+def test_a_time_in_the_future_is_no_proof_and_an_ip_that_is_none_is_dropped(tmp_path):
+    soon = (datetime.now(UTC) + timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S")  # clock skew: fine
+    content = "\n".join([
+        MAILCHIMP_HEADER,
+        mailchimp_row("typo@example.com", optin="2099-01-01 00:00:00"),
+        mailchimp_row("changed@example.com", changed="2099-01-01 00:00:00"),
+        mailchimp_row("skew@example.com", optin=soon),
+        '"ip@example.com",Ann,Smith,2,"2020-01-02 03:04:05",not an ip,"2020-01-02 03:05:00",2001:DB8::1,,,,,,,,,1,a,,',
+    ]) + "\n"
+    read = {row.email: row for row in rows(write(tmp_path, "members.csv", content))[1]}
+    assert read["typo@example.com"].problem == ("The opt-in time is in the future (2099-01-01 00:00:00 UTC): it "
+                                                "proves nothing.")
+    assert read["changed@example.com"].problem == ("The time of the last change is in the future (2099-01-01 "
+                                                   "00:00:00 UTC): it proves nothing.")
+    assert read["skew@example.com"].problem is None
+    assert (read["ip@example.com"].optin_ip, read["ip@example.com"].confirm_ip) == (None, "2001:db8::1")
+    # listmonk's times too.
+    listmonk = write(tmp_path, "listmonk.csv", "uuid,email,name,attributes,status,created_at,updated_at\n"
+                     "u1,lm@example.com,L,{},blocklisted,2020-01-01 00:00:00 +0000 +0000,"
+                     "2099-05-05 00:00:00 +0000 +0000\n")
+    [row] = rows(listmonk)[1]
+    assert row.problem and "in the future" in row.problem

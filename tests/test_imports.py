@@ -50,6 +50,17 @@ def due_times(app) -> list[datetime]:
             db.session.remove()
 
 
+def time_passes(app, how_long: timedelta) -> None:
+    """Every outbox time moved back by `how_long`: what a wait of that long would find."""
+    with app.app_context():
+        for message in db.session.scalars(sa.select(OutboxMessage)):
+            message.next_attempt_at -= how_long
+            if message.sent_at is not None:
+                message.sent_at -= how_long
+        db.session.commit()
+        db.session.remove()
+
+
 def test_consent_carries_over_with_times_and_ips(app, tmp_path):
     path = write_members(tmp_path / "subscribed_members_export_1a2b.csv", [
         member("ada@example.com", first="Ada", optin=OPTIN, optin_ip="198.51.100.7", confirm=CONFIRM,
@@ -112,12 +123,9 @@ def test_ask_queues_spaced_confirmations_that_arrive_and_confirm(app, tmp_path, 
 
     drain()
     assert len(smtp.inbox.messages) == 1  # only the first is due yet
-    with app.app_context():
-        db.session.execute(sa.text("UPDATE outbox_messages SET next_attempt_at = :now"),
-                           {"now": utcnow() - timedelta(seconds=1)})
-        db.session.commit()
-        db.session.remove()
-    drain()
+    for _minute in range(3):
+        time_passes(app, timedelta(minutes=1))
+        drain()
     messages = smtp.inbox.wait_for(4)
     recipients = sorted(str(message["To"]) for message in messages)
     assert recipients == sorted(f"ask{i}@example.com" for i in (0, 1, 2, 9))
@@ -193,7 +201,9 @@ def test_erased_suppressed_and_blocked_are_refused(app, tmp_path):
         db.session.remove()
     lines = csv_text.splitlines()
     assert lines[0] == "file,line,email,reason,detail"
-    assert "members.csv,2,gone@example.com,erased," in lines
+    # An erased reader's address is not stored, even in the refusal report.
+    assert "members.csv,2,,erased," in lines
+    assert query(app, "SELECT count(*) FROM import_refusals WHERE email LIKE '%gone@%'")[0][0] == 0
     assert any(line.startswith("members.csv,3,bounced@example.com,suppressed,") and "hard_bounce" in line
                for line in lines)
     # A cleaned row of an erased reader does not bring the address back onto the list.
@@ -504,3 +514,156 @@ def test_a_confirmation_sent_days_later_counts_its_link_from_then(app, clock):
         clock.advance(timedelta(days=7).total_seconds())
         with pytest.raises(tokens.ExpiredToken):
             tokens.verify(tokens.CONFIRM, token, max_age=max_age)
+
+
+def test_a_duplicate_row_of_an_erased_reader_keeps_no_address_either(app, tmp_path):
+    with app.app_context():
+        suppressions.suppress(db.session, app.config, None, reason="erased", source="erasure",
+                              key=suppressions.address_key(app.config, "ann@example.com"))
+        db.session.commit()
+        db.session.remove()
+    # Within one batch, and in a later batch (the erased row is found after its duplicates are screened).
+    path = write_members(tmp_path / "members.csv", [member("ann@example.com", optin=OPTIN),
+                                                    member("ann@example.com", optin=OPTIN),
+                                                    member("other@example.com", optin=OPTIN),
+                                                    member("ann@example.com", optin=OPTIN)])
+    run = run_import(app, path, batch_rows=3)
+    assert run.counts["refused"] == {"duplicate_in_file": 2, "erased": 1}
+    assert query(app, "SELECT line, email, reason FROM import_refusals ORDER BY line") == [
+        (2, None, "erased"), (3, None, "duplicate_in_file"), (5, None, "duplicate_in_file")]
+
+
+def test_a_reader_unsubscribed_after_an_ask_import_is_not_sent_its_confirmation(app, tmp_path, smtp, drain):
+    """`ask` spaces its confirmations over hours: one who unsubscribed meanwhile is not asked any more."""
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 60
+    first = write_members(tmp_path / "subscribed_members_export_a.csv",
+                          [member("first@example.com"), member("bob@example.com")])
+    assert run_import(app, first).counts["confirmations_queued"] == 2
+    later = (utcnow() + timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S")
+    unsubscribed = write_members(tmp_path / "unsubscribed_members_export_b.csv",
+                                 [member("bob@example.com", unsub=later, changed=later)], "unsubscribed")
+    assert run_import(app, unsubscribed).counts["updated"] == 1
+    drain()
+    time_passes(app, timedelta(minutes=5))
+    drain()
+    assert [str(message["To"]) for message in smtp.inbox.wait_for(1)] == ["first@example.com"]
+    assert query(app, "SELECT to_address, status, attempts, last_error FROM outbox_messages "
+                      "WHERE to_address = 'bob@example.com'") == [
+        ("bob@example.com", "failed", 0,
+         "Not sent: the reader no longer waits to confirm (unsubscribed, confirmed or erased meanwhile)")]
+    smtp.inbox.wait_for(1)  # nothing else came
+
+
+def test_after_an_outage_import_confirmations_keep_to_their_hourly_rate(app, tmp_path, smtp, drain):
+    """Confirmations held back by an outage fall due together: they still leave one per 3600/rate seconds."""
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 60  # one a minute
+    path = write_members(tmp_path / "subscribed_members_export_a.csv",
+                         [member(f"reader{i}@example.com") for i in range(6)])
+    assert run_import(app, path).counts["confirmations_queued"] == 6
+    with app.app_context():
+        # A news email, not an import's confirmation, is due too: the rate holds it up not.
+        from newsletter import outbox
+        outbox.enqueue(db.session, kind="welcome", to_address="news@example.com", subject="Hi", body_text="Hi",
+                       body_html="<p>Hi</p>", mail_from="news@example.org")
+        db.session.commit()
+        db.session.remove()
+    time_passes(app, timedelta(minutes=10))  # the relay was down: all six are overdue
+    drain()
+    assert sorted(str(message["To"]) for message in smtp.inbox.messages) == ["news@example.com",
+                                                                              "reader0@example.com"]
+    [(attempts,)] = set(query(app, "SELECT attempts FROM outbox_messages WHERE status = 'pending'"))
+    assert attempts == 0  # postponed, no attempt spent
+    # They keep their spacing from the last one sent: one a minute.
+    with app.app_context():
+        due = list(db.session.scalars(sa.select(OutboxMessage.next_attempt_at)
+                                      .where(OutboxMessage.status == "pending").order_by(OutboxMessage.id)))
+        db.session.remove()
+    assert [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(due)] == [60.0] * 4
+    for sent in range(2, 7):
+        time_passes(app, timedelta(minutes=1))
+        drain()
+        assert len(smtp.inbox.messages) == sent + 1
+
+
+def test_a_time_in_the_future_is_refused_as_proof_of_consent(app, tmp_path):
+    """A typo'd year would become the consent's time, and every later unsubscribe would lose to it."""
+    path = write_members(tmp_path / "subscribed_members_export_f.csv", [
+        member("future@example.com", optin="2099-01-01 00:00:00", confirm="2099-01-01 00:00:00"),
+        member("odd-ip@example.com", optin=OPTIN, optin_ip="not an ip", confirm=CONFIRM, confirm_ip="192.0.2.9")])
+    run = run_import(app, path)
+    assert run.counts["new"] == 1 and run.counts["refused"] == {"unreadable_row": 1}
+    [(email, reason, detail)] = query(app, "SELECT email, reason, detail FROM import_refusals")
+    assert (email, reason) == ("future@example.com", "unreadable_row")
+    assert detail == "The opt-in time is in the future (2099-01-01 00:00:00 UTC): it proves nothing."
+    assert query(app, "SELECT count(*) FROM consent_events WHERE occurred_at > :now", now=utcnow())[0][0] == 0
+    assert query(app, "SELECT email FROM readers") == [("odd-ip@example.com",)]
+
+
+def _postgresql(app) -> bool:
+    with app.app_context():
+        return db.engine.dialect.name == "postgresql"
+
+
+def test_a_deadlock_during_copy_runs_the_batch_again(app, tmp_path, monkeypatch):
+    """psycopg's own error from the raw connection (COPY) reaches the deadlock retry as any other's does."""
+    if not _postgresql(app):
+        pytest.skip("COPY is PostgreSQL's")
+    insert_rows, calls = imports._insert_rows, []
+
+    def deadlocked_once(context, table, columns, rows):
+        calls.append(table.name)
+        if len(calls) == 1:  # the server's own 40P01, through the raw driver connection as COPY's would come
+            with imports._driver_connection(context).cursor() as cursor:
+                cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected'; "
+                               "END $$")
+        return insert_rows(context, table, columns, rows)
+
+    monkeypatch.setattr(imports, "_insert_rows", deadlocked_once)
+    path = write_members(tmp_path / "members.csv", [member("ann@example.com", optin=OPTIN),
+                                                    member("bob@example.com", optin=OPTIN)])
+    run = run_import(app, path)
+    assert run.status == "finished" and run.counts["new"] == 2
+    assert len(calls) == 2  # the batch, run again
+    assert query(app, "SELECT count(*) FROM consent_events")[0][0] > 0
+
+
+def test_a_database_outage_during_copy_is_an_outage_not_an_unexpected_error(app, tmp_path, monkeypatch, caplog):
+    """The connection dies under COPY: the run stays running (taken up again), nothing says "unexpected error"."""
+    if not _postgresql(app):
+        pytest.skip("COPY is PostgreSQL's")
+    import sqlalchemy.exc
+
+    from newsletter import import_runner, outages
+
+    insert_rows = imports._insert_rows
+
+    def connection_killed(context, table, columns, rows):
+        pid = imports._driver_connection(context).info.backend_pid
+        with db.engine.connect() as other:  # another session ends this one's backend, as a server restart does
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        return insert_rows(context, table, columns, rows)
+
+    monkeypatch.setattr(imports, "_insert_rows", connection_killed)
+    path = write_members(tmp_path / "members.csv", [member("ann@example.com", optin=OPTIN)])
+    with app.app_context():
+        newsletter = db.session.scalars(sa.select(Newsletter).where(Newsletter.slug == "daily-briefing")).one()
+        run = imports.record_upload(db.session, app.config, source=path, file_name=path.name,
+                                    newsletter=newsletter, channel="cli")
+        imports.queue(db.session, run, dry_run=False, unconfirmed="ask")
+        db.session.commit()
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as raised:
+            import_runner.run_due(db.session, app.config)
+        assert outages.database_unavailable(raised.value)
+        db.session.rollback()
+        db.session.remove()
+    assert query(app, "SELECT status, error FROM imports") == [("running", None)]
+    assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
+    monkeypatch.setattr(imports, "_insert_rows", insert_rows)
+    app.config["NEWSLETTER_IMPORT_STALE_AFTER"] = 1
+    with app.app_context():
+        db.session.execute(sa.update(ImportRun).values(heartbeat_at=utcnow() - timedelta(seconds=5)))
+        db.session.commit()
+        assert import_runner.run_due(db.session, app.config) == 1
+        db.session.remove()
+    assert query(app, "SELECT status FROM imports") == [("finished",)]

@@ -107,6 +107,9 @@ def _names(runs: list[ImportRun]) -> tuple[dict[int, str], dict[int, str]]:
 
 def _list_page(form: ImportForm, status: int) -> tuple[str, int]:
     runs = imports.recent(db.session)
+    if any(run.status in ("queued", "running") for run in runs):
+        # A run cut off by a restart goes on without anyone opening its own page.
+        import_runner.kick(current_app._get_current_object())  # type: ignore[attr-defined]
     admins, slugs = _names(runs)
     return render_template("admin/imports.html", form=form, runs=runs, admins=admins, slugs=slugs), status
 
@@ -119,8 +122,7 @@ def _file_name(upload: FileStorage) -> str:
 
 def _record(upload: FileStorage, newsletter: Newsletter, form: ImportForm) -> ImportRun:
     """The upload, saved beside the stored imports and recorded (status "uploaded")."""
-    folder = Path(current_app.config["NEWSLETTER_IMPORT_DIR"])
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = imports.upload_dir(current_app.config)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix="upload-", suffix=".part")
     os.close(handle)
     source = Path(temporary)
@@ -177,7 +179,8 @@ def _run_or_404(run_id: int) -> ImportRun:
 def _preview(run: ImportRun) -> tuple[imports.Preview | None, str | None]:
     """The first rows of the stored file, or why they can't be shown."""
     if not run.stored_path or not Path(run.stored_path).is_file():
-        return None, "The uploaded file is no longer kept: it is deleted when the import ends."
+        return None, ("The uploaded file is no longer kept: it is deleted when the import ends, or when it was "
+                      "not imported in time.")
     try:
         return imports.preview(run), None
     except (imports.InvalidImport, OSError) as error:
@@ -193,7 +196,8 @@ def _run_page(run: ImportRun, form: RunForm, status: int = 200) -> tuple[str, in
     return render_template("admin/import.html", run=run, preview=preview, preview_problem=preview_problem,
                            form=form, by=admins.get(run.admin_id or 0), slug=slugs.get(run.newsletter_id or 0),
                            reasons=imports.REFUSAL_REASONS, format_label=imports.FORMAT_LABELS.get(run.format or ""),
-                           field_labels=FIELD_LABELS, refresh=REFRESH_SECONDS), status
+                           field_labels=FIELD_LABELS, refresh=REFRESH_SECONDS,
+                           deleted_on=imports.upload_deleted_on(current_app.config, run)), status
 
 
 def _can_start(run: ImportRun) -> bool:
