@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
+from flask import current_app
 from flask.cli import with_appcontext
 
-from . import outbox
+from . import outbox, suppression_list
 from .extensions import db
 from .models import MAX_ID, utcnow
 
@@ -70,11 +71,19 @@ def retry(since: datetime | None, message_id: int | None) -> None:
 
     Messages cancelled because their reader was erased or blocked are never sent again.
     """
-    queued = outbox.retry_failed(db.session, since=since, message_id=message_id)
+    retried = outbox.retry_failed(db.session, current_app.config, since=since, message_id=message_id)
     db.session.commit()
+    queued = retried.queued
+    if retried.skipped:
+        reasons = ", ".join(f"{count} {suppression_list.REASON_LABELS.get(reason, reason).lower()}"
+                            for reason, count in sorted(retried.suppressed.items()))
+        click.echo(f"Skipped {retried.skipped} message{'' if retried.skipped == 1 else 's'} to addresses on the "
+                   f"suppression list ({reasons}): left failed, with their last error; lift an entry first to "
+                   "send to its address again.")
     if message_id is not None and not queued:
         raise click.ClickException(f"Message {message_id} was not queued again: there is no such message, it has "
-                                   "not failed, or it was cancelled because its reader was erased or blocked.")
+                                   "not failed, it was cancelled because its reader was erased or blocked, or its "
+                                   "address is on the suppression list.")
     click.echo(f"Queued {queued} failed message{'' if queued == 1 else 's'} again.")
 
 

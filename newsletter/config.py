@@ -203,6 +203,24 @@ def _ec_public_key(raw: str | None) -> str | None:
     return text
 
 
+def _oldest_key(secret_key: str, fallbacks: list[str]) -> str:
+    """The suppression key when NEWSLETTER_SUPPRESSION_KEY is unset: the secret key the list was built with.
+
+    That is the oldest secret key in use. With no fallback it is SECRET_KEY; with one, the fallback
+    (rotating moved it there). With several, which is oldest rests on the order they were written
+    in: tokens.py reads them newest first, but only to choose the signing key, which is always
+    SECRET_KEY, so a list written the other way round works for links and would silently switch the
+    suppression list off. So several fallbacks need the key said outright.
+    """
+    if len(fallbacks) > 1:
+        raise ConfigError(
+            "NEWSLETTER_SUPPRESSION_KEY is not set and NEWSLETTER_SECRET_KEY_FALLBACKS holds several keys, so it "
+            "is not certain which secret key the suppression list was built with. Set NEWSLETTER_SUPPRESSION_KEY "
+            "to that key: the oldest secret key this service has used since the list started (usually the last "
+            "of the fallbacks). A wrong key makes bounced, complained and erased addresses unknown to the list.")
+    return fallbacks[0] if fallbacks else secret_key
+
+
 def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """Flask config keys built from the NEWSLETTER_* variables in `environ` (default: os.environ)."""
     env = os.environ if environ is None else environ
@@ -275,7 +293,7 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         # Off: a per-address "remaining" count would tell anyone how often an address was signed up.
         "RATELIMIT_HEADERS_ENABLED": False,
         # The secret of the suppression list's address keys; kept apart so that SECRET_KEY can rotate.
-        "NEWSLETTER_SUPPRESSION_KEY": get("SUPPRESSION_KEY") or secret_key,
+        "NEWSLETTER_SUPPRESSION_KEY": get("SUPPRESSION_KEY") or _oldest_key(secret_key, fallbacks),
         "NEWSLETTER_SOFT_BOUNCE_LIMIT": _positive("NEWSLETTER_SOFT_BOUNCE_LIMIT", _integer(
             "NEWSLETTER_SOFT_BOUNCE_LIMIT", get("SOFT_BOUNCE_LIMIT"), 3)),
         "NEWSLETTER_SOFT_BOUNCE_WINDOW": _positive("NEWSLETTER_SOFT_BOUNCE_WINDOW", _duration(

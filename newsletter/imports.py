@@ -827,10 +827,14 @@ def _keys_in_force(context: _Context, keys: list[str]) -> dict[str, str]:
         return {}
     if not context.postgresql:
         return suppressions.keys_in_force(context.session, keys)
-    return dict(context.session.execute(
+    found: dict[str, str] = {}
+    for key, reason in context.session.execute(
         select(Suppression.address_key, Suppression.reason)
         .where(Suppression.address_key == any_(bindparam("keys", keys, type_=ARRAY(String))),
-               Suppression.lifted_at.is_(None))).all())
+               Suppression.lifted_at.is_(None))):
+        if found.get(key) != "erased":  # an erased reader is refused as such, whatever else stops their mail
+            found[key] = reason
+    return found
 
 
 def _by_address(context: _Context, emails_: list[str]) -> dict[str, tuple[int, datetime | None]]:
@@ -905,7 +909,8 @@ def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -
         insert_ = postgresql.insert if context.postgresql else sqlite.insert
         session.connection().execute(
             insert_(Suppression.__table__)
-            .on_conflict_do_nothing(index_elements=["address_key"], index_where=text("lifted_at IS NULL")), cleaned)
+            .on_conflict_do_nothing(index_elements=["address_key"],
+                                    index_where=text("lifted_at IS NULL AND reason <> 'erased'")), cleaned)
 
     for _round in range(3):
         if not pending:

@@ -323,9 +323,14 @@ class Suppression(db.Model):
     lift_note: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        # At most one entry in force per address.
+        # At most one mail-stopping entry in force per address, and apart from it at most one `erased`
+        # entry: the do-not-import record of an erasure outlives any bounce or block that is lifted.
         Index("uq_suppressions_active_key", "address_key", unique=True,
-              postgresql_where=text("lifted_at IS NULL"), sqlite_where=text("lifted_at IS NULL")),
+              postgresql_where=text("lifted_at IS NULL AND reason <> 'erased'"),
+              sqlite_where=text("lifted_at IS NULL AND reason <> 'erased'")),
+        Index("uq_suppressions_active_erased_key", "address_key", unique=True,
+              postgresql_where=text("lifted_at IS NULL AND reason = 'erased'"),
+              sqlite_where=text("lifted_at IS NULL AND reason = 'erased'")),
         Index("ix_suppressions_created_at", "created_at"),
         CheckConstraint("reason IN ('hard_bounce', 'complaint', 'soft_bounces', 'blocked', 'manual', 'import', "
                         "'erased')", name="reason_known"),

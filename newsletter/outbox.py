@@ -8,6 +8,7 @@ import logging
 import re
 import smtplib
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
@@ -619,19 +620,49 @@ def retryable_failed(since: datetime | None = None, message_id: int | None = Non
     return query
 
 
-def retry_failed(session: Session, since: datetime | None = None, message_id: int | None = None) -> int:
-    """Queue failed messages again (pending, no attempts, due now); how many. The caller commits."""
-    ids = list(session.scalars(retryable_failed(since, message_id)))
-    if not ids:
-        return 0
-    session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "failed")
-        .values(status="pending", attempts=0, next_attempt_at=utcnow(), last_error=None)
-        .execution_options(synchronize_session=False)
-    )
-    note_enqueued(session)
-    return len(ids)
+@dataclass(frozen=True)
+class Retried:
+    """What `outbox retry` did: how many messages were queued again, and how many were left failed because
+    their address is on the suppression list (by reason)."""
+
+    queued: int
+    suppressed: dict[str, int]
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.suppressed.values())
+
+
+def retry_failed(session: Session, config: Mapping[str, Any], since: datetime | None = None,
+                 message_id: int | None = None) -> Retried:
+    """Queue failed messages again (pending, no attempts, due now). The caller commits.
+
+    A message to an address on the suppression list stays failed with its own last_error (the
+    receiving server's words, usually why the address is on the list): queued, the sender would
+    only refuse it, and the diagnostic would be lost.
+    """
+    rows = session.execute(
+        select(OutboxMessage.id, OutboxMessage.to_address)
+        .where(OutboxMessage.id.in_(retryable_failed(since, message_id)))
+    ).all()
+    matcher = suppressions.mail_stopping_matcher(session, config) if rows else None
+    ids: list[int] = []
+    suppressed: dict[str, int] = {}
+    for row_id, address in rows:
+        reason = matcher.reason(address) if matcher is not None else None
+        if reason is None:
+            ids.append(row_id)
+        else:
+            suppressed[reason] = suppressed.get(reason, 0) + 1
+    if ids:
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "failed")
+            .values(status="pending", attempts=0, next_attempt_at=utcnow(), last_error=None)
+            .execution_options(synchronize_session=False)
+        )
+        note_enqueued(session)
+    return Retried(len(ids), suppressed)
 
 
 class InProcessDrainer:

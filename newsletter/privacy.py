@@ -6,6 +6,7 @@ the caller, like the rest of the domain.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from .models import (
     MAX_ID,
     ConsentEvent,
     DeliveryEvent,
+    ImportRefusal,
     Newsletter,
     OutboxMessage,
     Reader,
@@ -32,6 +34,8 @@ EXPORT_FORMAT = "newsletter-reader-export/1"
 PLACEHOLDER_DOMAIN = "invalid"
 # Readers purged per transaction-sized batch: bounds the lists of ids sent to the database.
 PURGE_BATCH = 500
+# What replaces an erased address quoted in free text (an admin's note).
+ERASED_MENTION = "[erased]"
 
 
 def placeholder_address(reader_id: int) -> str:
@@ -189,8 +193,9 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
     agent; emails to the reader lose address, name and bodies, and unsent ones are cancelled. A new
     signup with the same address later makes a new reader. Erasing twice changes nothing more.
 
-    The address goes on the do-not-contact list as its keyed hash only (reason `erased`), so that no
-    import or sync brings the person back; the suppression list and the bounces keep no copy of it.
+    The address goes on the do-not-contact list as its keyed hash only (reason `erased`, beside any
+    other entry of the address), so that no import or sync brings the person back; the suppression
+    list, the bounces (diagnostics, event ids), imports' refused rows and admins' notes keep no copy of it.
     """
     reader = session.scalars(
         select(Reader).where(Reader.id == reader_id).with_for_update().execution_options(populate_existing=True)
@@ -220,6 +225,11 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
         update(ConsentEvent).where(ConsentEvent.reader_id == reader.id)
         .values(page_url=None, ip_address=None, user_agent=None)
     )
+    # A wording is usually the form's text, but an admin's note (an unblock's) can quote the address.
+    for event in session.scalars(select(ConsentEvent).where(ConsentEvent.reader_id == reader.id,
+                                                            ConsentEvent.wording.is_not(None))):
+        if address.lower() in event.wording.lower():
+            event.wording = _without(event.wording, address)
 
     to_reader = or_(OutboxMessage.reader_id == reader.id, OutboxMessage.to_address == address)
     # An unsent email would go to nobody: cancel it (a worker mid-send may still deliver that one).
@@ -243,11 +253,12 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
 
 
 def _forget_on_suppression_list(session: Session, config: Mapping[str, Any], address: str) -> None:
-    """Leave the address's keyed hash on the do-not-contact list, and no copy of the address on it or in bounces."""
+    """Leave the address's keyed hash on the do-not-contact list, and no copy of the address on it, in bounces,
+    or in imports' refused rows."""
     key = suppressions.normalized_key(config, address)
-    entry = suppressions.in_force(session, key)
-    if entry is None:
-        suppressions.suppress(session, config, None, key=key, reason="erased", source="erasure")
+    # Always its own entry, whatever else is in force: lifting a bounce or a block later must not
+    # end the erasure's "never import this person again".
+    suppressions.suppress(session, config, None, key=key, reason="erased", source="erasure")
     # An entry of any reason, in force or lifted, keeps its reason and times; the address and the
     # receiving servers' words (which quote it) go.
     session.execute(
@@ -260,6 +271,32 @@ def _forget_on_suppression_list(session: Session, config: Mapping[str, Any], add
         update(DeliveryEvent).where(DeliveryEvent.address_key == key).values(diagnostic=None)
         .execution_options(synchronize_session=False)
     )
+    # Admins' notes on lifted entries can quote the address: it goes, the rest of the note stays.
+    for entry in session.scalars(
+        select(Suppression).where(or_(Suppression.address_key == key, _mentions(Suppression.lift_note, address)),
+                                  Suppression.lift_note.is_not(None))
+    ):
+        entry.lift_note = _without(entry.lift_note, address)
+    # An import's refused rows keep their line and reason, not the address as the file wrote it (any case).
+    for refusal in session.scalars(select(ImportRefusal).where(
+        or_(_mentions(ImportRefusal.email, address), _mentions(ImportRefusal.detail, address))
+    )):
+        if refusal.email is not None and (address.lower() in refusal.email.lower()
+                                          or suppressions.address_key(config, refusal.email) == key):
+            refusal.email = None
+        refusal.detail = _without(refusal.detail, address)
+
+
+def _mentions(column: Any, address: str) -> Any:
+    """SQL: whether `column` contains `address`, any case (ASCII case on SQLite; _without checks again)."""
+    return func.lower(column).contains(address.lower(), autoescape=True)
+
+
+def _without(text: str | None, address: str) -> str | None:
+    """`text` with each mention of `address` (any case) replaced by "[erased]"."""
+    if text is None:
+        return None
+    return re.sub(re.escape(address), ERASED_MENTION, text, flags=re.IGNORECASE)
 
 
 def _stale_pending(session: Session, cutoff: datetime, among: Iterable[int] | None = None) -> list[int]:

@@ -33,6 +33,11 @@ REASON_LABELS = {
 }
 
 
+# Why an `erased` entry has no lift button: it is the erasure's promise, not a mail stop.
+ERASED_STAYS = ("This entry can't be lifted: it keeps imports from bringing back a reader whose data was erased "
+                "on request. Nothing stops that person from signing up again themselves.")
+
+
 class RefusedChange(ValueError):
     """The admin's change can't be made; `field` names the form field at fault (None: the whole form)."""
 
@@ -122,15 +127,16 @@ def add(session: Session, config: Mapping[str, Any], address: str, note: str | N
         ) -> tuple[Suppression, bool]:
     """Put `address` on the list by hand (reason `manual`); (the entry in force, whether it is new).
 
-    An address already on the list keeps its entry (with its reason); an `erased` entry gives way.
+    An address already stopped keeps its entry (with its reason). An erased reader's address gets
+    its own `manual` entry next to the `erased` one, keeping no address (see suppressions.suppress).
     """
     try:
         normalized = addresses.normalize(address)
     except addresses.InvalidAddress as error:
         raise RefusedChange(str(error), "address") from None
     note = _note(note, required=False)
-    before = suppressions.in_force(session, suppressions.address_key(config, normalized))
-    if before is not None and before.reason != "erased":
+    before = suppressions.mail_stopped(session, config, normalized)
+    if before is not None:
         return before, False
     entry = suppressions.suppress(session, config, normalized, reason="manual", source="admin", detail=note,
                                   admin_id=admin_id)
@@ -141,22 +147,31 @@ def lift(session: Session, config: Mapping[str, Any], suppression_id: int, note:
          ) -> Suppression:
     """Lift the entry in force with this id, with the admin's note; a `blocked` entry unblocks its reader.
 
-    suppressions.UnknownSuppression if there is no such entry in force.
+    suppressions.UnknownSuppression if there is no such entry in force (two admins lifting it at
+    once: the second one finds it lifted); RefusedChange for an `erased` entry, which stays.
     """
     note = _note(note, required=True)
     entry = session.get(Suppression, suppression_id)
     if entry is None or entry.lifted_at is not None:
         raise suppressions.UnknownSuppression(suppression_id)
+    if entry.reason == "erased":
+        raise RefusedChange(ERASED_STAYS)
+    reader = None
     if entry.reason == "blocked" and entry.email is not None:
-        reader = session.scalar(select(Reader).where(Reader.email == entry.email, Reader.blocked_at.is_not(None),
-                                                     Reader.erased_at.is_(None)))
-        if reader is not None:
-            # The block and its entry are one thing: lifting one ends the other (unblock lifts the entry).
-            subscriptions.unblock(session, reader.id, source=subscriptions.Source(channel="admin", wording=note),
-                                  config=config, admin_id=admin_id)
-            if entry.lifted_at is not None:
-                entry.lift_note = note
-                return entry
+        # The reader's row first, then the entry's: the order subscriptions.unblock locks them in.
+        reader = session.scalar(select(Reader).where(Reader.email == entry.email, Reader.erased_at.is_(None))
+                                .with_for_update().execution_options(populate_existing=True))
+    entry = session.scalar(select(Suppression).where(Suppression.id == suppression_id).with_for_update()
+                           .execution_options(populate_existing=True))
+    if entry is None or entry.lifted_at is not None:
+        raise suppressions.UnknownSuppression(suppression_id)
+    if reader is not None and reader.blocked_at is not None:
+        # The block and its entry are one thing: lifting one ends the other (unblock lifts the entry).
+        subscriptions.unblock(session, reader.id, source=subscriptions.Source(channel="admin", wording=note),
+                              config=config, admin_id=admin_id)
+        if entry.lifted_at is not None:
+            entry.lift_note = note
+            return entry
     return suppressions.lift(session, suppression_id, admin_id=admin_id, note=note)
 
 
@@ -173,5 +188,16 @@ def get(session: Session, suppression_id: int) -> Listed | None:
 
 
 def for_address(session: Session, config: Mapping[str, Any], address: str) -> Suppression | None:
-    """The entry in force for a reader's (normalized) address, if any."""
+    """The entry in force for a reader's (normalized) address, if any: the one that stops mail, else the `erased` one."""
     return suppressions.in_force(session, suppressions.normalized_key(config, address))
+
+
+def stopping_mail_to(session: Session, config: Mapping[str, Any], address: str) -> Suppression | None:
+    """The mail-stopping entry in force for a live reader's (normalized) address, if any.
+
+    A live reader's page shows only this: an `erased` entry for the address is about an earlier,
+    erased reader (the person signed up again since), not about this one.
+    """
+    key = suppressions.normalized_key(config, address)
+    entry = suppressions.in_force(session, key)
+    return entry if entry is not None and entry.reason != "erased" else None

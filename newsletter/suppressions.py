@@ -2,8 +2,12 @@
 
 An address is looked up by its key, a keyed hash of the lowercased address: bounce reports and
 imports write addresses in any case, and an erased reader's entry must keep no address at all.
-The key's secret is NEWSLETTER_SUPPRESSION_KEY (by default the SECRET_KEY): if it changed, the
-erased readers' entries would no longer match, so it is set apart from the key that signs links.
+The key's secret is NEWSLETTER_SUPPRESSION_KEY (by default the secret key the list was built with,
+see config._oldest_key): if it changed, no entry would match any more, so it is set apart from the
+key that signs links.
+
+An address has at most one mail-stopping entry in force and, beside it, at most one `erased`
+entry: an erasure's do-not-import record is never lifted nor replaced by a bounce or a block.
 
 Rules (record_event): a hard bounce or a complaint suppresses the address at once; soft bounces
 suppress it once NEWSLETTER_SOFT_BOUNCE_LIMIT of them arrive within NEWSLETTER_SOFT_BOUNCE_WINDOW.
@@ -38,6 +42,10 @@ DIAGNOSTIC_LIMIT = 2000
 
 class UnknownSuppression(LookupError):
     """No suppression in force with this id."""
+
+
+class ErasedEntry(ValueError):
+    """An `erased` entry is never lifted: it is what keeps imports from bringing an erased person back."""
 
 
 def _comparable(address: str) -> str:
@@ -146,20 +154,40 @@ def _form_of_key(config: Mapping[str, Any], key: str, email: str | None) -> str 
 
 
 def in_force(session: Session, key: str) -> Suppression | None:
-    """The entry in force for this address key, whatever its reason."""
-    return session.scalars(
+    """The entry in force for this address key: the mail-stopping one if any, else the `erased` one."""
+    entries = list(session.scalars(
         select(Suppression).where(Suppression.address_key == key, Suppression.lifted_at.is_(None))
+    ))
+    return _stopping_first(entries)
+
+
+def _stopping_first(entries: list[Suppression]) -> Suppression | None:
+    stopping = [entry for entry in entries if entry.reason != "erased"]
+    return (stopping or entries or [None])[0]
+
+
+def erased_in_force(session: Session, key: str) -> Suppression | None:
+    """The `erased` entry in force for this address key: its reader was erased, an import must not bring them back."""
+    return session.scalars(
+        select(Suppression).where(Suppression.address_key == key, Suppression.lifted_at.is_(None),
+                                  Suppression.reason == "erased")
     ).first()
 
 
 def mail_stopped(session: Session, config: Mapping[str, Any], address: str) -> Suppression | None:
     """The entry that forbids mailing `address`, if any (an `erased` entry does not)."""
-    entry = in_force(session, address_key(config, address))
-    return entry if entry is not None and entry.reason in MAIL_STOPPING else None
+    return session.scalars(
+        select(Suppression).where(Suppression.address_key == address_key(config, address),
+                                  Suppression.lifted_at.is_(None), Suppression.reason.in_(MAIL_STOPPING))
+    ).first()
 
 
 def keys_in_force(session: Session, keys: Iterable[str]) -> dict[str, str]:
-    """Of `keys`, those with an entry in force, each with its reason (for imports, a batch at a time)."""
+    """Of `keys`, those with an entry in force, each with its reason (for imports, a batch at a time).
+
+    A key with both an `erased` entry and a mail-stopping one is reported `erased`: imports refuse
+    an erased reader outright.
+    """
     wanted = list(set(keys))
     found: dict[str, str] = {}
     for start in range(0, len(wanted), 5000):
@@ -167,7 +195,9 @@ def keys_in_force(session: Session, keys: Iterable[str]) -> dict[str, str]:
             select(Suppression.address_key, Suppression.reason)
             .where(Suppression.address_key.in_(wanted[start:start + 5000]), Suppression.lifted_at.is_(None))
         )
-        found.update((key, reason) for key, reason in rows)
+        for key, reason in rows:
+            if found.get(key) != "erased":
+                found[key] = reason
     return found
 
 
@@ -176,8 +206,10 @@ def suppress(session: Session, config: Mapping[str, Any], address: str | None, *
              when: datetime | None = None) -> Suppression:
     """Put the address on the list (or keep the entry already in force); the entry in force is returned.
 
-    An `erased` entry in force gives way to a mail-stopping reason (the person signed up again
-    since and now bounces); any other entry in force stays as it is. `key` without `address` is
+    A key has at most one mail-stopping entry and, apart from it, at most one `erased` entry: the
+    two never replace each other, so lifting a bounce never ends an erasure's do-not-import. When
+    the key has an `erased` entry, a new mail-stopping entry keeps no address and no detail (the
+    erased person's address must not come back through a late bounce). `key` without `address` is
     for erasure, which keeps no address.
     """
     if reason not in SUPPRESSION_REASONS:
@@ -186,22 +218,26 @@ def suppress(session: Session, config: Mapping[str, Any], address: str | None, *
         if address is None:
             raise ValueError("suppress() needs an address or its key")
         key = address_key(config, address)
-    kept_address = None if reason == "erased" else address
-    existing = in_force(session, key)
+    same_kind = (Suppression.reason == "erased") if reason == "erased" else Suppression.reason.in_(MAIL_STOPPING)
+
+    def current() -> Suppression | None:
+        return session.scalars(
+            select(Suppression).where(Suppression.address_key == key, Suppression.lifted_at.is_(None), same_kind)
+        ).first()
+
+    existing = current()
     if existing is not None:
-        if existing.reason == "erased" and reason != "erased":
-            existing.reason, existing.source, existing.detail = reason, source, _cut(detail)
-            existing.email, existing.created_at = kept_address, when or utcnow()
-            existing.created_by_id = admin_id
         return existing
-    entry = Suppression(address_key=key, email=kept_address, reason=reason, source=source, detail=_cut(detail),
+    if reason == "erased" or erased_in_force(session, key) is not None:
+        address, detail = None, None
+    entry = Suppression(address_key=key, email=address, reason=reason, source=source, detail=_cut(detail),
                         created_at=when or utcnow(), created_by_id=admin_id)
     try:
         with session.begin_nested():
             session.add(entry)
     except IntegrityError:
         # A concurrent report of the same address won: its entry is the one in force.
-        winner = in_force(session, key)
+        winner = current()
         if winner is None:
             raise
         return winner
@@ -209,13 +245,18 @@ def suppress(session: Session, config: Mapping[str, Any], address: str | None, *
 
 
 def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: str | None = None) -> Suppression:
-    """End the entry in force with this id; it stays, as the record of who lifted it, when and why."""
+    """End the entry in force with this id; it stays, as the record of who lifted it, when and why.
+
+    An `erased` entry cannot be lifted (ErasedEntry): the person can sign up again themselves.
+    """
     entry = session.scalars(
         select(Suppression).where(Suppression.id == suppression_id, Suppression.lifted_at.is_(None))
         .with_for_update()
     ).first()
     if entry is None:
         raise UnknownSuppression(suppression_id)
+    if entry.reason == "erased":
+        raise ErasedEntry(suppression_id)
     entry.lifted_at, entry.lifted_by_id, entry.lift_note = utcnow(), admin_id, _cut(note)
     return entry
 
@@ -246,6 +287,9 @@ def record_event(session: Session, config: Mapping[str, Any], address: str, *, k
     if kind not in DELIVERY_EVENT_KINDS:
         raise ValueError(f"unknown delivery event kind {kind!r}")
     key = address_key(config, address)
+    if erased_in_force(session, key) is not None:
+        # The reader was erased: keep that the address bounced or complained, not the words quoting it.
+        diagnostic = None
     now = utcnow()
     event = DeliveryEvent(address_key=key, kind=kind, provider=provider, occurred_at=occurred_at or now,
                           received_at=now, diagnostic=_cut(diagnostic),

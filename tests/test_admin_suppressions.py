@@ -240,3 +240,125 @@ def test_the_dashboard_counts_bounces_and_complaints_per_day_beside_signups(app,
     one = text_of(editor.get("/admin/?newsletter=daily-briefing"))  # bounces concern addresses, not a newsletter
     assert "<polyline" in one and one.split("<svg", 1)[1].count("<polyline") == 2
     assert "the chart of all newsletters shows them" in one
+
+
+def erase(app, address: str) -> None:
+    from newsletter import privacy
+
+    with app.app_context():
+        [(reader_id,)] = query(app, "SELECT id FROM readers WHERE email = :a", a=address)
+        privacy.erase_reader(db.session, reader_id, source=privacy.Source(channel="admin"), config=app.config)
+        db.session.commit()
+        db.session.remove()
+
+
+def test_the_lift_page_says_lifting_mails_a_still_subscribed_address_again_at_once(app, editor):  # noqa: F811
+    record(app, "back@example.org")
+    [(entry_id,)] = query(app, "SELECT id FROM suppressions")
+    page = text_of(editor.get(f"/admin/suppressions/{entry_id}"))
+    assert "Lifting takes effect at once" in page
+    assert "it is in the very next export and gets our emails again, with no new signup" in page
+    assert "if its owner signs up again" not in page
+
+
+def test_the_lift_forms_error_summary_comes_after_the_heading(app, editor):  # noqa: F811
+    record(app, "back@example.org")
+    [(entry_id,)] = query(app, "SELECT id FROM suppressions")
+    url = f"/admin/suppressions/{entry_id}"
+    page = text_of(post_form(editor, url, f"{url}/lift", note=""))
+    assert page.index("<h1>") < page.index('class="error-summary"') < page.index(f'action="{url}/lift"')
+    assert 'tabindex="-1"' in page.split('class="error-summary"', 1)[1].split(">", 1)[0]
+
+
+def test_an_erased_entry_cannot_be_lifted(app, editor, client):  # noqa: F811
+    sign_up(client, "gone@example.org")
+    erase(app, "gone@example.org")
+    [(entry_id,)] = query(app, "SELECT id FROM suppressions WHERE reason = 'erased'")
+    url = f"/admin/suppressions/{entry_id}"
+    page = text_of(editor.get(url))
+    assert "This entry can't be lifted" in page
+    assert "Nothing stops them from signing up again themselves." in page
+    assert f'action="{url}/lift"' not in page
+
+    token = hidden_fields(text_of(editor.get("/admin/suppressions")))["csrf_token"]
+    answer = editor.post(f"{url}/lift", data={"csrf_token": token, "note": "let imports have them"})
+    assert answer.status_code == 303
+    after = text_of(editor.get(answer.headers["Location"]))
+    assert "This entry can&#39;t be lifted" in after and "Nothing was changed." in after
+    assert query(app, "SELECT reason, lifted_at FROM suppressions") == [("erased", None)]
+
+
+def test_the_page_of_a_reader_who_signed_up_again_after_erasure_shows_no_erased_entry(app, editor, client):  # noqa: F811
+    sign_up(client, "again@example.org")
+    erase(app, "again@example.org")
+    sign_up(client, "again@example.org")  # the person may sign up again themselves
+    [(reader_id,)] = query(app, "SELECT id FROM readers WHERE email = 'again@example.org'")
+    page = text_of(editor.get(f"/admin/readers/{reader_id}"))
+    assert "Not suppressed" in page and "erased reader" not in page.lower()
+    assert "Resend the confirmation email" in page
+
+    # Now the address bounces: the page shows that entry (which keeps no address: its earlier reader was erased).
+    record(app, "again@example.org", diagnostic="550 5.1.1 <again@example.org> user unknown")
+    [(bounce_id,)] = query(app, "SELECT id FROM suppressions WHERE reason = 'hard_bounce'")
+    page = text_of(editor.get(f"/admin/readers/{reader_id}"))
+    assert f'<a href="/admin/suppressions/{bounce_id}">Suppressed since' in page and "hard bounce" in page
+    assert query(app, "SELECT email, detail FROM suppressions WHERE id = :i", i=bounce_id) == [(None, None)]
+
+
+def test_an_admin_adding_an_erased_readers_address_gets_a_manual_entry_beside_the_erased_one(app, editor, client):  # noqa: F811
+    sign_up(client, "gone@example.org")
+    erase(app, "gone@example.org")
+    answer = post_form(editor, "/admin/suppressions", "/admin/suppressions", address="Gone@example.org", note="")
+    assert answer.status_code == 303
+    assert "Added Gone@example.org to the suppression list" in text_of(editor.get(answer.headers["Location"]))
+    assert query(app, "SELECT reason, email FROM suppressions WHERE lifted_at IS NULL ORDER BY id") == [
+        ("erased", None), ("manual", None)]
+
+
+def test_two_admins_lifting_a_blocked_entry_at_once_both_get_an_answer(app, editor, client, database_url):  # noqa: F811
+    import threading
+
+    from newsletter import subscriptions, suppression_list
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks: PostgreSQL")
+    sign_up(client, "blocked@example.org")
+    with app.app_context():
+        [(reader_id,)] = query(app, "SELECT id FROM readers")
+        subscriptions.block(db.session, reader_id, source=subscriptions.Source(channel="admin"), config=app.config)
+        db.session.commit()
+        entry_id = suppression_list.for_address(db.session, app.config, "blocked@example.org").id
+        db.session.remove()
+
+    outcome: dict[str, BaseException | None] = {}
+    first_locked = threading.Event()
+
+    def second() -> None:
+        with app.app_context():
+            try:
+                first_locked.wait(5)
+                suppression_list.lift(db.session, app.config, entry_id, "second admin", admin_id=None)
+                db.session.commit()
+                outcome["second"] = None
+            except BaseException as error:  # noqa: BLE001
+                outcome["second"] = error
+            finally:
+                db.session.remove()
+
+    thread = threading.Thread(target=second)
+    with app.app_context():
+        suppression_list.lift(db.session, app.config, entry_id, "first admin", admin_id=None)  # rows locked
+        thread.start()
+        first_locked.set()
+        thread.join(1.5)  # the second waits on the locks
+        db.session.commit()
+        db.session.remove()
+    thread.join(10)
+
+    # The second finds the entry lifted: the view answers "This entry was lifted already".
+    assert isinstance(outcome["second"], suppressions.UnknownSuppression), repr(outcome["second"])
+    assert query(app, "SELECT lift_note FROM suppressions") == [("first admin",)]
+    assert query(app, "SELECT blocked_at FROM readers") == [(None,)]
+    url = f"/admin/suppressions/{entry_id}"
+    late = post_form(editor, url, f"{url}/lift", note="third admin")
+    assert late.status_code == 303 and "lifted already" in text_of(editor.get(late.headers["Location"]))

@@ -622,20 +622,27 @@ def test_outbox_status_and_retry(app, client, runner, smtp, drain):
     assert refused.exit_code == 1
     assert "blocked" in refused.output and "Traceback" not in refused.output
 
-    retried = runner.invoke(args=["outbox", "retry", "--since", "1h"])
-    assert retried.exit_code == 0, retried.output
-    assert "Queued 1 failed message again." in retried.output
-    rows = {row.to_address: row for row in outbox_rows(app)}
-    assert (rows["refused@example.org"].status, rows["refused@example.org"].attempts) == ("pending", 0)
-    assert rows["blocked@example.org"].status == "failed"  # an admin's block is never undone by a retry
-
-    # The 550 at RCPT was a hard bounce: the address stays suppressed until an admin lifts it.
+    # The 550 at RCPT was a hard bounce: the address stays suppressed until an admin lifts it, and a retry
+    # leaves its message failed, with the server's words.
+    skipped = runner.invoke(args=["outbox", "retry", "--since", "1h"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "Skipped 1 message to addresses on the suppression list (1 hard bounce)" in skipped.output
+    assert "Queued 0 failed messages again." in skipped.output
+    refused_row = {row.to_address: row for row in outbox_rows(app)}["refused@example.org"]
+    assert refused_row.status == "failed" and "550 5.1.1 No such user" in refused_row.last_error
     with app.app_context():
         entry = suppressions.mail_stopped(db.session, app.config, "refused@example.org")
         assert entry is not None and entry.reason == "hard_bounce"
         suppressions.lift(db.session, entry.id, admin_id=None, note="the reader's mailbox works again")
         db.session.commit()
         db.session.remove()
+
+    retried = runner.invoke(args=["outbox", "retry", "--since", "1h"])
+    assert retried.exit_code == 0, retried.output
+    assert "Queued 1 failed message again." in retried.output and "Skipped" not in retried.output
+    rows = {row.to_address: row for row in outbox_rows(app)}
+    assert (rows["refused@example.org"].status, rows["refused@example.org"].attempts) == ("pending", 0)
+    assert rows["blocked@example.org"].status == "failed"  # an admin's block is never undone by a retry
     smtp.start()
     del smtp.inbox.handle_RCPT
     assert drain().sent == 2

@@ -170,7 +170,7 @@ def test_a_message_whose_address_was_suppressed_meanwhile_is_not_sent(app, clien
     again = runner.invoke(args=["worker", "--once"])
     assert "sent 0, will retry 0, failed 0" in again.output
     with app.app_context():
-        assert outbox.retry_failed(db.session) == 0
+        assert outbox.retry_failed(db.session, app.config).queued == 0
         db.session.rollback()
         db.session.remove()
     assert query(app, "SELECT count(*) FROM outbox_messages WHERE status = 'pending'")[0][0] == 0

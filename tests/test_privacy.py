@@ -175,6 +175,105 @@ def test_after_erasure_the_address_is_in_no_table_and_no_export(app, client, mai
     assert counts["no-welcome"] == {"pending": 0, "confirmed": 0, "unsubscribed": 1}
 
 
+DSN = b"""From: MAILER-DAEMON@mx.example.net
+To: bounces@news.example
+Subject: Delivery Status Notification (Failure)
+Message-ID: <dsn-1@mx.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
+
+--b1
+Content-Type: text/plain
+
+Delivery failed permanently.
+
+--b1
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; Erase.Me@example.org
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 user unknown
+
+--b1--
+"""
+
+
+def _erase(app, email: str) -> None:
+    with app.app_context():
+        privacy.erase_reader(db.session, reader_id_of(app, email), source=privacy.Source(channel="admin"),
+                             config=app.config)
+        db.session.commit()
+        db.session.remove()
+
+
+def test_erasure_clears_the_address_from_bounce_ids_refused_import_rows_and_admins_notes(app, client, runner,
+                                                                                       tmp_path: Path):
+    from newsletter import subscriptions, suppression_list
+
+    address = "Erase.Me@example.org"
+    assert client.post("/api/v1/subscriptions", json={"email": address,
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    # A bounce piped from the bounce mailbox (its event id names the notification and the recipient)...
+    assert runner.invoke(args=["bounce-mail"], input=DSN).exit_code == 0
+    # ...an import that refused the address, in two spellings, beside an unrelated refused row...
+    listing = tmp_path / "list.csv"
+    listing.write_text("email\nerase.me@example.org\nERASE.ME@example.org\nnot-an-address\n")
+    assert runner.invoke(args=["import", str(listing), "--newsletter", "daily-briefing", "--format", "csv"]
+                         ).exit_code == 0
+    # ...and admins' notes quoting it: a lifted bounce, and a block lifted (which unblocks the reader).
+    reader = reader_id_of(app, address)
+    with app.app_context():
+        bounce = suppression_list.for_address(db.session, app.config, address)
+        suppression_list.lift(db.session, app.config, bounce.id, "ERASE.ME@example.org can receive mail again",
+                              admin_id=None)
+        subscriptions.block(db.session, reader, source=subscriptions.Source(channel="admin"),
+                            config=app.config)
+        block = suppression_list.for_address(db.session, app.config, address)
+        suppression_list.lift(db.session, app.config, block.id, f"{address} asked by phone", admin_id=None)
+        db.session.commit()
+        db.session.remove()
+    assert {"delivery_events.provider_event_id", "import_refusals.email", "suppressions.lift_note",
+            "consent_events.wording"} - set(cells_containing(app, address)) == {"delivery_events.provider_event_id"}
+
+    _erase(app, address)
+
+    assert cells_containing(app, address) == []
+    # What is not the address stays: the refused rows' lines and reasons, the rest of each note.
+    assert query(app, "SELECT line, email, reason FROM import_refusals ORDER BY line") == [
+        (2, None, "suppressed"), (3, None, "suppressed"), (4, "not-an-address", "invalid_address")]
+    assert query(app, "SELECT lift_note FROM suppressions WHERE lift_note IS NOT NULL ORDER BY id") == [
+        ("[erased] can receive mail again",), ("[erased] asked by phone",)]
+    assert query(app, "SELECT wording FROM consent_events WHERE action = 'unblocked'") == [
+        ("[erased] asked by phone",)]
+
+
+def test_a_bounce_or_complaint_after_erasure_keeps_no_address_and_the_erasure_entry_stays(app, client):
+    from newsletter import provider_events, suppressions
+
+    assert client.post("/api/v1/subscriptions", json={"email": "late.bounce@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    _erase(app, "late.bounce@example.org")
+    assert cells_containing(app, "late.bounce@example.org") == []
+    # The sending platform mailed the last issue before its list was updated: a complaint arrives by webhook.
+    with app.app_context():
+        provider_events.record(db.session, app.config, "generic", [provider_events.ProviderEvent(
+            address="late.bounce@example.org", kind="complaint", occurred_at=None,
+            diagnostic="Feedback-ID: abuse report for late.bounce@example.org")])
+        db.session.commit()
+        db.session.remove()
+
+    assert cells_containing(app, "late.bounce@example.org") == []
+    assert query(app, "SELECT reason, email, detail FROM suppressions WHERE lifted_at IS NULL ORDER BY id") == [
+        ("erased", None, None), ("complaint", None, None)]
+    assert query(app, "SELECT kind, diagnostic FROM delivery_events") == [("complaint", None)]
+    with app.app_context():
+        assert suppressions.mail_stopped(db.session, app.config, "late.bounce@example.org").reason == "complaint"
+        db.session.remove()
+
+
 def _token(app) -> str:
     with app.app_context():
         _, secret = api_tokens.create_token(db.session, "privacy test", "admin")

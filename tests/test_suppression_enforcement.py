@@ -258,7 +258,8 @@ def test_erasing_a_bounced_address_keeps_its_entry_without_the_address(app, clie
         privacy.erase_reader(db.session, reader, source=privacy.Source(channel="admin"), config=app.config)
         db.session.commit()
         db.session.remove()
-    assert query(app, "SELECT reason, email, detail, lifted_at FROM suppressions") == [("hard_bounce", None, None, None)]
+    assert query(app, "SELECT reason, email, detail, lifted_at FROM suppressions ORDER BY id") == [
+        ("hard_bounce", None, None, None), ("erased", None, None, None)]
     # Still suppressed: a signup stores nothing.
     before = counts(app)
     assert client.post("/api/v1/subscriptions", json={"email": "dead@example.org", "newsletters": ["daily-briefing"]}
@@ -392,3 +393,162 @@ def test_no_matcher_when_nothing_stops_mail(app):
         assert suppressions.mail_stopping_matcher(db.session, app.config) is None
         db.session.rollback()
         db.session.remove()
+
+
+def erase(app, address: str) -> None:
+    from newsletter import privacy
+
+    with app.app_context():
+        reader = query(app, "SELECT id FROM readers WHERE email = :a", a=address)[0][0]
+        privacy.erase_reader(db.session, reader, source=privacy.Source(channel="admin"), config=app.config)
+        db.session.commit()
+        db.session.remove()
+
+
+def test_lifting_the_bounce_entry_of_an_erased_reader_still_keeps_imports_from_bringing_them_back(
+        app, client, runner, tmp_path):
+    from newsletter import suppression_list
+
+    assert client.post("/api/v1/subscriptions", json={"email": "bounced.then.erased@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    entry_id = suppress(app, "bounced.then.erased@example.org")
+    erase(app, "bounced.then.erased@example.org")
+    # Erasure added its own `erased` entry beside the bounce's; an admin lifts the bounce (the mailbox works again).
+    assert query(app, "SELECT reason FROM suppressions WHERE lifted_at IS NULL ORDER BY id") == [
+        ("hard_bounce",), ("erased",)]
+    with app.app_context():
+        suppression_list.lift(db.session, app.config, entry_id, "mailbox fixed", admin_id=None)
+        db.session.commit()
+        db.session.remove()
+
+    file = tmp_path / "old-list.csv"
+    file.write_text("email,status,confirmed_at\nBounced.Then.Erased@example.org,confirmed,2024-01-01T00:00:00Z\n")
+    result = runner.invoke(args=["import", str(file), "--newsletter", "daily-briefing", "--format", "csv",
+                                 "--unconfirmed", "confirmed"])
+
+    assert result.exit_code == 0, result.output
+    assert query(app, "SELECT lower(email) FROM readers WHERE lower(email) LIKE 'bounced.then.erased%'") == []
+    assert query(app, "SELECT reason, email FROM import_refusals") == [("erased", None)]  # not even the refusal keeps it
+
+
+def test_an_import_refuses_an_erased_reader_as_erased_even_while_their_address_bounces(app, client, runner, tmp_path):
+    assert client.post("/api/v1/subscriptions", json={"email": "both@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    erase(app, "both@example.org")
+    suppress(app, "both@example.org", reason="complaint")  # a late complaint: a second entry, no address
+    file = tmp_path / "list.csv"
+    file.write_text("email\nBoth@example.org\n")
+    result = runner.invoke(args=["import", str(file), "--newsletter", "daily-briefing", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert query(app, "SELECT reason FROM import_refusals ORDER BY id") == [("erased",)]
+    assert query(app, "SELECT reason, email, detail FROM suppressions WHERE lifted_at IS NULL ORDER BY id") == [
+        ("erased", None, None), ("complaint", None, None)]
+
+
+def test_outbox_retry_leaves_messages_to_suppressed_addresses_failed_with_their_error(app, client, runner):
+    for address in ("gone@example.org", "fine@example.org"):
+        assert client.post("/api/v1/subscriptions", json={"email": address,
+                                                          "newsletters": ["daily-briefing"]}).status_code == 202
+    refusal = "550 5.1.1 <gone@example.org>: Recipient address rejected"
+    with app.app_context():
+        db.session.execute(sa.text("UPDATE outbox_messages SET status = 'failed', last_error = :e"), {"e": refusal})
+        db.session.commit()
+        db.session.remove()
+    suppress(app, "gone@example.org")
+
+    result = runner.invoke(args=["outbox", "retry"])
+
+    assert result.exit_code == 0, result.output
+    assert "Skipped 1 message to addresses on the suppression list (1 hard bounce)" in result.output
+    assert "Queued 1 failed message again." in result.output
+    assert query(app, "SELECT to_address, status, last_error FROM outbox_messages ORDER BY to_address") == [
+        ("fine@example.org", "pending", None), ("gone@example.org", "failed", refusal)]
+    [(gone_id,)] = query(app, "SELECT id FROM outbox_messages WHERE to_address = 'gone@example.org'")
+    alone = runner.invoke(args=["outbox", "retry", "--id", str(gone_id)])
+    assert alone.exit_code != 0 and "on the suppression list" in alone.output
+
+
+def test_lifting_the_entry_of_a_confirmed_reader_puts_the_address_back_in_the_next_export(app, client, runner):
+    # Suppression never changes a subscription's status: once lifted, the address is exported (and mailed) again
+    # at once, with no new signup (as the README and the lift page say).
+    assert client.post("/api/v1/subscriptions", json={"email": "was.bounced@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    with app.app_context():
+        db.session.execute(sa.text("UPDATE subscriptions SET status = 'confirmed', confirmed_at = pending_since"))
+        db.session.commit()
+        db.session.remove()
+    entry_id = suppress(app, "was.bounced@example.org")
+    export = ["export", "daily-briefing", "--status", "confirmed"]
+    assert "was.bounced" not in runner.invoke(args=export).output
+    with app.app_context():
+        suppressions.lift(db.session, entry_id, admin_id=None, note="mailbox works again")
+        db.session.commit()
+        db.session.remove()
+
+    assert "was.bounced@example.org" in runner.invoke(args=export).output
+
+
+def test_a_suppressed_reader_joining_from_the_preferences_page_is_subscribed_but_mailed_nothing(
+        app, live_server, smtp, drain):
+    assert requests.post(f"{live_server}/api/v1/subscriptions", timeout=10, json={
+        "email": "joins@example.org", "newsletters": ["daily-briefing"]}).status_code == 202
+    confirm = link_in(smtp.inbox.wait_for(1)[0], "/confirm/")
+    browser = requests.Session()
+    page = browser.get(confirm, timeout=10)
+    browser.post(confirm, data=hidden_fields(page.text), timeout=10)
+    preferences = link_in(smtp.inbox.wait_for(2)[1], "/preferences/")  # in the welcome
+    suppress(app, "joins@example.org", reason="soft_bounces")
+    before = query(app, "SELECT count(*) FROM outbox_messages")
+    received = len(smtp.inbox.messages)
+
+    form = browser.get(preferences, timeout=10)
+    ids = [str(row[0]) for row in query(app, "SELECT id FROM newsletters ORDER BY id")]
+    answer = browser.post(preferences, data={**hidden_fields(form.text), "newsletters": ids}, timeout=10)
+
+    # Joining from the reader's own preferences link is their confirmed consent: it is recorded, but no email
+    # of ours is queued to the suppressed address.
+    assert answer.status_code == 200
+    assert query(app, "SELECT count(*) FROM subscriptions s JOIN newsletters n ON n.id = s.newsletter_id "
+                      "WHERE s.status = 'confirmed' AND n.slug IN ('weekly-explainer', 'no-welcome')") == [(2,)]
+    assert query(app, "SELECT count(*) FROM outbox_messages") == before
+    drain()
+    assert len(smtp.inbox.messages) == received
+
+
+def test_rotating_the_secret_key_once_keeps_the_suppression_list_working(database_url, instance_dir, monkeypatch):
+    from newsletter import create_app
+
+    from .conftest import close_app
+
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    monkeypatch.delenv("NEWSLETTER_SUPPRESSION_KEY", raising=False)
+    monkeypatch.delenv("NEWSLETTER_SECRET_KEY_FALLBACKS", raising=False)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "the-old-key-" + "x" * 40)
+    before = create_app({"TESTING": True})
+    with before.app_context():
+        suppressions.suppress(db.session, before.config, "complained@example.org", reason="complaint", source="ses")
+        db.session.commit()
+    close_app(before)
+
+    # The README's rotation: the old key moves into the fallbacks, a new one becomes the secret key.
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY_FALLBACKS", "the-old-key-" + "x" * 40)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "the-new-key-" + "y" * 40)
+    after = create_app({"TESTING": True})
+    try:
+        with after.app_context():
+            assert suppressions.mail_stopped(db.session, after.config, "complained@example.org") is not None
+    finally:
+        close_app(after)
+
+
+def test_with_several_old_keys_the_suppression_key_must_be_set(tmp_path):
+    from newsletter import config
+
+    keys = {"NEWSLETTER_SECRET_KEY": "c" * 40, "NEWSLETTER_SECRET_KEY_FALLBACKS": "b" * 40 + ", " + "a" * 40}
+    with pytest.raises(config.ConfigError, match="Set NEWSLETTER_SUPPRESSION_KEY to that key"):
+        config.load(tmp_path, keys)
+    chosen = config.load(tmp_path, {**keys, "NEWSLETTER_SUPPRESSION_KEY": "a" * 40})
+    assert chosen["NEWSLETTER_SUPPRESSION_KEY"] == "a" * 40
+    assert config.load(tmp_path, {"NEWSLETTER_SECRET_KEY": "c" * 40})["NEWSLETTER_SUPPRESSION_KEY"] == "c" * 40
+    assert config.load(tmp_path, {"NEWSLETTER_SECRET_KEY": "c" * 40, "NEWSLETTER_SECRET_KEY_FALLBACKS": "b" * 40}
+                       )["NEWSLETTER_SUPPRESSION_KEY"] == "b" * 40

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from newsletter import suppressions
 from newsletter.extensions import db
@@ -85,11 +86,26 @@ def test_an_erased_entry_keeps_no_address_and_does_not_stop_mail(app, session):
     assert entry.email is None
     assert suppressions.mail_stopped(session, app.config, "dee@example.org") is None
     assert suppressions.keys_in_force(session, [key, "0" * 64]) == {key: "erased"}
-    # The person signed up again since, and now bounces: the entry becomes a mail-stopping one.
-    suppressions.record_event(session, app.config, "dee@example.org", kind="hard_bounce", provider="smtp")
+    # The person signed up again since, and now bounces: a mail-stopping entry of its own, keeping no
+    # address nor diagnostic; the `erased` entry stays, and imports still see `erased` first.
+    suppressions.record_event(session, app.config, "dee@example.org", kind="hard_bounce", provider="smtp",
+                              diagnostic="550 5.1.1 <dee@example.org> user unknown")
     session.commit()
-    assert suppressions.mail_stopped(session, app.config, "dee@example.org").reason == "hard_bounce"
-    assert session.query(Suppression).count() == 1
+    bounced = suppressions.mail_stopped(session, app.config, "dee@example.org")
+    assert (bounced.reason, bounced.email, bounced.detail) == ("hard_bounce", None, None)
+    assert session.scalars(select(DeliveryEvent.diagnostic)).all() == [None]
+    assert suppressions.in_force(session, key).reason == "hard_bounce"
+    assert suppressions.keys_in_force(session, [key]) == {key: "erased"}
+    assert sorted(e.reason for e in session.query(Suppression).filter(Suppression.lifted_at.is_(None))) == [
+        "erased", "hard_bounce"]
+    # suppress() never turns one into the other, and the erased entry is never lifted.
+    assert suppressions.suppress(session, app.config, "dee@example.org", reason="manual", source="admin") is bounced
+    with pytest.raises(suppressions.ErasedEntry):
+        suppressions.lift(session, entry.id, admin_id=None)
+    suppressions.lift(session, bounced.id, admin_id=None)
+    session.commit()
+    assert suppressions.mail_stopped(session, app.config, "dee@example.org") is None
+    assert suppressions.keys_in_force(session, [key]) == {key: "erased"}
 
 
 def test_unknown_kinds_and_reasons_are_refused(app, session):

@@ -79,7 +79,8 @@ def upgrade():
     )
     with op.batch_alter_table('suppressions', schema=None) as batch_op:
         batch_op.create_index('ix_suppressions_created_at', ['created_at'], unique=False)
-        batch_op.create_index('uq_suppressions_active_key', ['address_key'], unique=True, postgresql_where=sa.text('lifted_at IS NULL'), sqlite_where=sa.text('lifted_at IS NULL'))
+        batch_op.create_index('uq_suppressions_active_key', ['address_key'], unique=True, postgresql_where=sa.text("lifted_at IS NULL AND reason <> 'erased'"), sqlite_where=sa.text("lifted_at IS NULL AND reason <> 'erased'"))
+        batch_op.create_index('uq_suppressions_active_erased_key', ['address_key'], unique=True, postgresql_where=sa.text("lifted_at IS NULL AND reason = 'erased'"), sqlite_where=sa.text("lifted_at IS NULL AND reason = 'erased'"))
 
     op.create_table('import_refusals',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -103,7 +104,8 @@ def downgrade():
 
     op.drop_table('import_refusals')
     with op.batch_alter_table('suppressions', schema=None) as batch_op:
-        batch_op.drop_index('uq_suppressions_active_key', postgresql_where=sa.text('lifted_at IS NULL'), sqlite_where=sa.text('lifted_at IS NULL'))
+        batch_op.drop_index('uq_suppressions_active_erased_key', postgresql_where=sa.text("lifted_at IS NULL AND reason = 'erased'"), sqlite_where=sa.text("lifted_at IS NULL AND reason = 'erased'"))
+        batch_op.drop_index('uq_suppressions_active_key', postgresql_where=sa.text("lifted_at IS NULL AND reason <> 'erased'"), sqlite_where=sa.text("lifted_at IS NULL AND reason <> 'erased'"))
         batch_op.drop_index('ix_suppressions_created_at')
 
     op.drop_table('suppressions')

@@ -58,7 +58,7 @@ def reader(reader_id: int) -> str:
     return render_template(
         "admin/reader.html", reader=item, subscriptions=reader_lookup.subscriptions(db.session, item.id),
         history=reader_lookup.consent_history(db.session, item.id),
-        suppression=None if erased else suppression_list.for_address(db.session, current_app.config, item.email),
+        suppression=None if erased else suppression_list.stopping_mail_to(db.session, current_app.config, item.email),
         events=[] if erased else suppressions.events_for(db.session, current_app.config, item.email),
         reasons=suppression_list.REASON_LABELS,
     )

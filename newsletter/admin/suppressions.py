@@ -11,7 +11,7 @@ from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
 from wtforms import StringField, TextAreaField
 
-from .. import suppression_list, suppressions
+from .. import subscriptions, suppression_list, suppressions
 from ..authz import admin_view
 from ..extensions import db
 from ..models import SUPPRESSION_REASONS
@@ -78,10 +78,11 @@ def add_suppression() -> Response | tuple[str, int]:
         db.session.rollback()
         return _list_page(form, 422, {refused.field or "address": [str(refused)]})
     db.session.commit()
+    shown = entry.email or (form.address.data or "").strip()  # an erased reader's address is not kept
     if new:
-        flash(f"Added {entry.email} to the suppression list: nothing more will be sent to it.")
+        flash(f"Added {shown} to the suppression list: nothing more will be sent to it.")
     else:
-        flash(f"{entry.email} was on the list already ({suppression_list.REASON_LABELS[entry.reason].lower()}): "
+        flash(f"{shown} was on the list already ({suppression_list.REASON_LABELS[entry.reason].lower()}): "
               "nothing was changed.")
     return redirect(url_for("admin.suppression", suppression_id=entry.id), code=303)
 
@@ -112,15 +113,18 @@ def lift_suppression(suppression_id: int) -> Response | tuple[str, int]:
                                       admin_id=current_user.id)
     except suppression_list.RefusedChange as refused:
         db.session.rollback()
-        return _entry_page(suppression_id, form, 422, {refused.field or "note": [str(refused)]})
-    except suppressions.UnknownSuppression:
+        if refused.field is None:  # the entry itself can't be lifted (an erasure's): no field to correct
+            flash(f"{refused} Nothing was changed.")
+            return redirect(url_for("admin.suppression", suppression_id=suppression_id), code=303)
+        return _entry_page(suppression_id, form, 422, {refused.field: [str(refused)]})
+    except (suppressions.UnknownSuppression, subscriptions.ActionRefused):
+        # Another admin lifted it (or unblocked its reader) first.
         db.session.rollback()
         if suppression_list.get(db.session, suppression_id) is None:
             raise NotFound(f"There is no suppression list entry number {suppression_id}.") from None
         flash("This entry was lifted already: nothing was changed.")
         return redirect(url_for("admin.suppression", suppression_id=suppression_id), code=303)
     db.session.commit()
-    what = entry.email or "The erased reader's entry"
-    flash(f"Lifted: {what} can be mailed again." if entry.reason != "erased" else
-          f"Lifted: {what} no longer stops imports.")
+    what = entry.email or "the address (not kept: its reader was erased)"
+    flash(f"Lifted: {what} can be mailed again. If it is still subscribed, it gets our emails again from now on.")
     return redirect(url_for("admin.suppression", suppression_id=suppression_id), code=303)
