@@ -197,6 +197,12 @@ Action: failed
 Status: 5.1.1
 Diagnostic-Code: smtp; 550 5.1.1 user unknown
 
+--b1
+Content-Type: text/rfc822-headers
+
+Message-ID: %s
+To: Erase.Me@example.org
+
 --b1--
 """
 
@@ -216,8 +222,10 @@ def test_erasure_clears_the_address_from_bounce_ids_refused_import_rows_and_admi
     address = "Erase.Me@example.org"
     assert client.post("/api/v1/subscriptions", json={"email": address,
                                                       "newsletters": ["daily-briefing"]}).status_code == 202
-    # A bounce piped from the bounce mailbox (its event id names the notification and the recipient)...
-    assert runner.invoke(args=["bounce-mail"], input=DSN).exit_code == 0
+    # A bounce of our confirmation, piped from the bounce mailbox (its event id names the message and the recipient)...
+    [confirmation_id] = [row[0] for row in query(app, "SELECT message_id FROM outbox_messages")]
+    bounced = runner.invoke(args=["bounce-mail"], input=DSN % confirmation_id.encode())
+    assert bounced.exit_code == 0 and "hard bounce" in bounced.output, bounced.output
     # ...an import that refused the address, in two spellings, beside an unrelated refused row...
     listing = tmp_path / "list.csv"
     listing.write_text("email\nerase.me@example.org\nERASE.ME@example.org\nnot-an-address\n")
