@@ -1,0 +1,52 @@
+"""Review rev2 (issue 10, second round): end-to-end findings, each a failing test."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+
+import pytest
+import sqlalchemy as sa
+
+from newsletter.extensions import db
+from newsletter.models import OutboxMessage, utcnow
+
+from .import_files import member, readers_of_files, write_members  # noqa: F401 (a fixture)
+from .test_imports import run_import
+
+pytestmark = pytest.mark.usefixtures("readers_of_files")
+
+
+def wait(app, how_long: timedelta) -> None:
+    """A real wait: every stored outbox time (queued, due, sent) is that much further in the past."""
+    with app.app_context():
+        for message in db.session.scalars(sa.select(OutboxMessage)):
+            message.next_attempt_at -= how_long
+            message.created_at -= how_long
+            if message.sent_at is not None:
+                message.sent_at -= how_long
+        db.session.commit()
+        db.session.remove()
+
+
+def test_an_import_confirmation_sent_hours_later_is_dated_when_it_is_sent(app, tmp_path, smtp, drain):
+    """`ask` spreads confirmations over hours or days (500 an hour by default: 100,000 rows take 8 days).
+
+    Each email's Date: header is the time of the import, not of sending: the 3rd of these, sent two
+    hours after the import, says it was written two hours before it left; at the default rate a big
+    list's later emails are days old on arrival. Spam filters score exactly that (SpamAssassin
+    DATE_IN_PAST_03_06 … DATE_IN_PAST_96_XX), and mail clients sort it days down the inbox: the rate
+    that is there to keep the confirmations out of spam folders sends them there.
+    """
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 1
+    path = write_members(tmp_path / "subscribed_members_export_a.csv",
+                         [member(f"reader{i}@example.com") for i in range(3)])
+    assert run_import(app, path).counts["confirmations_queued"] == 3
+    drain()
+    for _hour in range(2):
+        wait(app, timedelta(hours=1, minutes=1))
+        drain()
+    messages = smtp.inbox.wait_for(3)
+    last = next(message for message in messages if str(message["To"]) == "reader2@example.com")
+    dated = parsedate_to_datetime(last["Date"])
+    assert utcnow() - dated < timedelta(minutes=5), f"sent now, dated {dated} ({utcnow() - dated} ago)"
