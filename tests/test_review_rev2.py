@@ -50,3 +50,25 @@ def test_an_import_confirmation_sent_hours_later_is_dated_when_it_is_sent(app, t
     last = next(message for message in messages if str(message["To"]) == "reader2@example.com")
     dated = parsedate_to_datetime(last["Date"])
     assert utcnow() - dated < timedelta(minutes=5), f"sent now, dated {dated} ({utcnow() - dated} ago)"
+
+
+def test_our_own_export_with_its_suppressed_column_does_not_bring_complainers_back(app, tmp_path):
+    """`newsletter export SLUG --suppressed include` (or `only`), imported into another instance or newsletter.
+
+    The column `suppressed` is reported as ignored, and a reader who complained (pressed "report
+    spam") or hard-bounced is imported as a confirmed subscriber, not suppressed: the next export,
+    what the sending platform mails, holds them again.
+    """
+    from newsletter import suppressions
+
+    path = tmp_path / "export.csv"
+    path.write_text("email,name,status,subscribed_at,confirmed_at,source,suppressed\r\n"
+                    "carol@example.org,Carol,confirmed,2024-03-02T10:00:00Z,2024-03-02T10:00:00Z,import,complaint\r\n"
+                    "alice@example.org,Alice,confirmed,2024-03-01T10:00:00Z,2024-03-01T10:05:00Z,import,hard_bounce\r\n",
+                    encoding="utf-8")
+    run_import(app, path)
+    with app.app_context():
+        stopped = {address: suppressions.mail_stopped(db.session, app.config, address)
+                   for address in ("carol@example.org", "alice@example.org")}
+        db.session.remove()
+    assert all(stop is not None for stop in stopped.values()), stopped
