@@ -72,3 +72,22 @@ def test_our_own_export_with_its_suppressed_column_does_not_bring_complainers_ba
                    for address in ("carol@example.org", "alice@example.org")}
         db.session.remove()
     assert all(stop is not None for stop in stopped.values()), stopped
+
+
+def test_an_exported_unsubscribe_imported_back_is_not_an_unsubscribe_of_today(app, tmp_path):
+    """Our export has no unsubscribe time: importing it records every unsubscribed reader as unsubscribing now.
+
+    Moving a list with 10,000 long-gone readers to another newsletter or instance puts 10,000
+    unsubscribes on today in the dashboard's chart, and each subscription's unsubscribed_at is the
+    import's time, years after the reader left.
+    """
+    from .conftest import query
+
+    path = tmp_path / "export.csv"
+    path.write_text("email,name,status,subscribed_at,confirmed_at,source\r\n"
+                    "uma@example.org,Uma,unsubscribed,2023-01-01T10:00:00Z,2023-01-01T10:01:00Z,import\r\n",
+                    encoding="utf-8")
+    assert run_import(app, path).counts["new"] == 1
+    today = utcnow() - timedelta(hours=1)
+    assert query(app, "SELECT count(*) FROM consent_events WHERE action = 'unsubscribed' AND occurred_at > :t",
+                 t=today)[0][0] == 0
