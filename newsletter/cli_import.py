@@ -115,11 +115,12 @@ def _summary(run: ImportRun, seconds: float) -> None:
     counts = run.counts
     if run.status == "failed":
         click.echo(f"Import #{run.id} failed after {run.rows_done:,} rows: {run.error}", err=True)
-    verb = "would be" if run.dry_run else "were"
-    click.echo(f"{run.rows_done:,} rows in {seconds:.1f} s: {counts.get('new', 0):,} new, "
+    asked = "would be asked" if run.dry_run else "asked"
+    # Asked to confirm is a part of the new rows, not an outcome of its own: the outcomes add up to the rows.
+    click.echo(f"{run.rows_done:,} rows in {seconds:.1f} s: {counts.get('new', 0):,} new (of which "
+               f"{counts.get('confirmations_queued', 0):,} {asked} to confirm by email), "
                f"{counts.get('updated', 0):,} updated, {counts.get('unchanged', 0):,} unchanged, "
-               f"{counts.get('suppressed', 0):,} suppressed; {counts.get('confirmations_queued', 0):,} "
-               f"confirmation emails {verb} queued.")
+               f"{counts.get('suppressed', 0):,} suppressed, {sum(counts.get('refused', {}).values()):,} refused.")
     refused = counts.get("refused", {})
     if refused:
         click.echo(f"Refused {sum(refused.values()):,} rows: "

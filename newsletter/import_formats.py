@@ -80,6 +80,8 @@ Our own export (newsletter/exports.py)
   "unconfirmed" (changed_at = subscribed_at); unsubscribed → "unsubscribed" (the times carry over,
   the export has no time of the unsubscribe). An export of all newsletters has a `newsletter`
   column: each row's slug is in `SourceRow.newsletter`.
+- An export taken with `--suppressed include` has a `suppressed` column (the suppression's reason,
+  or empty): a row with a reason there is "cleaned" (`cleaned_reason` = that reason), whatever its status.
 - A plain spreadsheet also reads as this format when it has an "email" column (any case); without a
   status column a row is "subscribed" if it has a confirmed_at, else "unconfirmed".
 """
@@ -141,6 +143,8 @@ class SourceRow:
     changed_at: datetime | None = None
     unsubscribed_at: datetime | None = None
     cleaned_at: datetime | None = None
+    # Our own export's `suppressed` cell (the suppression's reason) for a cleaned row; None otherwise.
+    cleaned_reason: str | None = None
     # Why the row can't be used, found while reading (a bad date, a status unknown…), for the refusal report.
     problem: str | None = None
     # Our own export of all newsletters: the newsletter (slug) the row is about; None otherwise.
@@ -418,7 +422,7 @@ def _finish(header: _Header, fmt: str, index: dict[str, int], kind: str = "subsc
 _FIELD_OF = {"first_name": "name", "last_name": "name", "subscribed_at": "optin_time",
              "confirmed_at": "confirm_time", "created_at": "optin_time + confirm_time", "updated_at": "changed_at",
              "subscription_status": "status", "last_changed": "changed_at", "unsub_time": "unsubscribed_at",
-             "clean_time": "cleaned_at"}
+             "clean_time": "cleaned_at", "suppressed": "status (cleaned)"}
 
 
 def _mailchimp_layout(header: _Header, lower: list[str]) -> _Layout:
@@ -464,7 +468,7 @@ def _our_layout(header: _Header, lower: list[str]) -> _Layout:
     if "email" not in lower:
         raise FormatError(f"{header.file}: no \"email\" column: the header has {_shown(header.cells)}. Expected "
                           f"this service's export: {', '.join(OUR_COLUMNS[1:])}.")
-    index = {column: lower.index(column) for column in OUR_COLUMNS[:-1] if column in lower}  # not the source
+    index = {column: lower.index(column) for column in (*OUR_COLUMNS[:-1], "suppressed") if column in lower}
     return _finish(header, "csv", index)
 
 
@@ -755,6 +759,7 @@ def _our_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow]:
     email_at, name_at, status_at = index["email"], index.get("name"), index.get("status")
     subscribed_at, confirmed_at, newsletter_at = index.get("subscribed_at"), index.get("confirmed_at"), \
         index.get("newsletter")
+    suppressed_at = index.get("suppressed")
 
     def convert(file: str, line: int, row: list[str]) -> SourceRow:
         email = _unneutralized(row[email_at]).strip()
@@ -771,6 +776,12 @@ def _our_row(layout: _Layout) -> Callable[[str, int, list[str]], SourceRow]:
             return SourceRow(file=file, line=line, email=email, name=name, status="unconfirmed", problem=str(error),
                         newsletter=newsletter)
         status_text = row[status_at].strip().lower() if status_at is not None else ""
+        suppressed = _clean(row[suppressed_at]).strip()[:60] if suppressed_at is not None else ""
+        if suppressed and status_text in (*OUR_STATUSES, ""):
+            # Exported with --suppressed include: the address was suppressed there (complaint, hard bounce…).
+            return SourceRow(file=file, line=line, email=email, name=name, status="cleaned", optin_time=subscribed,
+                             confirm_time=confirmed, changed_at=confirmed or subscribed, cleaned_reason=suppressed,
+                             newsletter=newsletter)
         if not status_text:
             status_text = "confirmed" if confirmed is not None else "pending"
         if status_text == "confirmed":

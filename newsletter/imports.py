@@ -29,7 +29,11 @@ last committed batch):
     unconfirmed, --unconfirmed confirmed -> confirmed, its event saying "imported without proof of
                                      confirmation";
     unconfirmed, --unconfirmed skip      -> refused (unconfirmed_skipped);
-    unsubscribed                  -> unsubscribed at UNSUB_TIME (or the last change), with its event.
+    unsubscribed                  -> unsubscribed at UNSUB_TIME, or without one (our export has none)
+                                     at the latest time the row has (last change, confirmation,
+                                     opt-in), and only if it has none at the import's time; with the
+                                     signup_requested and confirmed events of its opt-in and
+                                     confirmation times first, as a subscribed row has them.
   Against the subscription already here: the same status is `unchanged` (so the same file twice
   changes nothing); an unsubscribe here is never undone (unsubscribed_here); a different status is
   taken only if the row's time is later than the subscription's last change (confirmed_at,
@@ -794,9 +798,18 @@ def _wanted(context: _Context, row: SourceRow, now: datetime) -> _Wanted:
                        [("signup_requested", signed_up, optin_ip, wordings["proof"]),
                         ("confirmed", confirmed or now, confirm_ip, wordings["proof"])])
     if row.status == "unsubscribed":
-        left = row.unsubscribed_at or row.changed_at
-        return _Wanted("unsubscribed", left, row.optin_time or left or now, row.confirm_time, left or now,
-                       [("unsubscribed", left or now, None, wordings["unsubscribed"])])
+        # Without an unsubscribe time (our export has none), the latest time the row has: a moved list's
+        # long-gone readers don't all unsubscribe on the day of the import.
+        known = [time for time in (row.changed_at, row.confirm_time, row.optin_time) if time is not None]
+        left = row.unsubscribed_at or (max(known) if known else None)
+        signed_up = row.optin_time or row.confirm_time
+        history: list[tuple[str, datetime, str | None, str]] = []
+        if signed_up is not None:  # how they joined, before they left, as for a subscribed row
+            history.append(("signup_requested", signed_up, optin_ip, wordings["proof"]))
+        if row.confirm_time is not None:
+            history.append(("confirmed", row.confirm_time, confirm_ip, wordings["proof"]))
+        return _Wanted("unsubscribed", left, signed_up or left or now, row.confirm_time, left or now,
+                       [*history, ("unsubscribed", left or now, None, wordings["unsubscribed"])])
     # unconfirmed
     if context.policy == "confirmed":
         claimed = row.changed_at or row.optin_time
@@ -899,7 +912,9 @@ def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -
             when = candidate.row.cleaned_at or candidate.row.changed_at
             cleaned.append({"address_key": candidate.key, "email": candidate.address, "reason": "import",
                             "source": CHANNEL, "created_at": when or now,
-                            "detail": f"cleaned in {context.format_label}" + (f" at {when.isoformat()}" if when else "")})
+                            "detail": f"cleaned in {context.format_label}" + (f" at {when.isoformat()}" if when else "")
+                            + (f" (suppressed there: {candidate.row.cleaned_reason})"
+                               if candidate.row.cleaned_reason else "")})
         elif reason is not None:
             _refuse(context, outcome, candidate.row, "suppressed", f"On the suppression list: {reason}")
         else:
@@ -1157,5 +1172,9 @@ def _queue_confirmations(context: _Context, confirmations: list[tuple[int, _Cand
         update(Subscription.__table__)
         .where(Subscription.__table__.c.reader_id == bindparam("the_reader"),
                Subscription.__table__.c.newsletter_id == newsletter.id)
+        .values(confirmation_sent_at=bindparam("due")), sent)
+    # The reader's too: the admin's reader page shows it, and a signup meanwhile sends no second email before it.
+    session.execute(
+        update(Reader.__table__).where(Reader.__table__.c.id == bindparam("the_reader"))
         .values(confirmation_sent_at=bindparam("due")), sent)
     outbox.note_enqueued(session)

@@ -87,8 +87,12 @@ def _address_of(header_value: str) -> str:
     return parseaddr(header_value)[1] or "newsletters@localhost"
 
 
-def as_email(row: OutboxMessage) -> EmailMessage:
-    """The EmailMessage for an outbox row; the same Message-ID on every attempt."""
+def as_email(row: OutboxMessage, sent_at: datetime | None = None) -> EmailMessage:
+    """The EmailMessage for an outbox row; the same Message-ID on every attempt.
+
+    Dated when it is sent (`sent_at`, default now), not when it was queued: an import's
+    confirmations leave hours or days after the import, and mail dated days back is scored as spam.
+    """
     message = EmailMessage(policy=MESSAGE_POLICY)
     message["Subject"] = row.subject
     message["From"] = row.mail_from
@@ -96,7 +100,7 @@ def as_email(row: OutboxMessage) -> EmailMessage:
     # Built from parts, it also takes internationalized local parts (sent with SMTPUTF8).
     username, _, domain = row.to_address.rpartition("@")
     message["To"] = Address(display_name=row.to_name or "", username=username, domain=domain)
-    message["Date"] = format_datetime(row.created_at)
+    message["Date"] = format_datetime(sent_at or utcnow())
     message["Message-ID"] = row.message_id
     for name, value in row.headers.items():
         message[name] = value
@@ -221,7 +225,7 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
     row.attempts += 1
     row.next_attempt_at = now + _lease(config)
     try:
-        message: EmailMessage | None = as_email(row)
+        message: EmailMessage | None = as_email(row, now)
         build_error = None
     except ValueError as error:
         message, build_error = None, error

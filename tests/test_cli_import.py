@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .conftest import query
@@ -21,7 +23,12 @@ def test_import_prints_the_mapping_and_summary_and_writes_refusals(runner, app, 
     assert result.exit_code == 0, result.output
     assert "Import #1: subscribed_members.csv as Mailchimp export into daily-briefing" in result.output
     assert "'Email Address' -> email" in result.output
-    assert "2 new, 0 updated, 0 unchanged, 0 suppressed; 1 confirmation emails were queued." in result.output
+    assert ("4 rows in" in result.output and "2 new (of which 1 asked to confirm by email), 0 updated, 0 unchanged, "
+            "0 suppressed, 2 refused." in result.output)
+    # Asked to confirm is a part of the new rows: the outcomes add up to the rows read.
+    outcomes = re.search(r"(\d+) rows in .*?: (\d+) new \(.*?\), (\d+) updated, (\d+) unchanged, (\d+) suppressed, "
+                         r"(\d+) refused", result.output).groups()
+    assert int(outcomes[0]) == sum(map(int, outcomes[1:]))
     assert "Refused 2 rows: duplicate_in_file 1, invalid_address 1" in result.output
     assert "subscribed_members.csv line 4: 'a@example.com' duplicate_in_file" in result.output
     lines = refusals.read_text().splitlines()
@@ -37,7 +44,7 @@ def test_dry_run_and_several_files(runner, app, tmp_path):
     result = runner.invoke(args=["import", str(first), str(second), "--newsletter", "daily-briefing", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "Dry run #1: one.csv" in result.output and "Dry run #2: unsubscribed_two.csv" in result.output
-    assert "would be queued" in result.output
+    assert "new (of which 0 would be asked to confirm by email)" in result.output
     assert query(app, "SELECT count(*) FROM readers")[0][0] == 0
     assert query(app, "SELECT count(*) FROM imports WHERE dry_run AND status = 'finished'")[0][0] == 2
 
@@ -104,7 +111,7 @@ def test_our_own_export_imports_back_unchanged(runner, app, tmp_path):
     result = runner.invoke(args=["import", str(exported), "--newsletter", "daily-briefing"])
     assert result.exit_code == 0, result.output
     assert "as newsletter export" in result.output
-    assert "0 new, 0 updated, 3 unchanged" in result.output
+    assert "0 new (of which 0 asked to confirm by email), 0 updated, 3 unchanged" in result.output
 
 
 def test_a_mailchimp_zip(runner, app, tmp_path):
@@ -125,5 +132,6 @@ def test_a_mailchimp_zip(runner, app, tmp_path):
             zipped.write(path, path.name)
     result = runner.invoke(args=["import", str(archive), "--newsletter", "daily-briefing"])
     assert result.exit_code == 0, result.output
-    assert "2 new, 0 updated, 0 unchanged, 1 suppressed" in result.output
+    assert "3 rows in" in result.output
+    assert "2 new (of which 0 asked to confirm by email), 0 updated, 0 unchanged, 1 suppressed, 0 refused" in result.output
     assert sorted(query(app, "SELECT s.status FROM subscriptions s")) == [("confirmed",), ("unsubscribed",)]

@@ -7,6 +7,7 @@ import random
 import string
 import threading
 from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from newsletter import addresses, imports, subscriptions, suppressions
 from newsletter.extensions import db
-from newsletter.models import ImportRun, Newsletter, OutboxMessage, Reader, utcnow
+from newsletter.models import ConsentEvent, ImportRun, Newsletter, OutboxMessage, Reader, Subscription, utcnow
 
 from .conftest import link_in, query
 from .import_files import member, readers_of_files, write_members  # noqa: F401 (a fixture)
@@ -55,6 +56,7 @@ def time_passes(app, how_long: timedelta) -> None:
     with app.app_context():
         for message in db.session.scalars(sa.select(OutboxMessage)):
             message.next_attempt_at -= how_long
+            message.created_at -= how_long
             if message.sent_at is not None:
                 message.sent_at -= how_long
         db.session.commit()
@@ -667,3 +669,115 @@ def test_a_database_outage_during_copy_is_an_outage_not_an_unexpected_error(app,
         assert import_runner.run_due(db.session, app.config) == 1
         db.session.remove()
     assert query(app, "SELECT status FROM imports") == [("finished",)]
+
+
+def test_an_import_confirmation_is_dated_when_it_is_sent_not_when_it_was_queued(app, tmp_path, smtp, drain):
+    """`ask` spreads confirmations over hours or days: one dated at the import arrives looking days old (spam)."""
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 1
+    path = write_members(tmp_path / "subscribed_members_export_a.csv",
+                         [member(f"reader{i}@example.com") for i in range(3)])
+    assert run_import(app, path).counts["confirmations_queued"] == 3
+    drain()
+    for _hour in range(2):
+        time_passes(app, timedelta(hours=1, minutes=1))
+        drain()
+    messages = smtp.inbox.wait_for(3)
+    last = next(message for message in messages if str(message["To"]) == "reader2@example.com")
+    dated = parsedate_to_datetime(last["Date"])
+    assert utcnow() - dated < timedelta(minutes=5), f"sent now, dated {dated} ({utcnow() - dated} ago)"
+
+
+OUR_EXPORT_HEADER = "email,name,status,subscribed_at,confirmed_at,source"
+
+
+def test_our_export_with_a_suppressed_column_suppresses_its_complainers_and_bounces(app, tmp_path):
+    """`newsletter export SLUG --suppressed include` imported elsewhere: a reason in `suppressed` makes the row cleaned."""
+    path = tmp_path / "export.csv"
+    path.write_text(f"{OUR_EXPORT_HEADER},suppressed\r\n"
+                    "carol@example.org,Carol,confirmed,2024-03-02T10:00:00Z,2024-03-02T10:00:00Z,import,complaint\r\n"
+                    "alice@example.org,Alice,confirmed,2024-03-01T10:00:00Z,2024-03-01T10:05:00Z,import,hard_bounce\r\n"
+                    "bob@example.org,Bob,confirmed,2024-03-01T10:00:00Z,2024-03-01T10:05:00Z,signup_form,\r\n",
+                    encoding="utf-8")
+    run = run_import(app, path)
+    assert (run.counts["suppressed"], run.counts["new"]) == (2, 1)
+    with app.app_context():
+        stopped = {address: suppressions.mail_stopped(db.session, app.config, address)
+                   for address in ("carol@example.org", "alice@example.org", "bob@example.org")}
+        db.session.remove()
+    assert stopped["bob@example.org"] is None
+    assert {address: stop.reason for address, stop in stopped.items() if stop is not None} == {
+        "carol@example.org": "import", "alice@example.org": "import"}
+    details = dict(query(app, "SELECT email, detail FROM suppressions"))
+    assert "complaint" in details["carol@example.org"] and "hard_bounce" in details["alice@example.org"]
+    # Not subscribed: the next export, what the sending platform mails, does not hold them.
+    assert query(app, "SELECT r.email FROM subscriptions s JOIN readers r ON r.id = s.reader_id") == [
+        ("bob@example.org",)]
+
+
+def history(app) -> dict[str, list[tuple[str, datetime]]]:
+    """Each reader's consent events (action, naive UTC time), in order."""
+    with app.app_context():
+        try:
+            rows = db.session.execute(sa.select(Reader.email, ConsentEvent.action, ConsentEvent.occurred_at)
+                                      .join(ConsentEvent, ConsentEvent.reader_id == Reader.id)
+                                      .order_by(Reader.email, ConsentEvent.occurred_at, ConsentEvent.id)).all()
+        finally:
+            db.session.remove()
+    found: dict[str, list[tuple[str, datetime]]] = {}
+    for email, action, when in rows:
+        found.setdefault(email, []).append((action, when.replace(tzinfo=None)))
+    return found
+
+
+def test_an_exported_unsubscribe_keeps_its_own_times_not_the_import_s(app, tmp_path):
+    """Our export has no unsubscribe time: the latest time the row has stands for it, not today.
+
+    Moving a list of 10,000 long-gone readers would otherwise put 10,000 unsubscribes on today's chart.
+    """
+    path = tmp_path / "export.csv"
+    path.write_text(f"{OUR_EXPORT_HEADER}\r\n"
+                    "uma@example.org,Uma,unsubscribed,2023-01-01T10:00:00Z,2023-01-01T10:01:00Z,import\r\n"
+                    "ned@example.org,Ned,unsubscribed,,,import\r\n",
+                    encoding="utf-8")
+    assert run_import(app, path).counts["new"] == 2
+    events = history(app)
+    assert events["uma@example.org"] == [("signup_requested", datetime(2023, 1, 1, 10, 0)),
+                                         ("confirmed", datetime(2023, 1, 1, 10, 1)),
+                                         ("unsubscribed", datetime(2023, 1, 1, 10, 1))]
+    with app.app_context():
+        left = db.session.scalar(sa.select(Subscription.unsubscribed_at).join(Reader, Reader.id == Subscription.reader_id)
+                                 .where(Reader.email == "uma@example.org"))
+        db.session.remove()
+    assert left.replace(tzinfo=None) == datetime(2023, 1, 1, 10, 1)
+    # A row with no time at all: only then the import's time.
+    [(action, when)] = events["ned@example.org"]
+    assert action == "unsubscribed" and when > (utcnow() - timedelta(hours=1)).replace(tzinfo=None)
+
+
+def test_a_mailchimp_unsubscribed_row_keeps_how_it_joined_before_it_left(app, tmp_path):
+    path = write_members(tmp_path / "unsubscribed_members_export_a.csv",
+                         [member("gone@example.com", optin=OPTIN, confirm=CONFIRM, unsub="2024-05-05 08:00:00")],
+                         "unsubscribed")
+    assert run_import(app, path).counts["new"] == 1
+    assert history(app)["gone@example.com"] == [("signup_requested", datetime(2023, 3, 1, 10, 0)),
+                                                ("confirmed", datetime(2023, 3, 1, 10, 5)),
+                                                ("unsubscribed", datetime(2024, 5, 5, 8, 0))]
+
+
+def test_an_import_confirmation_is_recorded_as_sent_at_its_scheduled_time(app, tmp_path):
+    """The admin's reader page shows when it is due; a signup meanwhile sends no second email before it."""
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 1
+    path = write_members(tmp_path / "subscribed_members_export_a.csv",
+                         [member("first@example.com"), member("second@example.com")])
+    assert run_import(app, path).counts["confirmations_queued"] == 2
+    with app.app_context():
+        due = dict(db.session.execute(sa.select(OutboxMessage.to_address, OutboxMessage.next_attempt_at)).all())
+        sent = dict(db.session.execute(sa.select(Reader.email, Reader.confirmation_sent_at)).all())
+        newsletter = db.session.scalars(sa.select(Newsletter).where(Newsletter.slug == "daily-briefing")).one()
+        result = subscriptions.sign_up(db.session, "second@example.com", [newsletter],
+                                       source=subscriptions.Source(channel="form"), config=app.config)
+        db.session.commit()
+        db.session.remove()
+    assert sent == due and sent["second@example.com"] > utcnow() + timedelta(minutes=30)
+    assert not result.confirmation_queued
+    assert query(app, "SELECT count(*) FROM outbox_messages")[0][0] == 2
