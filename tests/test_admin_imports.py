@@ -483,3 +483,25 @@ def test_the_run_page_says_when_an_upload_not_imported_is_deleted(app, editor, r
     assert answer.status_code == 422
     assert "is no longer kept (uploads not imported are deleted after a while): upload it again." in \
         html.unescape(answer.get_data(as_text=True))
+
+
+def _outcome_table(page: str) -> dict[str, int]:
+    """The "Rows by outcome" table: each row's header and its number."""
+    table = page[page.index("Rows by outcome"):]
+    table = table[:table.index("</table>")]
+    return {_text(header): int(_text(number).replace(",", ""))
+            for header, number in re.findall(r'<th scope="row"[^>]*>(.*?)</th><td class="num[^"]*">(.*?)</td>', table)}
+
+
+def test_the_rows_by_outcome_add_up_to_the_rows_read(app, editor):
+    """Asked to confirm is a part of the new rows, shown as such, not an outcome counted a second time."""
+    content = SUBSCRIBED_CSV + (mailchimp_row("dan@example.org", "Dan", optin="", confirm="") + "\r\n").encode()
+    page = uploaded_run(editor, content)
+    assert start(editor, page, "import").status_code == 303
+    assert run_queued(app) == 1
+    shown = _outcome_table(editor.get(page).get_data(as_text=True))
+    parts = {header: number for header, number in shown.items() if header.startswith("of which")}
+    read = {header: number for header, number in shown.items() if header.startswith("Rows read")}
+    outcomes = {header: number for header, number in shown.items() if header not in parts and header not in read}
+    assert list(parts.values()) == [1] and list(read.values()) == [6]
+    assert sum(outcomes.values()) == 6, shown
