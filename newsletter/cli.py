@@ -186,7 +186,8 @@ def list_newsletters() -> None:
 
 
 @click.command()
-@click.option("--once", is_flag=True, help="Send what is due, then exit.")
+@click.option("--once", is_flag=True, help="Send what is due (import confirmations keep to "
+              "NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR), run the queued imports, then exit.")
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between looks at the outbox.")
 @click.option("--max-pause", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Longest pause in an outage of the database or the mail relay (pauses start at 1 s and double).")
@@ -209,13 +210,18 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
         try:
             result = sender.drain(db.session)
             imported = import_runner.run_due(db.session, app.config)
+            waiting = outbox.import_confirmations_waiting(db.session)
         except SQLAlchemyError as error:
             raise click.ClickException(f"The database is unavailable: {outbox.describe_error(error)}") from None
         finally:
             sender.transport.close()
             db.session.remove()
         not_sent = f", not sent to suppressed addresses {result.suppressed}" if result.suppressed else ""
-        click.echo(f"sent {result.sent}, will retry {result.retrying}, failed {result.failed}{not_sent}", err=True)
+        # An import's confirmations leave one per 3600/rate seconds: --once sends those due, the rest wait.
+        held = (f", {waiting} import confirmation(s) wait for the hourly rate (NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR)"
+                if waiting else "")
+        click.echo(f"sent {result.sent}, will retry {result.retrying}, failed {result.failed}{not_sent}{held}",
+                   err=True)
         if imported:
             click.echo(f"ran {imported} import(s)", err=True)
         if result.stopped_by_error:

@@ -249,6 +249,13 @@ def not_sent_error(reason: str) -> str:
     return f"{SUPPRESSED_PREFIX} ({reason.replace('_', ' ')})"
 
 
+def import_confirmations_waiting(session: Session) -> int:
+    """How many import confirmations wait for their turn at NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR (none tried yet)."""
+    return session.scalar(select(func.count()).select_from(OutboxMessage).where(
+        OutboxMessage.status == "pending", OutboxMessage.kind == IMPORT_CONFIRMATION_KIND,
+        OutboxMessage.attempts == 0)) or 0
+
+
 def _still_pending(session: Session, row: OutboxMessage) -> bool:
     """Whether an import's confirmation still has a subscription waiting for it.
 

@@ -135,3 +135,16 @@ def test_a_mailchimp_zip(runner, app, tmp_path):
     assert "3 rows in" in result.output
     assert "2 new (of which 0 asked to confirm by email), 0 updated, 0 unchanged, 1 suppressed, 0 refused" in result.output
     assert sorted(query(app, "SELECT s.status FROM subscriptions s")) == [("confirmed",), ("unsubscribed",)]
+
+
+def test_worker_once_says_how_many_import_confirmations_wait_for_the_hourly_rate(runner, app, tmp_path, smtp):
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 1
+    path = write_members(tmp_path / "subscribed_members.csv", [member(f"r{i}@example.com") for i in range(3)])
+    assert runner.invoke(args=["import", str(path), "--newsletter", "daily-briefing"]).exit_code == 0
+    result = runner.invoke(args=["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert ("sent 1, will retry 0, failed 0, 2 import confirmation(s) wait for the hourly rate "
+            "(NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR)") in result.output
+    assert len(smtp.inbox.wait_for(1)) == 1
+    again = runner.invoke(args=["worker", "--once"])
+    assert "sent 0, will retry 0, failed 0, 2 import confirmation(s) wait" in again.output
