@@ -223,13 +223,23 @@ def _detected(run: ImportRun) -> import_formats.Detected:
 
 
 def preview(run: ImportRun, rows: int = 10) -> Preview:
-    """The detected format and mapping of the run's file, and its first `rows` rows."""
+    """The detected format and mapping of the run's file, and its first `rows` rows.
+
+    A row's `problem` is why the import would refuse it for what it holds alone: unreadable, or
+    an address that is not one (suppressions, duplicates and the database are not looked at).
+    """
     detected = _detected(run)
     first: list[SourceRow] = []
     try:
         for row in import_formats.read_rows(Path(run.stored_path or ""), detected):
             if len(first) >= rows:
                 break
+            if row.problem is None:
+                # As the import will find it: the same normalization, the same words.
+                try:
+                    normalize_address(row.email)
+                except addresses.InvalidAddress as error:
+                    row.problem = str(error)
             first.append(row)
     except FormatError as error:
         raise InvalidImport(str(error)) from None
@@ -306,7 +316,10 @@ def _spreadsheet_safe(text: str) -> str:
 
 
 def refusals_csv(session: Session, run_id: int) -> Iterator[bytes]:
-    """The run's refused rows as CSV (file, line, email, reason, detail), formula cells neutralized."""
+    """The run's refused rows as CSV (file, line, email, reason, detail), formula cells neutralized.
+
+    In the order of the file (and of a zip's files): each batch writes its refusals in that order.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(REFUSAL_COLUMNS)
@@ -677,7 +690,8 @@ def _run_batch(context: _Context, batch: list[SourceRow]) -> None:
             with _driver_errors():
                 _apply(context, candidates, attempt_outcome)
                 if attempt_outcome.refusals:
-                    _insert_rows(context, ImportRefusal.__table__, REFUSAL_ROW_COLUMNS, attempt_outcome.refusals)
+                    _insert_rows(context, ImportRefusal.__table__, REFUSAL_ROW_COLUMNS,
+                                 _in_reading_order(batch, attempt_outcome.refusals))
             counts = _merged(context.counts, attempt_outcome)
             now = utcnow()
             moved = session.execute(
@@ -700,6 +714,18 @@ def _run_batch(context: _Context, batch: list[SourceRow]) -> None:
             raise
         context.counts, context.heartbeat, context.rows_done = counts, now, context.rows_done + len(batch)
         return
+
+
+def _in_reading_order(batch: list[SourceRow], refusals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch's refusals in file and line order: their ids then follow the file (refusals_csv reads by id).
+
+    Rows are refused in two passes (the file's own problems, then the database's answers), so the
+    order they were refused in is not the file's.
+    """
+    files: dict[str, int] = {}
+    for row in batch:
+        files.setdefault(_clean(row.file)[:255] or "?", len(files))
+    return sorted(refusals, key=lambda refusal: (files.get(refusal["file"], len(files)), refusal["line"]))
 
 
 def _merged(counts: dict[str, Any], outcome: _Outcome) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from newsletter import accounts, import_runner, imports
+from newsletter import accounts, addresses, import_runner, imports
 from newsletter.extensions import db
 from newsletter.models import utcnow
 
@@ -505,3 +505,32 @@ def test_the_rows_by_outcome_add_up_to_the_rows_read(app, editor):
     outcomes = {header: number for header, number in shown.items() if header not in parts and header not in read}
     assert list(parts.values()) == [1] and list(read.values()) == [6]
     assert sum(outcomes.values()) == 6, shown
+
+
+def test_the_preview_flags_an_invalid_address_as_the_import_will(app, editor):
+    page = uploaded_run(editor)
+    text = html.unescape(editor.get(page).get_data(as_text=True))
+    rows = re.findall(r'<tr><td>[^<]*</td><td class="num">(\d+)</td>(.*?)</tr>', text, re.S)
+    problem_of = {line: re.findall(r"<td>([^<]*)</td>", cells)[-1] for line, cells in rows}
+    assert set(problem_of) == {"2", "3", "4", "5", "6"}
+    assert problem_of["4"], "the formula in line 4 is not an address: its Problem cell says so"
+    assert not any(problem_of[line] for line in ("2", "3", "5", "6")), problem_of
+    with pytest.raises(addresses.InvalidAddress) as refused:
+        imports.normalize_address(FORMULA)
+    assert problem_of["4"] == str(refused.value)  # the engine's words
+
+
+def test_the_refused_rows_download_is_in_file_order(app, editor):
+    """Rows refused by the database (suppressed) and by their own content (invalid) come back by line."""
+    from newsletter import suppressions
+
+    with app.app_context():
+        suppressions.suppress(db.session, app.config, "ann@example.org", reason="complaint", source="admin")
+        db.session.commit()
+        db.session.remove()
+    page = uploaded_run(editor)
+    assert start(editor, page, "import").status_code == 303
+    assert run_queued(app) == 1
+    rows = list(csv.reader(io.StringIO(editor.get(f"{page}/refusals.csv").get_data(as_text=True).lstrip("\ufeff"))))
+    assert [(row[1], row[3]) for row in rows[1:]] == [("2", "suppressed"), ("4", "invalid_address"),
+                                                      ("5", "duplicate_in_file")]
