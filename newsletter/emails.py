@@ -146,13 +146,18 @@ def enqueue_confirmation(session: Session, reader: Reader, newsletters: list[New
 
 
 def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[str, Any],
-                 sent_at: datetime | None = None) -> dict[str, Any]:
-    """The confirmation email as outbox.message_row's arguments; `sent_at` when it leaves later than now."""
+                 sent_at: datetime | None = None, *, imported: bool = False) -> dict[str, Any]:
+    """The confirmation email as outbox.message_row's arguments; `sent_at` when it leaves later than now.
+
+    `imported`: an import's (`--unconfirmed ask`), worded for a reader whose list moved here, who
+    did not just sign up (templates/email/confirm_import).
+    """
     ids = [n.id for n in newsletters]
     token = tokens.confirm_token(reader.id, ids) if sent_at is None else tokens.confirm_token(reader.id, ids, sent_at)
     link = external_url("public.confirm", token=token)
     days = max(1, config["NEWSLETTER_CONFIRM_MAX_AGE"] // 86400)
-    subject, text, html = _render("confirm", newsletters, days, reader.name, link=link)
+    subject, text, html = _render("confirm_import" if imported else "confirm", newsletters, days, reader.name,
+                                  link=link)
     return {
         "kind": "confirmation", "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
         "subject": subject, "body_text": text, "body_html": html, "mail_from": config["NEWSLETTER_MAIL_FROM"],

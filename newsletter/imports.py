@@ -1186,7 +1186,8 @@ def _queue_confirmations(context: _Context, confirmations: list[tuple[int, _Cand
     for reader_id, candidate in confirmations:
         reader = snapshot(Reader, {"id": reader_id, "email": candidate.address, "name": None})
         # The link's validity (NEWSLETTER_CONFIRM_MAX_AGE) counts from when the email leaves, days later maybe.
-        message = outbox.message_row(**{**emails.confirmation(reader, [newsletter], config, sent_at=due),
+        message = outbox.message_row(**{**emails.confirmation(reader, [newsletter], config, sent_at=due,
+                                                              imported=True),
                                         "kind": CONFIRMATION_KIND})
         message["next_attempt_at"] = due
         messages.append(message)

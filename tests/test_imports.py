@@ -781,3 +781,27 @@ def test_an_import_confirmation_is_recorded_as_sent_at_its_scheduled_time(app, t
     assert sent == due and sent["second@example.com"] > utcnow() + timedelta(minutes=30)
     assert not result.confirmation_queued
     assert query(app, "SELECT count(*) FROM outbox_messages")[0][0] == 2
+
+
+def test_an_import_confirmation_says_the_list_moved_and_asks_to_confirm_to_keep_it(app, tmp_path, smtp, drain):
+    """The reader did not just sign up here: "if you did not sign up, ignore this" would read as spam."""
+    path = write_members(tmp_path / "subscribed_members_export_a.csv", [member("moved@example.com")])
+    assert run_import(app, path).counts["confirmations_queued"] == 1
+    drain()
+    [message] = smtp.inbox.wait_for(1)
+    for part in ("plain", "html"):
+        body = " ".join(message.get_body((part,)).get_content().split())
+        assert "We have moved our mailing list to a new service" in body and "To keep receiving it" in body
+        assert "If you did not sign up" not in body
+    assert link_in(message, "/confirm/")
+
+
+def test_an_import_confirmation_reads_in_ukrainian(app):
+    from newsletter import emails
+
+    with app.test_request_context(headers={"Accept-Language": "uk"}):
+        newsletter = db.session.scalars(sa.select(Newsletter).where(Newsletter.slug == "daily-briefing")).one()
+        reader = Reader(id=1, email="moved@example.com", name=None)
+        text = emails.confirmation(reader, [newsletter], app.config, imported=True)["body_text"]
+        db.session.remove()
+    assert "Ми перенесли наш список розсилки на новий сервіс" in text and "Щоб і далі отримувати листи" in text
