@@ -510,7 +510,7 @@ def test_the_rows_by_outcome_add_up_to_the_rows_read(app, editor):
 def test_the_preview_flags_an_invalid_address_as_the_import_will(app, editor):
     page = uploaded_run(editor)
     text = html.unescape(editor.get(page).get_data(as_text=True))
-    rows = re.findall(r'<tr><td>[^<]*</td><td class="num">(\d+)</td>(.*?)</tr>', text, re.S)
+    rows = re.findall(r'<tr><td>[^<]*</td><td class="num">(\d+)</td>(.*?)</tr>', text, re.DOTALL)
     problem_of = {line: re.findall(r"<td>([^<]*)</td>", cells)[-1] for line, cells in rows}
     assert set(problem_of) == {"2", "3", "4", "5", "6"}
     assert problem_of["4"], "the formula in line 4 is not an address: its Problem cell says so"
