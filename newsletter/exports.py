@@ -84,7 +84,8 @@ class Selection:
     @property
     def columns(self) -> tuple[str, ...]:
         columns = COLUMNS if self.newsletter_id is not None else ("newsletter", *COLUMNS)
-        return (*columns, "suppressed") if self.suppressed == "include" else columns
+        # `only` says why too: an export of the suppressed read back by an import suppresses them there.
+        return (*columns, "suppressed") if self.suppressed in ("include", "only") else columns
 
 
 def newsletter_named(session: Session, slug: str) -> Newsletter:
@@ -316,7 +317,7 @@ def _suppression_sift(session: Session, selection: Selection, config: Mapping[st
                       empty: str | None) -> Callable[[Rows], Rows] | None:
     """What to do to each chunk of rows (each ending with the address) for `selection.suppressed`; None: nothing.
 
-    The rows lose their address; `include` puts the reason there (`empty` when none).
+    The rows lose their address; `include` and `only` put the reason there (`include`: `empty` when none).
     """
     matcher = suppressions.mail_stopping_matcher(session, config)
     if matcher is None:
@@ -330,7 +331,7 @@ def _suppression_sift(session: Session, selection: Selection, config: Mapping[st
     if selection.suppressed == "exclude":
         return lambda rows: [row[:-1] for row in rows if reasons(form(row[-1])) is None]
     if selection.suppressed == "only":
-        return lambda rows: [row[:-1] for row in rows if reasons(form(row[-1])) is not None]
+        return lambda rows: [(*row[:-1], reason) for row in rows if (reason := reasons(form(row[-1]))) is not None]
     return lambda rows: [(*row[:-1], reasons(form(row[-1])) or empty) for row in rows]
 
 
