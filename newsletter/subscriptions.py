@@ -447,6 +447,14 @@ def resend_confirmation(session: Session, reader_id: int, *, source: Source, con
     now = utcnow()
     if not emails.enqueue_confirmation(session, reader, pending, config):
         raise ActionRefused("This address is on the suppression list: it gets no email. Lift its entry first.")
+    # This email names every pending newsletter: an import's confirmation still waiting for its turn
+    # would be a second one. (One already due may be in a worker's hands: that one is left.)
+    session.execute(
+        delete(OutboxMessage)
+        .where(OutboxMessage.reader_id == reader.id, OutboxMessage.kind == outbox.IMPORT_CONFIRMATION_KIND,
+               OutboxMessage.status == "pending", OutboxMessage.attempts == 0, OutboxMessage.next_attempt_at > now)
+        .execution_options(synchronize_session=False)
+    )
     reader.confirmation_sent_at = now
     session.execute(
         update(Subscription)

@@ -137,6 +137,26 @@ def test_ask_queues_spaced_confirmations_that_arrive_and_confirm(app, tmp_path, 
     assert page.status_code == 200 and "confirm" in page.get_data(as_text=True).lower()
 
 
+def test_an_admins_resend_replaces_the_import_confirmation_still_waiting(app, tmp_path, smtp, drain):
+    app.config["NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR"] = 1  # the second waits an hour
+    path = write_members(tmp_path / "members.csv", [member(f"wait{i}@example.com") for i in range(2)])
+    run_import(app, path)
+    # The later of the two, an hour away.
+    [waiting] = query(app, "SELECT reader_id FROM outbox_messages ORDER BY next_attempt_at DESC LIMIT 1")
+    with app.app_context():
+        subscriptions.resend_confirmation(db.session, waiting[0], source=subscriptions.Source(channel="admin"),
+                                          config=app.config)
+        db.session.commit()
+        db.session.remove()
+    assert query(app, "SELECT kind FROM outbox_messages WHERE reader_id = :reader ORDER BY id",
+                 reader=waiting[0]) == [("confirmation",)]
+    time_passes(app, timedelta(hours=2))
+    drain()
+    drain()
+    messages = smtp.inbox.wait_for(2)
+    assert sorted(str(message["To"]) for message in messages) == ["wait0@example.com", "wait1@example.com"]
+
+
 def test_unconfirmed_confirmed_policy_records_without_proof(app, tmp_path):
     path = write_members(tmp_path / "members.csv", [member("bare@example.com", changed="2023-05-05 05:05:05")])
     run = run_import(app, path, unconfirmed="confirmed")
