@@ -353,6 +353,7 @@ def _member_opener(path: Path, member: zipfile.ZipInfo) -> Callable[[], Abstract
         with zipfile.ZipFile(path) as archive:
             try:
                 stream = archive.open(member)
+            # zipfile raises NotImplementedError for a compression method it lacks, RuntimeError when encrypted.
             except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, OSError) as error:
                 raise FormatError(f"{member.filename} can't be read from the zip ({error}).") from None
             with stream:

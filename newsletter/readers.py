@@ -10,12 +10,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from .models import ConsentEvent, Newsletter, Reader, Subscription
+from .paging import PageNumbers
 
 PAGE_SIZE = 50
 
 
 @dataclass(frozen=True)
-class ReaderPage:
+class ReaderPage(PageNumbers):
     """One page of a search: the readers on it, newest first, and where it sits among all matches."""
 
     readers: list[Reader]
@@ -24,16 +25,8 @@ class ReaderPage:
     per_page: int
 
     @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.per_page))
-
-    @property
-    def first_number(self) -> int:
-        return (self.page - 1) * self.per_page + 1 if self.readers else 0
-
-    @property
-    def last_number(self) -> int:
-        return (self.page - 1) * self.per_page + len(self.readers)
+    def shown(self) -> int:
+        return len(self.readers)
 
 
 def search(session: Session, fragment: str = "", *, page: int = 1, per_page: int = PAGE_SIZE) -> ReaderPage:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, aliased
 
 from . import addresses, subscriptions, suppressions
 from .models import SUPPRESSION_REASONS, AdminUser, Reader, Suppression
+from .paging import PageNumbers
 
 PAGE_SIZE = 50
 NOTE_LIMIT = 2000
@@ -54,7 +55,7 @@ class Listed:
 
 
 @dataclass(frozen=True)
-class SuppressionPage:
+class SuppressionPage(PageNumbers):
     """One page of entries, newest first, and where it sits among all matches."""
 
     entries: list[Listed]
@@ -63,16 +64,8 @@ class SuppressionPage:
     per_page: int
 
     @property
-    def pages(self) -> int:
-        return max(1, math.ceil(self.total / self.per_page))
-
-    @property
-    def first_number(self) -> int:
-        return (self.page - 1) * self.per_page + 1 if self.entries else 0
-
-    @property
-    def last_number(self) -> int:
-        return (self.page - 1) * self.per_page + len(self.entries)
+    def shown(self) -> int:
+        return len(self.entries)
 
 
 def _searchable(text: str) -> bool:
