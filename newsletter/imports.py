@@ -860,22 +860,6 @@ def _decide(wanted: _Wanted, present: _Present) -> str:
     return "update"
 
 
-def _keys_in_force(context: _Context, keys: list[str]) -> dict[str, str]:
-    """suppressions.keys_in_force, on PostgreSQL with one array instead of thousands of parameters."""
-    if not keys:
-        return {}
-    if not context.postgresql:
-        return suppressions.keys_in_force(context.session, keys)
-    found: dict[str, str] = {}
-    for key, reason in context.session.execute(
-        select(Suppression.address_key, Suppression.reason)
-        .where(Suppression.address_key == any_(bindparam("keys", keys, type_=ARRAY(String))),
-               Suppression.lifted_at.is_(None))):
-        if found.get(key) != "erased":  # an erased reader is refused as such, whatever else stops their mail
-            found[key] = reason
-    return found
-
-
 def _by_address(context: _Context, emails_: list[str]) -> dict[str, tuple[int, datetime | None]]:
     """Existing readers among `emails_`: address -> (id, blocked_at); locked on PostgreSQL (real runs)."""
     found: dict[str, tuple[int, datetime | None]] = {}
@@ -923,7 +907,7 @@ def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -
     """Decide each candidate against the database and write what changes (nothing in a dry run)."""
     session, now = context.session, utcnow()
     with _timed("read suppressions"):
-        in_force = _keys_in_force(context, [c.key for c in candidates])
+        in_force = suppressions.keys_in_force(context.session, [c.key for c in candidates])
     pending, cleaned = [], []
     for candidate in candidates:
         reason = in_force.get(candidate.key)

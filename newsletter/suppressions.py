@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .models import DELIVERY_EVENT_KINDS, SUPPRESSION_REASONS, DeliveryEvent, Suppression, utcnow
+from .sql import in_list
 
 # Reasons that stop our emails; `erased` only stops imports and syncs (see models.SUPPRESSION_REASONS).
 MAIL_STOPPING = tuple(reason for reason in SUPPRESSION_REASONS if reason != "erased")
@@ -189,13 +190,14 @@ def keys_in_force(session: Session, keys: Iterable[str]) -> dict[str, str]:
     an erased reader outright.
     """
     wanted = list(set(keys))
+    dialect = session.get_bind().dialect.name
+    # PostgreSQL takes the whole batch as one array; SQLite's parameters are counted, so 5,000 at a time.
+    step = (len(wanted) or 1) if dialect == "postgresql" else 5000
+    query = select(Suppression.address_key, Suppression.reason).where(
+        in_list(Suppression.address_key, "keys", String(), dialect), Suppression.lifted_at.is_(None))
     found: dict[str, str] = {}
-    for start in range(0, len(wanted), 5000):
-        rows = session.execute(
-            select(Suppression.address_key, Suppression.reason)
-            .where(Suppression.address_key.in_(wanted[start:start + 5000]), Suppression.lifted_at.is_(None))
-        )
-        for key, reason in rows:
+    for start in range(0, len(wanted), step):
+        for key, reason in session.execute(query, {"keys": wanted[start:start + step]}):
             if found.get(key) != "erased":
                 found[key] = reason
     return found
