@@ -729,6 +729,9 @@ def test_gallery_shows_snippets_as_code_and_copies_them(app, live_server, browse
         expect(code).to_be_visible()
         expect(page.get_by_text('<form action="', exact=False).first).to_be_visible()
         expect(page.locator(".preview [data-newsletter] form").first).to_be_attached()  # embed.js drew its preview
+        # ...every one of them (it draws each as its settings arrive), before the page's forms are counted.
+        drawn = page.locator(".preview [data-newsletter]").count()
+        expect(page.locator(".preview [data-newsletter] form")).to_have_count(drawn)
         assert page.locator("pre form, pre iframe, pre script, pre div").count() == 0
         assert page.locator("form").count() == page.locator(".preview form").count() > 0
         for preview in page.locator(".preview").all():
