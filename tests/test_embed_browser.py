@@ -598,6 +598,21 @@ def test_iframes_fit_their_content(app, sites, page):
         f"was {grown}")
 
 
+def test_an_iframe_loaded_before_embed_js_still_fits(app, sites, page):
+    """embed.js is async: a frame may report its height before anyone listens; embed.js asks again."""
+    held = []
+    page.route("**/embed.js", lambda route: held.append(route))  # embed.js waits until the frames have loaded and reported
+    page.goto(sites.article_url, wait_until="commit")
+    expect(page.frame_locator("#frame-1").get_by_role("button", name="Subscribe")).to_be_visible()
+    [frame] = [frame for frame in page.frames if "form_id=frame-1" in frame.url]
+    frame.wait_for_load_state("load")  # it has reported its height: to nobody yet
+    assert _heights(page, "frame-1")[0] == 260 and not _fits(page, "frame-1")  # the snippet's height, unfitted
+    assert held, "embed.js was not requested"
+    for route in held:
+        route.continue_()
+    assert eventually(lambda: _fits(page, "frame-1")), _heights(page, "frame-1")
+
+
 def test_a_site_not_allowed_can_neither_frame_nor_post(app, sites, smtp, page):
     foreign = sites.foreign
     api_calls: list[tuple[str, str]] = []

@@ -174,6 +174,11 @@
     }
   });
 
+  // A frame that loaded before this script ran reported its height to nobody: ask our frames again.
+  Array.prototype.forEach.call(document.getElementsByTagName("iframe"), function (frame) {
+    if (frame.contentWindow) frame.contentWindow.postMessage("newsletterFrameHeight?", new URL(base).origin);
+  });
+
   function mountAll() { Array.prototype.forEach.call(document.querySelectorAll("[data-newsletter]"), mount); }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mountAll);
   else mountAll();
