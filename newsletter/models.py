@@ -163,9 +163,14 @@ class ConsentEvent(db.Model):
     ip_address: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     wording: Mapped[str | None] = mapped_column(Text)
+    # Its place in the changes feed, given after it commits (changes.py): commit order, not id order.
+    feed_position: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_consent_events_action_time", "action", "occurred_at"),
+        Index("ix_consent_events_feed_position", "feed_position", unique=True),
+        Index("ix_consent_events_unpositioned", "id", postgresql_where=text("feed_position IS NULL"),
+              sqlite_where=text("feed_position IS NULL")),
         # The export's "source" column: the first signup_requested event of a reader for a newsletter.
         Index("ix_consent_events_first_signup", "reader_id", "newsletter_id", "id",
               postgresql_include=["source"], postgresql_where=text("action = 'signup_requested'"),
@@ -173,22 +178,41 @@ class ConsentEvent(db.Model):
     )
 
 
+OUTBOX_EMAIL_KINDS = ("confirmation", "import_confirmation", "welcome")
+WEBHOOK_KIND = "webhook"
+
+
 class OutboxMessage(db.Model):
-    """An email to send, written in the same transaction as the change that causes it."""
+    """Something to deliver, written in the same transaction as the change that causes it.
+
+    A row says what to deliver, not the finished thing: the kind, the reader, the newsletters and
+    the language of an email; the endpoint and the consent event of a webhook. The sender renders
+    it when it sends. Only rows queued before migration 0011 hold a rendered email (mail_from …
+    body_html, headers); they are sent as they are.
+    """
 
     __tablename__ = "outbox_messages"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # OUTBOX_EMAIL_KINDS or WEBHOOK_KIND
     kind: Mapped[str] = mapped_column(String(32))
     reader_id: Mapped[int | None] = mapped_column(ForeignKey("readers.id", ondelete="SET NULL"), index=True)
-    message_id: Mapped[str] = mapped_column(String(255), unique=True)
-    mail_from: Mapped[str] = mapped_column(String(400))
-    to_address: Mapped[str] = mapped_column(String(320))
+    # An email's newsletters (their ids) and language (a locale name such as "uk").
+    newsletter_ids: Mapped[list[int] | None] = mapped_column(JSON)
+    locale: Mapped[str | None] = mapped_column(String(35))
+    # A webhook's endpoint and the consent event it tells of (no foreign key: the event may be
+    # deleted with a never-confirmed reader; the delivery then says so).
+    endpoint_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_id: Mapped[int | None] = mapped_column(BigInteger)
+    # An email's Message-ID, set when it is first claimed and kept for every attempt.
+    message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    mail_from: Mapped[str | None] = mapped_column(String(400))
+    to_address: Mapped[str | None] = mapped_column(String(320))
     to_name: Mapped[str | None] = mapped_column(String(200))
-    subject: Mapped[str] = mapped_column(String(400))
-    body_text: Mapped[str] = mapped_column(Text)
-    body_html: Mapped[str] = mapped_column(Text)
-    headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    subject: Mapped[str | None] = mapped_column(String(400))
+    body_text: Mapped[str | None] = mapped_column(Text)
+    body_html: Mapped[str | None] = mapped_column(Text)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -199,7 +223,56 @@ class OutboxMessage(db.Model):
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status_known"),
         Index("ix_outbox_messages_due", "status", "next_attempt_at"),
+        # A webhook delivery waits for the earlier ones of its endpoint and reader: found by this.
+        Index("ix_outbox_messages_endpoint_reader", "endpoint_id", "reader_id", "id",
+              postgresql_where=text("endpoint_id IS NOT NULL"), sqlite_where=text("endpoint_id IS NOT NULL")),
     )
+
+
+class WebhookEndpoint(db.Model):
+    """A URL that is sent the subscription changes it wants, signed as Standard Webhooks says."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    description: Mapped[str | None] = mapped_column(String(200))
+    # The event types wanted (changes.EVENT_TYPES); empty: every type.
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # "whsec_" + base64, as the standardwebhooks library takes it. During a rotation the previous
+    # secret signs too, until previous_secret_expires_at.
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The feed position up to which changes were queued for this endpoint.
+    feed_position: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when the service switched it off (deliveries kept failing), with why; cleared when turned on.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookAttempt(db.Model):
+    """One try at delivering a webhook: the delivery log of its endpoint."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    outbox_message_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_messages.id", ondelete="SET NULL"),
+                                                          index=True)
+    event_id: Mapped[int | None] = mapped_column(BigInteger)
+    event_type: Mapped[str | None] = mapped_column(String(64))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The answer's HTTP status; None when there was none (refused, timed out, blocked address).
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    # The start of the answer's body, or what went wrong before there was one.
+    response_start: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_webhook_attempts_endpoint", "endpoint_id", "id"),)
 
 
 ROLES = ("admin", "viewer")
