@@ -21,7 +21,7 @@ from flask_migrate import downgrade, upgrade
 
 from newsletter import accounts, api_tokens, tokens
 from newsletter.extensions import db, limiter
-from newsletter.models import ConsentEvent, OutboxMessage, Reader
+from newsletter.models import ConsentEvent, OutboxMessage, Reader, utcnow
 from newsletter.provenance import is_token_url
 
 from .conftest import hidden_fields, link_in, query
@@ -223,12 +223,16 @@ def test_the_migration_scrubs_stored_signed_links(app):
                    f"http://localhost/preferences/{token}/data.json", f"http://localhost/preferences/{quote(token)}"]
         kept = [ARTICLE, "https://example-news.org/confirm/how-to-confirm", f"{PUBLIC}/subscribe",
                 f"https://example-news.org/?next=/preferences/{token}", None]
-        reader = Reader(email="ada@example.com")
-        db.session.add(reader)
-        db.session.flush()
-        for url in leaking + kept:
-            db.session.add(ConsentEvent(reader_id=reader.id, action="signup_requested", source="api", page_url=url,
-                                        ip_address="192.0.2.1"))
+        # Written with the columns of that schema: the models have columns added since.
+        readers = sa.table("readers", sa.column("id"), sa.column("email"), sa.column("created_at"))
+        events = sa.table("consent_events", *(sa.column(name) for name in (
+            "reader_id", "action", "source", "page_url", "ip_address", "occurred_at")))
+        now = utcnow()
+        reader_id = db.session.execute(sa.insert(readers).values(email="ada@example.com", created_at=now)
+                                       .returning(readers.c.id)).scalar_one()
+        db.session.execute(sa.insert(events), [
+            {"reader_id": reader_id, "action": "signup_requested", "source": "api", "page_url": url,
+             "ip_address": "192.0.2.1", "occurred_at": now} for url in leaking + kept])
         db.session.commit()
         db.session.remove()
 
