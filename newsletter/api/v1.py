@@ -6,7 +6,7 @@ errors are JSON, errors as {"errors": {"field": ["message", …]}} like the rest
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
 from typing import Any
 
 from flask import Response, current_app, g, jsonify, request
@@ -14,14 +14,12 @@ from flask import Response, current_app, g, jsonify, request
 from .. import metrics, privacy, subscribers, subscriptions, tokens
 from ..authz import token_required
 from ..extensions import db
-from ..models import SUBSCRIPTION_STATUSES, Newsletter, Reader, Subscription
+from ..models import Newsletter, Reader, Subscription
 from ..provenance import request_source
 from ..subscriptions import Source, UnknownReader
 from . import blueprint
-from .routes import FieldErrors, _body
-
-DEFAULT_PAGE = 100
-MAX_SEARCH = 320
+from .routes import _body
+from .schemas import SubscriberQuery, UnsubscribeRequest, parse
 
 
 class Missing(Exception):
@@ -95,39 +93,6 @@ def list_newsletters() -> Response:
     } for newsletter, counts in subscribers.newsletters_with_counts(db.session)]})
 
 
-def parse_page_query(args: Mapping[str, str]) -> tuple[str | None, str | None, int, int | None]:
-    """(status, search, limit, after id) from the query string, or FieldErrors naming each problem."""
-    errors: dict[str, list[str]] = {}
-    status = args.get("status") or None
-    if status is not None and status not in SUBSCRIPTION_STATUSES:
-        errors["status"] = [f"The status must be one of {', '.join(SUBSCRIPTION_STATUSES)}."]
-
-    search = (args.get("q") or "").strip() or None
-    if search is not None and len(search) > MAX_SEARCH:
-        errors["q"] = [f"The search can be at most {MAX_SEARCH} characters long."]
-    elif search is not None and "\x00" in search:
-        errors["q"] = ["The search can't contain NUL characters."]
-
-    limit = DEFAULT_PAGE
-    raw_limit = args.get("limit")
-    if raw_limit is not None:
-        if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= subscribers.MAX_PAGE):
-            errors["limit"] = [f"The limit must be a whole number from 1 to {subscribers.MAX_PAGE}."]
-        else:
-            limit = int(raw_limit)
-
-    after_id = None
-    cursor = args.get("cursor") or None
-    if cursor is not None:
-        try:
-            after_id = tokens.read_cursor(cursor[:500])
-        except tokens.InvalidToken:
-            errors["cursor"] = ["This cursor is not one this API gave out: use the next_cursor of the previous page."]
-    if errors:
-        raise FieldErrors(errors)
-    return status, search, limit, after_id
-
-
 def _subscriber(subscription: Subscription, reader: Reader) -> dict[str, Any]:
     return {
         "id": subscription.id,
@@ -146,9 +111,9 @@ def _subscriber(subscription: Subscription, reader: Reader) -> dict[str, Any]:
 @token_required()
 def list_subscribers(slug: str) -> Response:
     newsletter = _newsletter(slug)
-    status, search, limit, after_id = parse_page_query(request.args)
-    page = subscribers.subscribers_page(db.session, newsletter, status=status, search=search, after_id=after_id,
-                                        limit=limit)
+    wanted = parse(SubscriberQuery, request.args.to_dict())
+    page = subscribers.subscribers_page(db.session, newsletter, status=wanted.status, search=wanted.q,
+                                        after_id=wanted.after_id, limit=wanted.limit)
     return jsonify({
         "subscribers": [_subscriber(subscription, reader) for subscription, reader in page.rows],
         "next_cursor": tokens.cursor_token(page.last_id) if page.has_more and page.last_id else None,
@@ -165,29 +130,9 @@ def parse_unsubscribe(body: dict[str, Any] | None) -> list[Newsletter] | None:
     """The newsletters an unsubscribe body names; None for all of them (no body, or no "newsletters")."""
     if body is None:
         return None
-    errors: dict[str, list[str]] = {}
-    unknown = set(body) - {"newsletters"}
-    if unknown:
-        errors["body"] = [f"Unexpected field {field!r}." for field in sorted(unknown)]
-    slugs = body.get("newsletters")
-    chosen: list[Newsletter] = []
-    if slugs is not None:
-        if not isinstance(slugs, list) or not slugs or not all(isinstance(slug, str) for slug in slugs):
-            errors["newsletters"] = ['Give the newsletters as a non-empty list of their slugs, e.g. ["daily-briefing"], '
-                                     "or leave the field out to unsubscribe from all."]
-        else:
-            problems = []
-            for slug in dict.fromkeys(slugs):
-                newsletter = subscribers.find_newsletter(db.session, slug)
-                if newsletter is None:
-                    problems.append(f"There is no newsletter called {slug!r}.")
-                else:
-                    chosen.append(newsletter)
-            if problems:
-                errors["newsletters"] = problems
-    if errors:
-        raise FieldErrors(errors)
-    return chosen if slugs is not None else None
+    find = functools.partial(subscribers.find_newsletter, db.session)
+    slugs = parse(UnsubscribeRequest, body, {"find_newsletter": find}).newsletters
+    return None if slugs is None else [find(slug) for slug in slugs]
 
 
 @blueprint.post("/readers/<reader>/unsubscribe")
