@@ -8,12 +8,14 @@ from flask import Response, current_app, jsonify, request
 from flask_babel import gettext as _
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from .. import abuse, addresses, metrics, origins, subscriptions
+from .. import abuse, metrics, origins, subscriptions
 from ..extensions import db
 from ..provenance import request_source
 from ..ratelimits import signup_limits
 from . import blueprint
-from .schemas import FieldErrors, SignupRequest, parse
+from .openapi import described
+from .schemas import FieldErrors, FormSettings, FormsQuery, SignupAccepted, SignupRequest, parse
+
 
 @blueprint.errorhandler(FieldErrors)
 @blueprint.errorhandler(subscriptions.SignupRejected)
@@ -40,8 +42,22 @@ def parse_signup(body: dict[str, Any]) -> SignupRequest:
 
 
 @blueprint.post("/subscriptions")
+@described(tag="Signup", access="public", json=SignupRequest, answers={
+    202: (SignupAccepted, "Taken (or silently dropped, for bots)."),
+    403: "Sent by a page on a site that may not embed the forms.",
+    413: "The body is too large.",
+    415: "The body is not sent as application/json.",
+    422: "Each field's problems: email, newsletters, name …",
+    429: "Too many signups from this IP or for this address.",
+})
 @signup_limits
 def create_subscription() -> tuple[Response, int]:
+    """Sign a reader up (double opt-in)
+
+    Records pending subscriptions and queues one confirmation email. Public: no token. The answer is
+    the same for a new, a pending and a confirmed address. Rate-limited per client IP and per address
+    (429 with Retry-After). Browsers may call it from the sites in NEWSLETTER_ALLOWED_ORIGINS.
+    """
     origins.cross_origin_post()
     body = _body()
     accepted = jsonify({"status": "pending"}), 202
@@ -66,10 +82,16 @@ def create_subscription() -> tuple[Response, int]:
 
 
 @blueprint.get("/forms")
+@described(tag="Signup", access="public", query=FormsQuery, answers={
+    200: (FormSettings, "The newsletters, a fill-time token and the form's texts."),
+    422: "A slug names no active newsletter, or none was given.",
+})
 def form_settings() -> Response:
-    """What embed.js needs to draw a form: the newsletters, a fill-time token and the wording."""
-    slugs = [slug.strip() for slug in request.args.get("newsletters", "").split(",") if slug.strip()]
-    offered = subscriptions.find_newsletters(db.session, slugs)
+    """What embed.js needs to draw a form
+
+    The newsletters, a fill-time token and the wording, in the reader's language.
+    """
+    offered = subscriptions.find_newsletters(db.session, parse(FormsQuery, request.args.to_dict()).slugs)
     return jsonify({
         "newsletters": [{"slug": n.slug, "name": n.name, "description": n.description, "author": n.author}
                         for n in offered],

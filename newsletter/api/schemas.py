@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from flask_babel import gettext, ngettext
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .. import addresses, tokens
@@ -213,6 +213,17 @@ class FormsQuery(Query):
     newsletters: str = Field(description="Comma-separated slugs of active newsletters.",
                              examples=["daily-briefing,weekly-explainer"])
     lang: str | None = Field(None, description="en or uk.", examples=["uk"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_named(cls, values: Any) -> Any:
+        # Left out, it names no newsletter: find_newsletters says "Choose at least one newsletter."
+        return {"newsletters": "", **values} if isinstance(values, dict) else values
+
+    @property
+    def slugs(self) -> list[str]:
+        """The slugs named, in order."""
+        return [slug.strip() for slug in self.newsletters.split(",") if slug.strip()]
 
 
 class FormNewsletter(Closed):

@@ -18,8 +18,15 @@ from ..models import Newsletter, Reader, Subscription
 from ..provenance import request_source
 from ..subscriptions import Source, UnknownReader
 from . import blueprint
+from .openapi import described
 from .routes import _body
-from .schemas import SubscriberQuery, UnsubscribeRequest, parse
+from .schemas import Reader as ReaderAnswer
+from .schemas import (NewsletterList, ReaderExport, SubscriberPage, SubscriberQuery, UnsubscribeRequest,
+                      UnsubscribeResult, parse)
+
+
+NO_NEWSLETTER = "No newsletter has this slug."
+NO_READER = "No reader has this id or address."
 
 
 class Missing(Exception):
@@ -80,8 +87,10 @@ def _token_label() -> str:
 
 
 @blueprint.get("/newsletters")
+@described(tag="Lists", access="read", answers={200: (NewsletterList, "Newsletters by slug, archived ones included.")})
 @token_required()
 def list_newsletters() -> Response:
+    """Every newsletter with its counts"""
     return jsonify({"newsletters": [{
         "slug": newsletter.slug,
         "name": newsletter.name,
@@ -108,8 +117,18 @@ def _subscriber(subscription: Subscription, reader: Reader) -> dict[str, Any]:
 
 
 @blueprint.get("/newsletters/<slug>/subscribers")
+@described(tag="Lists", access="read", query=SubscriberQuery, answers={
+    200: (SubscriberPage, "One page."),
+    404: NO_NEWSLETTER,
+    422: "status, q, limit or cursor is not acceptable: each is named.",
+})
 @token_required()
 def list_subscribers(slug: str) -> Response:
+    """A newsletter's subscribers, page by page
+
+    Ordered by subscription id. Follow `next_cursor` until it is null to get every row exactly once,
+    even while readers sign up. Erased readers are left out.
+    """
     newsletter = _newsletter(slug)
     wanted = parse(SubscriberQuery, request.args.to_dict())
     page = subscribers.subscribers_page(db.session, newsletter, status=wanted.status, search=wanted.q,
@@ -121,8 +140,10 @@ def list_subscribers(slug: str) -> Response:
 
 
 @blueprint.get("/readers/<reader>")
+@described(tag="Readers", access="read", answers={200: (ReaderAnswer, "The reader."), 404: NO_READER})
 @token_required()
 def get_reader(reader: str) -> Response:
+    """A reader with their subscriptions and consent history"""
     return jsonify(privacy.describe_reader(db.session, _reader(reader)))
 
 
@@ -136,8 +157,19 @@ def parse_unsubscribe(body: dict[str, Any] | None) -> list[Newsletter] | None:
 
 
 @blueprint.post("/readers/<reader>/unsubscribe")
+@described(tag="Readers", access="change", json=UnsubscribeRequest, body_required=False, answers={
+    200: (UnsubscribeResult, "What changed, and the reader now."),
+    404: NO_READER,
+    410: "The reader was erased: nothing more can be done for them.",
+    415: "A body was sent, not as application/json.",
+    422: "The body is not an object with a list of known slugs.",
+})
 @token_required(change=True)
 def unsubscribe_reader(reader: str) -> Response:
+    """Unsubscribe a reader from some newsletters, or all
+
+    Recorded as a consent event with source `api`. Needs an admin token.
+    """
     found = _live_reader(reader)
     chosen = parse_unsubscribe(_body() if request.get_data() else None)
     source = request_source("api", f"Unsubscribed with {_token_label()}")
@@ -153,8 +185,18 @@ def unsubscribe_reader(reader: str) -> Response:
 
 
 @blueprint.delete("/readers/<reader>")
+@described(tag="Readers", access="change", answers={200: (ReaderAnswer, "What is left of the reader."),
+                                                    404: NO_READER})
 @token_required(change=True)
 def erase_reader(reader: str) -> Response:
+    """Erase a reader (the GDPR right to erasure)
+
+    Removes the address and personal fields everywhere: the email becomes erased-<id>@invalid, the
+    name goes, consent events lose page URL, IP and user agent (their actions and times stay, for
+    anonymous counts), emails lose address and bodies and unsent ones are cancelled. Every
+    subscription ends. The reader's links stop working; a new signup later makes a new reader.
+    Needs an admin token. Erasing again changes nothing.
+    """
     erased = privacy.erase_reader(db.session, _reader(reader).id,
                                   source=Source(channel="api", wording=f"Erased with {_token_label()}"),
                                   config=current_app.config)
@@ -163,6 +205,8 @@ def erase_reader(reader: str) -> Response:
 
 
 @blueprint.get("/readers/<reader>/export")
+@described(tag="Readers", access="read", answers={200: (ReaderExport, "The reader's data."), 404: NO_READER})
 @token_required()
 def export_reader(reader: str) -> Response:
+    """Everything stored about a reader (the GDPR right of access)"""
     return jsonify(privacy.export_reader(db.session, _reader(reader).id))
