@@ -18,7 +18,7 @@ from ..extensions import db
 from ..provider_events import generic
 from . import blueprint
 from .openapi import described
-from .schemas import DeliveryEvents, EventsOutcome
+from .schemas import EventsOutcome
 
 EVENT_ENDPOINTS = {"api.provider_events", "api.generic_events"}
 
@@ -41,7 +41,7 @@ def _recorded(provider: str, events: list[provider_events.ProviderEvent], nonce:
 
 
 @blueprint.post("/events/generic")
-@described(tag="Bounces and complaints", access="change", json=DeliveryEvents, answers={
+@described(tag="Bounces and complaints", access="change", json=generic.DeliveryEvents, answers={
     200: (EventsOutcome, "Stored."),
     413: "The body is larger than NEWSLETTER_EVENTS_MAX_BODY_BYTES.",
     415: "The body is not sent as application/json.",

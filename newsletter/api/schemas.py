@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from .. import addresses, tokens
-from ..models import DELIVERY_EVENT_KINDS, SUBSCRIPTION_STATUSES
+from ..models import SUBSCRIPTION_STATUSES
 from ..privacy import EXPORT_FORMAT
 from ..subscribers import MAX_PAGE
 from ..subscriptions import check_name
@@ -458,26 +458,6 @@ class ReaderExport(Closed):
 
 
 # --- bounces and complaints ------------------------------------------------------------------------------
-
-class DeliveryEvent(Closed):
-    type: Literal[DELIVERY_EVENT_KINDS] = Field(  # type: ignore[valid-type]
-        description="hard_bounce and complaint suppress the address at once; soft_bounce after "
-                    "NEWSLETTER_SOFT_BOUNCE_LIMIT of them within NEWSLETTER_SOFT_BOUNCE_WINDOW.")
-    email: str = Field(max_length=400, description="The address that bounced or complained.",
-                       examples=["reader@example.org"])
-    occurred_at: Moment | None = Field(None, description="When it happened (ISO 8601; UTC without an offset). "
-                                                         "Default: now.")
-    diagnostic: str | None = Field(None, max_length=2000,
-                                   description="The receiving server's words, e.g. `550 5.1.1 user unknown`.")
-    id: str | None = Field(None, max_length=200,
-                           description="Your id of the event: an event sent again with the same id is recorded once.")
-
-
-class DeliveryEvents(Closed):
-    """Checked by provider_events.generic, which names each malformed event (`events[2].type`)."""
-
-    events: list[DeliveryEvent] = Field(min_length=1, max_length=1000)
-
 
 class EventsOutcome(Closed):
     recorded: Count = Field(description="Events recorded now.")
