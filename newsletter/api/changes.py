@@ -9,7 +9,8 @@ from .. import changes
 from ..authz import token_required
 from ..extensions import db
 from . import blueprint
-from .change_schemas import ChangesQuery
+from .change_schemas import ChangesPage, ChangesQuery
+from .openapi import described
 from .routes import FieldErrors
 
 # Events numbered per request at most (one transaction); a bigger backlog (an import's) is
@@ -36,6 +37,10 @@ def parse_changes_query() -> ChangesQuery:
 
 
 @blueprint.get("/changes")
+@described(tag="Changes", access="read", query=ChangesQuery, answers={
+    200: (ChangesPage, "Changes after the cursor, oldest first, and the cursor to continue from."),
+    422: "after or limit is not acceptable: each is named.",
+})
 @token_required()  # viewer tokens too: the feed is reading
 def list_changes() -> Response:
     """Changes after the cursor, oldest first, with the cursor to continue from."""

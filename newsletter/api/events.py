@@ -74,8 +74,8 @@ def generic_events() -> Response:
     413: "The body is larger than NEWSLETTER_EVENTS_MAX_BODY_BYTES.",
     422: "The body is not what the platform sends.",
     503: "The database (or Amazon SNS, for its certificate) is out of reach: nothing was recorded, send it again.",
-}, extra={"requestBody": {"required": True, "description": "The platform's own webhook body.",
-                          "content": {"application/json": {"schema": {}}, "text/plain": {"schema": {"type": "string"}}}}})
+}, extra={"requestBody": {"required": True, "description": "The platform's own webhook body.", "content": {
+    "application/json": {"schema": {}}, "text/plain": {"schema": {"type": "string"}}}}})
 def provider_events_view(provider: str) -> Response:
     """A sending platform's bounce and complaint webhook
 

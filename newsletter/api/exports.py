@@ -66,7 +66,8 @@ def _export(slug: str, fmt: str) -> Response | tuple[Response, int]:
         raise NotFound(error.errors["newsletter"][0]) from None
     try:
         # exports.parse_selection checks the filters for the admin's form too, in its own words.
-        selection = exports.parse_selection(newsletter, status=args.getlist("status"), suppressed=args.get("suppressed"),
+        selection = exports.parse_selection(newsletter, status=args.getlist("status"),
+                                            suppressed=args.get("suppressed"),
                                             **{name: args.get(name) for name in exports.DATE_FILTERS})
     except exports.InvalidExport as error:
         return jsonify({"errors": error.errors}), 422

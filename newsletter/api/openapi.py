@@ -38,17 +38,19 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, get_args
 
 from flask import Response, current_app, jsonify, render_template
 from markupsafe import Markup, escape
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from spectree import SpecTree
 from spectree import Response as Answers
 from spectree.plugins.flask_plugin import FlaskPlugin
 
 from . import blueprint
+from .change_schemas import ChangeEvent, EventType
 from .schemas import Errors
 
 Access = Literal["public", "read", "change"]
@@ -59,6 +61,7 @@ TAGS = [
     {"name": "Exports", "description": "Streamed list downloads (any token)."},
     {"name": "Readers", "description": "One reader: look up, unsubscribe, export, erase."},
     {"name": "Bounces and complaints", "description": "What the sending platform reports back."},
+    {"name": "Changes", "description": "Every subscription change, oldest first, from a cursor (any token)."},
 ]
 
 SECURITY_SCHEMES = {"bearerAuth": {
@@ -94,14 +97,41 @@ STANDARD_ERRORS: dict[Access, dict[int, str]] = {
 }
 OTHER_ERRORS = "Any other error, in the same shape."
 
+WEBHOOK_SUMMARIES = {
+    "subscription.pending": "A reader signed up and was asked to confirm",
+    "subscription.confirmed": "A reader confirmed a subscription: mail them from now on",
+    "subscription.unsubscribed": "A reader left a newsletter: stop mailing them",
+    "reader.erased": "A reader was erased: forget them (their address and name are null)",
+    "reader.suppressed": "A reader's address stopped taking mail (a bounce, a complaint, a block)",
+}
+WEBHOOK_HEADERS = [
+    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"}, "example": "evt_42",
+     "description": "The event's id: the same in every attempt to deliver it. Apply each id once."},
+    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"},
+     "example": "1796203200",
+     "description": "When this attempt was signed, in seconds since 1970 (UTC). Refuse one far from your clock."},
+    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+     "example": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+     "description": ("Space-separated `v1,<base64 HMAC-SHA256>` signatures of "
+                     "`<webhook-id>.<webhook-timestamp>.<body>` with the endpoint's secret (two while a rotated "
+                     "secret overlaps). Verify it with any Standard Webhooks library, e.g. Python's "
+                     "`standardwebhooks.Webhook(secret).verify(body, headers)`.")},
+]
+WEBHOOK_ANSWERS = {
+    "2XX": {"description": "Delivered: any 2xx answer, within the timeout. Redirects are not followed."},
+    "default": {"description": ("Not delivered: sent again with exponential backoff for up to three days (the "
+                                "events of one reader stay in order), then the endpoint is switched off.")},
+}
+
 
 class _DescribeOnly(FlaskPlugin):
     """spectree's Flask plugin without its request checks: the views parse with the same models
     (schemas.parse), which keeps the API's own messages, status codes (415, 413…) and streamed answers."""
 
-    def validate(self, func: Callable, *models_and_hooks: Any, **kwargs: Any) -> Any:
-        # spectree passes the view's models and hooks first (12 of them), then the view's own arguments.
-        return func(*models_and_hooks[11:], **kwargs)
+    def validate(self, func: Callable, query: Any, json: Any, form: Any, headers: Any, cookies: Any, resp: Any,
+                 before: Any, after: Any, validation_error_status: int, skip_validation: bool,
+                 force_resp_serialize: bool, *args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
 
 
 spec = SpecTree(
@@ -116,27 +146,32 @@ spec = SpecTree(
 
 # What `described` knows that spectree's decorator doesn't, by operation id.
 _EXTRAS: dict[str, dict[str, Any]] = {}
+# The models each operation was described with, by operation id (tests/test_api_v1.py compares them with the document).
+MODELS: dict[str, dict[str, Any]] = {}
 
 
 def described(*, tag: str, access: Access, answers: Mapping[int, Any], json: type[BaseModel] | None = None,
               query: type[BaseModel] | None = None, body_required: bool = True,
               extra: dict[str, Any] | None = None) -> Callable[[Callable], Callable]:
     """Put the view in the OpenAPI document with these models; see the module's docstring."""
-    codes: dict[str, Any] = {}
-    for status, answer in {**STANDARD_ERRORS[access], **answers}.items():
-        if isinstance(answer, str):
-            answer = (Errors, answer)
-        codes[f"HTTP_{status}"] = answer
+    # Each answer as (model or None, meaning); a bare string is an error with that meaning.
+    codes = {status: (Errors, answer) if isinstance(answer, str) else answer if isinstance(answer, tuple)
+             else (answer, None) for status, answer in {**STANDARD_ERRORS[access], **answers}.items()}
 
     def decorate(view: Callable) -> Callable:
         operation_id = view.__name__
+        assert operation_id not in MODELS, f"Two API views are called {operation_id}: the operation ids would clash."
+        MODELS[operation_id] = {"json": json, "query": query, "answers": {
+            str(status): model for status, (model, _meaning) in codes.items() if model is not None}}
         _EXTRAS[operation_id] = {
-            "answers": {str(status) for status in {**STANDARD_ERRORS[access], **answers}},
+            "answers": {str(status) for status in codes},
             "public": access == "public",
             "body_required": body_required,
             "extra": extra or {},
         }
-        return spec.validate(json=json, query=query, resp=Answers(**codes), tags=[tag], operation_id=operation_id,
+        described_answers = Answers(**{f"HTTP_{status}": (model, meaning) if meaning else model
+                                       for status, (model, meaning) in codes.items()})
+        return spec.validate(json=json, query=query, resp=described_answers, tags=[tag], operation_id=operation_id,
                              security={} if access == "public" else None, skip_validation=True)(view)
 
     return decorate
@@ -157,6 +192,8 @@ def _finish(operation: dict[str, Any]) -> None:
         {**parameter, **PATH_PARAMETERS.get(parameter["name"], {})} if parameter["in"] == "path" else parameter
         for parameter in operation["parameters"]]
     for parameter in operation["parameters"]:
+        if parameter.get("schema") is None:  # spectree knows werkzeug's converters, not ours (e.g. <id:…>)
+            raise LookupError(f"Describe the path parameter {parameter['name']!r} in openapi.PATH_PARAMETERS.")
         if not parameter.get("description"):
             parameter.pop("description", None)
     if not operation.get("description"):
@@ -177,10 +214,31 @@ def _finish(operation: dict[str, Any]) -> None:
     _merge(operation, extras["extra"])
 
 
+def webhooks(event: type[BaseModel], types: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The document's `webhooks` (one per event type, each body an `event`) and the schemas they name."""
+    _, definitions = models_json_schema([(event, "serialization")], ref_template="#/components/schemas/{model}")
+    described_webhooks = {}
+    for kind in types:
+        described_webhooks[kind] = {"post": {
+            "operationId": "webhook_" + re.sub(r"\W", "_", kind),
+            "tags": ["Webhooks"],
+            "summary": WEBHOOK_SUMMARIES.get(kind, kind),
+            "description": (f"POSTed as JSON to every active endpoint that wants `{kind}` (or every event), signed "
+                            "as the Standard Webhooks specification says."),
+            "security": [],
+            "parameters": copy.deepcopy(WEBHOOK_HEADERS),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"allOf": [
+                {"$ref": f"#/components/schemas/{event.__name__}"},
+                {"properties": {"type": {"const": kind}}},
+            ]}}}},
+            "responses": copy.deepcopy(WEBHOOK_ANSWERS),
+        }}
+    return described_webhooks, definitions.get("$defs", {})
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI document, with this installation's public URL as its server."""
-    # spectree keeps its first document; the routes are the same for every app, but tests add some.
-    spec.__dict__.pop("_spec", None)
+    # spectree makes its document once, from the first app's routes: every app has the same API.
     generated = copy.deepcopy(spec.spec)
     for item in generated["paths"].values():
         for operation in item.values():
@@ -193,8 +251,21 @@ def document() -> dict[str, Any]:
         "tags": [tag for tag in TAGS if tag["name"] in used] + [
             {"name": name} for name in sorted(used - {tag["name"] for tag in TAGS})],
     }
+    generated["webhooks"], event_schemas = webhooks(ChangeEvent, get_args(EventType))
+    generated["components"]["schemas"] |= event_schemas
+    generated["tags"].append({"name": "Webhooks", "description": (
+        "What this service POSTs to your endpoints (set them up in the admin or under /api/v1/webhooks): "
+        "each subscription change as it happens, the same events as GET /api/v1/changes.")})
     generated["components"]["securitySchemes"] = SECURITY_SCHEMES
-    generated["components"]["schemas"] = dict(sorted(generated["components"]["schemas"].items()))
+    # Query models are in the parameters, one by one; the schemas are what bodies and answers name.
+    schemas = generated["components"]["schemas"]
+    named, todo = set(), _refs([generated["paths"], generated["webhooks"]])
+    while todo:
+        name = todo.pop()
+        if name not in named:
+            named.add(name)
+            todo += _refs(schemas[name])
+    generated["components"]["schemas"] = {name: schemas[name] for name in sorted(named)}
     return generated
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from flask_babel import gettext, ngettext
+from flask_babel import lazy_gettext as _l
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -46,8 +47,9 @@ class Checked(BaseModel):
     """A model whose errors `parse` words for people."""
 
     #: Messages by field, or by (field, pydantic error type), for errors no validator words itself.
-    MESSAGES: ClassVar[Mapping[str | tuple[str, str], str]] = {}
-    #: Whether the messages go through gettext (the public signup), or stay English (the token API).
+    MESSAGES: ClassVar[Mapping[str | tuple[str, str], Any]] = {}
+    #: Whether the messages go through gettext (the public signup: MESSAGES are then `_l` texts), or stay
+    #: English (the token API).
     TRANSLATED: ClassVar[bool] = False
 
 
@@ -63,10 +65,6 @@ class Query(Checked):
     model_config = ConfigDict(extra="ignore")
 
 
-def _text(model: type[Checked], message: str, **values: Any) -> str:
-    return gettext(message, **values) if model.TRANSLATED else message % values
-
-
 def _messages(model: type[Checked], field: str, error: Any) -> list[str]:
     kind = error["type"]
     if kind == "problem":
@@ -75,20 +73,27 @@ def _messages(model: type[Checked], field: str, error: Any) -> list[str]:
         return list(error["ctx"]["messages"])
     chosen = model.MESSAGES.get((field, kind)) or model.MESSAGES.get(field)
     if chosen is not None:
-        return [_text(model, chosen)]
+        return [str(chosen)]  # a lazy_gettext text is translated here, in the request's language
     return [_message(model, field, error)]
 
 
 def _message(model: type[Checked], field: str, error: Any) -> str:
-    kind = error["type"]
+    kind, translated = error["type"], model.TRANSLATED
     if kind == "string_too_long":
         limit = error["ctx"]["max_length"]
-        text = ngettext if model.TRANSLATED else lambda one, many, num, **v: (one if num == 1 else many) % {"num": num, **v}
-        return text("The %(field)s can be at most %(num)d character long.",
-                    "The %(field)s can be at most %(num)d characters long.", limit, field=field)
+        if translated:
+            return ngettext("The %(field)s can be at most %(num)d character long.",
+                            "The %(field)s can be at most %(num)d characters long.", limit, field=field)
+        return f"The {field} can be at most {limit} character{'' if limit == 1 else 's'} long."
     if kind == "string_type":
-        return _text(model, "The %(field)s must be a string.", field=field)
+        if translated:
+            return gettext("The %(field)s must be a string.", field=field)
+        return f"The {field} must be a string."
     return error["msg"]
+
+
+def _unexpected(model: type[Checked], field: str) -> str:
+    return gettext("Unexpected field %(field)r.", field=field) if model.TRANSLATED else f"Unexpected field {field!r}."
 
 
 def parse(model: type[M], values: Any, context: dict[str, Any] | None = None) -> M:
@@ -110,7 +115,7 @@ def parse(model: type[M], values: Any, context: dict[str, Any] | None = None) ->
         ordered = {name: errors[name] for name in model.model_fields if name in errors}
         ordered |= {name: messages for name, messages in errors.items() if name not in ordered}
         if unexpected:
-            ordered["body"] = [_text(model, "Unexpected field %(field)r.", field=name) for name in sorted(unexpected)]
+            ordered["body"] = [_unexpected(model, name) for name in sorted(unexpected)]
         raise FieldErrors(ordered) from None
 
 
@@ -139,12 +144,12 @@ class SignupRequest(Closed):
 
     TRANSLATED = True
     MESSAGES = {
-        ("email", "missing"): "Enter your email address.",
-        ("email", "string_type"): "The email must be a string.",
-        "newsletters": "Give the newsletters as a list of their names, e.g. [\"daily-briefing\"].",
-        ("newsletters", "too_short"): "Choose at least one newsletter.",
-        ("name", "string_type"): "The name must be a string.",
-        "embed": "The embed, when given, must be \"script\".",
+        ("email", "missing"): _l("Enter your email address."),
+        ("email", "string_type"): _l("The email must be a string."),
+        "newsletters": _l("Give the newsletters as a list of their names, e.g. [\"daily-briefing\"]."),
+        ("newsletters", "too_short"): _l("Choose at least one newsletter."),
+        ("name", "string_type"): _l("The name must be a string."),
+        "embed": _l("The embed, when given, must be \"script\"."),
     }
 
     # In the order the errors are listed.
@@ -309,7 +314,8 @@ class SubscriberQuery(Query):
         try:
             tokens.read_cursor(value[:500])
         except tokens.InvalidToken:
-            raise problem("This cursor is not one this API gave out: use the next_cursor of the previous page.") from None
+            raise problem("This cursor is not one this API gave out: use the next_cursor of the previous "
+                          "page.") from None
         return value
 
     @property
