@@ -7,12 +7,17 @@ schemathesis against the real app with it: an answer that doesn't match its mode
 Nothing here describes a body by hand. spectree reads the Flask routes, the view's docstring (first
 paragraph: the summary; the rest: the description) and the models given to `described`; this
 module adds only what a model can't say: who may call (`access`), the path parameters' meaning,
-headers of some answers, the answers that aren't JSON, the security scheme and the webhooks.
+headers of some answers, the answers that aren't JSON, the security scheme, and the `webhooks`
+section around the changes feed's event model (change_schemas.ChangeEvent). spectree only
+describes here: the views check their input themselves with the same models (`schemas.parse`), so
+that the API keeps its own messages and status codes.
 
 To add an endpoint:
 
-1. Describe its query, body and answers as pydantic models (`schemas.Closed`, or `schemas.Query`
-   for a query string), in api/schemas.py or in the feature's own api/<feature>_schemas.py.
+1. Describe its query, body and answers as pydantic models, in api/schemas.py or in the feature's
+   own api/<feature>_schemas.py: `schemas.Closed` for bodies and answers (no other fields: an answer
+   with one more fails schemathesis), `schemas.Query` for a query string. Their errors come out in
+   the API's words through `schemas.parse` (MESSAGES, or a validator raising `schemas.problem`).
 2. Decorate the view, under the route and above `token_required`, and parse with the same models:
 
        @blueprint.post("/things/<slug>")
