@@ -54,6 +54,7 @@ from spectree import SpecTree
 from spectree import Response as Answers
 from spectree.plugins.flask_plugin import FlaskPlugin
 
+from ..models import MAX_ID
 from . import blueprint
 from .change_schemas import ChangeEvent, EventType
 from .schemas import Errors
@@ -67,6 +68,7 @@ TAGS = [
     {"name": "Readers", "description": "One reader: look up, unsubscribe, export, erase."},
     {"name": "Bounces and complaints", "description": "What the sending platform reports back."},
     {"name": "Changes", "description": "Every subscription change, oldest first, from a cursor (any token)."},
+    {"name": "Webhook endpoints", "description": "Where the webhooks go, and their delivery log (admin token)."},
 ]
 
 SECURITY_SCHEMES = {"bearerAuth": {
@@ -84,6 +86,11 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
                # A slash would make it another URL; "." and ".." are no names.
                "schema": {"type": "string", "minLength": 1, "maxLength": 320, "pattern": "^[^/]+$",
                           "not": {"enum": [".", ".."]}}},
+    # /api/v1/webhooks (<id:…>: a positive id that fits the id columns).
+    "endpoint_id": {"description": "The webhook endpoint's id.", "example": 1,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+    "delivery_id": {"description": "The delivery's id, from the endpoint's delivery log.", "example": 1,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
     "provider": {"description": "The sending platform.", "example": "postmark",
                  "schema": {"type": "string", "enum": ["ses", "postmark", "sendgrid", "mailgun"]}},
 }
