@@ -4,6 +4,7 @@ schemathesis against the real app), and API token management in the admin and th
 from __future__ import annotations
 
 import re
+import typing
 from datetime import timedelta
 
 import pytest
@@ -11,9 +12,11 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from newsletter import accounts, api_tokens, tokens
+from newsletter import accounts, api_tokens, privacy, tokens
+from newsletter.api import change_schemas, openapi
 from newsletter.extensions import db
 from newsletter.models import Reader, Subscription, utcnow
 
@@ -434,13 +437,18 @@ def _openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule)
 
 
+def _api_routes(app) -> set[tuple[str, str]]:
+    """(path as the document writes it, method) of every /api/v1 route but the document's own two."""
+    return {(_openapi_path(rule.rule), method) for rule in app.url_map.iter_rules()
+            if rule.rule.startswith("/api/v1/") and rule.endpoint not in ("api.openapi", "api.docs")
+            for method in rule.methods - {"HEAD", "OPTIONS"}}
+
+
 def test_openapi_document_describes_every_api_route(app, client):
     spec = client.get("/api/v1/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")
     documented = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
-    routes = {(_openapi_path(rule.rule), method) for rule in app.url_map.iter_rules()
-              if rule.rule.startswith("/api/v1/") and rule.endpoint not in ("api.openapi", "api.docs")
-              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    routes = _api_routes(app)
     assert routes - documented == set(), "routes missing from the OpenAPI document"
     assert documented - routes == set(), "the OpenAPI document describes routes that don't exist"
     # Each path parameter is declared, and every authenticated operation says how it can fail.
@@ -456,6 +464,70 @@ def test_openapi_document_describes_every_api_route(app, client):
         "bearerAuth"], "type": "http", "scheme": "bearer"}
 
 
+def _schema_of(model, mode: str) -> tuple[dict, dict]:
+    """A model's JSON schema as the document holds it: refs to components, nested models apart."""
+    schema = model.model_json_schema(mode=mode, ref_template="#/components/schemas/{model}")
+    return schema, schema.pop("$defs", {})
+
+
+def test_the_document_is_made_from_each_views_models(app, client):
+    """Every /api/v1 view is @described, and the document says exactly what its pydantic models say:
+    the request body, each query parameter and each answer (no schema is written by hand)."""
+    spec = client.get("/api/v1/openapi.json").get_json()
+    components = spec["components"]["schemas"]
+    checked = set()
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/api/v1/") or rule.endpoint in ("api.openapi", "api.docs"):
+            continue
+        view = app.view_functions[rule.endpoint]
+        assert openapi.spec.get_function_metadata(view) is not None, f"{rule.endpoint} is not @described"
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = spec["paths"][_openapi_path(rule.rule)][method.lower()]
+            models = openapi.MODELS[operation["operationId"]]
+            if models["json"] is not None:
+                body = operation["requestBody"]["content"]["application/json"]["schema"]
+                assert body == {"$ref": f"#/components/schemas/{models['json'].__name__}"}
+                schema, nested = _schema_of(models["json"], "validation")
+                assert components[models["json"].__name__] == schema, operation["operationId"]
+                assert all(components[name] == each for name, each in nested.items())
+            if models["query"] is not None:
+                schema, _ = _schema_of(models["query"], "validation")
+                in_query = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+                assert list(in_query) == list(schema["properties"]), operation["operationId"]
+                for name, parameter in in_query.items():
+                    assert parameter["required"] == (name in schema.get("required", []))
+                    assert {**parameter["schema"], **{k: schema["properties"][name][k] for k in ("style", "explode")
+                                                      if k in schema["properties"][name]}} == schema["properties"][name]
+            for status, model in models["answers"].items():
+                answer = operation["responses"][status]["content"]["application/json"]["schema"]
+                assert answer == {"$ref": f"#/components/schemas/{model.__name__}"}, (operation["operationId"], status)
+                schema, nested = _schema_of(model, "serialization")
+                assert components[model.__name__] == schema, model.__name__
+                assert all(components[name] == each for name, each in nested.items())
+            checked.add(operation["operationId"])
+    assert checked == {operation["operationId"] for item in spec["paths"].values() for operation in item.values()}
+    # Errors are described once, and every answer's body is one of the models.
+    assert components["Errors"]["additionalProperties"] is False and components["Errors"]["required"] == ["errors"]
+
+
+def test_the_webhooks_are_described_from_the_event_model(client):
+    spec = client.get("/api/v1/openapi.json").get_json()
+    assert spec["openapi"] == "3.1.0"
+    assert set(spec["webhooks"]) == set(typing.get_args(change_schemas.EventType))
+    schema, nested = _schema_of(change_schemas.ChangeEvent, "serialization")
+    assert spec["components"]["schemas"]["ChangeEvent"] == schema
+    assert all(spec["components"]["schemas"][name] == each for name, each in nested.items())
+    for kind, item in spec["webhooks"].items():
+        operation = item["post"]
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert body["allOf"] == [{"$ref": "#/components/schemas/ChangeEvent"},
+                                 {"properties": {"type": {"const": kind}}}]
+        headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+        assert set(headers) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+        assert all(header["required"] for header in headers.values())
+        assert "2XX" in operation["responses"]
+
+
 def test_docs_page_shows_every_operation_and_schema(app, client):
     page = client.get("/api/v1/docs")
     assert page.status_code == 200 and page.mimetype == "text/html"
@@ -467,6 +539,9 @@ def test_docs_page_shows_every_operation_and_schema(app, client):
             assert f"<code>{path}</code>" in html
     for name in spec["components"]["schemas"]:
         assert f'id="schema-{name}"' in html
+    for name, item in spec["webhooks"].items():
+        assert f'id="{item["post"]["operationId"]}"' in html and f"<code>{name}</code>" in html
+    assert "webhook-signature" in html
     assert "<script" not in html and "cdn" not in html.lower()
 
 
@@ -484,9 +559,9 @@ KNOWN = {"slug": "daily-briefing", "reader": "ada@example.org"}
 EXAMPLES_PER_RUN = 25
 
 
-def _exercise(strategy, headers: dict[str, str]) -> None:
+def _exercise(strategy, headers: dict[str, str], examples: int = EXAMPLES_PER_RUN) -> None:
     @given(case=strategy)
-    @settings(max_examples=EXAMPLES_PER_RUN, deadline=None, database=None, derandomize=True, print_blob=False,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True, print_blob=False,
               suppress_health_check=list(HealthCheck))
     def run(case) -> None:
         case.call_and_validate(headers=headers, checks=[not_a_server_error, response_schema_conformance])
@@ -504,7 +579,7 @@ def test_api_answers_match_the_openapi_document(app, api_schema, admin_token):
     # Erasing comes last: before it, the known reader is there to be read, exported and unsubscribed.
     operations = sorted((result.ok() for result in api_schema.get_all_operations()),
                         key=lambda operation: operation.method.upper() == "DELETE")
-    assert len(operations) == 12
+    assert len(operations) == len(_api_routes(app)) >= 12
     headers = bearer(admin_token)
     for operation in operations:
         known = {name: KNOWN[name] for name in re.findall(r"{(\w+)}", operation.path) if name in KNOWN}
@@ -514,6 +589,19 @@ def test_api_answers_match_the_openapi_document(app, api_schema, admin_token):
             strategies.insert(0, operation.as_strategy(GenerationMode.POSITIVE, path_parameters=known))
         for strategy in strategies:
             _exercise(strategy, headers)
+
+
+def test_schemathesis_catches_an_answer_that_drifts_from_its_model(app, api_schema, admin_token, monkeypatch):
+    """The conformance check has teeth: a reader answer with a field its model doesn't have fails it."""
+    describe = privacy.describe_reader
+    monkeypatch.setattr(privacy, "describe_reader", lambda session, reader: {**describe(session, reader), "vip": True})
+    operation = api_schema["/api/v1/readers/{reader}"]["GET"]
+    strategy = operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"reader": KNOWN["reader"]})
+    with pytest.raises(FailureGroup) as caught:
+        _exercise(strategy, bearer(admin_token), examples=3)
+    [failure] = caught.value.exceptions
+    assert "Response violates schema" in failure.title and "'vip' was unexpected" in failure.message
+
 
 
 # --- API tokens in the admin and the CLI --------------------------------------------------------------------

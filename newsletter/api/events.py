@@ -17,6 +17,8 @@ from ..authz import token_required
 from ..extensions import db
 from ..provider_events import generic
 from . import blueprint
+from .openapi import described
+from .schemas import EventsOutcome
 
 EVENT_ENDPOINTS = {"api.provider_events", "api.generic_events"}
 
@@ -39,8 +41,21 @@ def _recorded(provider: str, events: list[provider_events.ProviderEvent], nonce:
 
 
 @blueprint.post("/events/generic")
+@described(tag="Bounces and complaints", access="change", json=generic.DeliveryEvents, answers={
+    200: (EventsOutcome, "Stored."),
+    413: "The body is larger than NEWSLETTER_EVENTS_MAX_BODY_BYTES.",
+    415: "The body is not sent as application/json.",
+    422: "The body or an event is malformed: each is named, e.g. `events[2].type`.",
+})
 @token_required(change=True)
 def generic_events() -> Response:
+    """Report bounces and complaints (the generic shape)
+
+    For a sending platform without its own endpoint, or a script of yours. Needs an admin token.
+    Every event is checked first: a malformed one refuses the whole batch (422 naming it), nothing
+    recorded; an event whose address is not an email address is skipped. Answers 200 once the
+    events are stored, 503 with Retry-After while the database is out of reach: send it again.
+    """
     if not request.is_json:
         raise UnsupportedMediaType("Send the events as JSON, with Content-Type: application/json.")
     payload = provider_events.json_body(request)
@@ -50,7 +65,28 @@ def generic_events() -> Response:
 
 
 @blueprint.post("/events/<provider>", endpoint="provider_events")
+@described(tag="Bounces and complaints", access="public", answers={
+    200: (EventsOutcome, "Stored (or nothing to store)."),
+    401: "Missing or wrong credentials or signature: nothing recorded.",
+    403: "Authentic but refused: a replay, a stale signature, an SNS topic not listed, a certificate URL not on "
+         "an SNS host.",
+    404: "No such platform, or it is not configured here (its secret is not set).",
+    413: "The body is larger than NEWSLETTER_EVENTS_MAX_BODY_BYTES.",
+    422: "The body is not what the platform sends.",
+    503: "The database (or Amazon SNS, for its certificate) is out of reach: nothing was recorded, send it again.",
+}, extra={"requestBody": {"required": True, "description": "The platform's own webhook body.", "content": {
+    "application/json": {"schema": {}}, "text/plain": {"schema": {"type": "string"}}}}})
 def provider_events_view(provider: str) -> Response:
+    """A sending platform's bounce and complaint webhook
+
+    The URL to give the platform: `ses` (Amazon SES through an SNS https subscription; the SNS
+    signature is checked and the subscription confirmed), `postmark` (HTTP basic auth in the URL),
+    `sendgrid` (Signed Event Webhook) or `mailgun` (signed webhooks). Each takes the platform's own
+    body and authentication, not a token: see the README. A platform whose secret is not set answers
+    404. Deliveries, opens, clicks and other events are accepted and ignored. Answers 200 once the
+    events are stored; 503 with Retry-After while the database is out of reach, which the platforms
+    retry.
+    """
     module = provider_events.providers().get(provider)
     if module is None:
         known = ", ".join([*provider_events.providers(), generic.NAME])

@@ -1,452 +1,75 @@
-"""The OpenAPI 3.1 document of /api/v1, written by hand, served as JSON and as a readable page.
+"""The OpenAPI 3.1 document of /api/v1, made by spectree from the views and their pydantic models.
 
-tests/test_api_v1.py checks that it names every /api/v1 route and runs schemathesis against the
-real app with it: an answer that doesn't match its schema here fails the tests.
+Served as JSON (GET /api/v1/openapi.json) and as a page people read (GET /api/v1/docs).
+tests/test_api_v1.py checks that every /api/v1 route is in it with its models' schemas, and runs
+schemathesis against the real app with it: an answer that doesn't match its model fails the tests.
+
+Nothing here describes a body by hand. spectree reads the Flask routes, the view's docstring (first
+paragraph: the summary; the rest: the description) and the models given to `described`; this
+module adds only what a model can't say: who may call (`access`), the path parameters' meaning,
+headers of some answers, the answers that aren't JSON, the security scheme, and the `webhooks`
+section around the changes feed's event model (change_schemas.ChangeEvent). spectree only
+describes here: the views check their input themselves with the same models (`schemas.parse`), so
+that the API keeps its own messages and status codes.
+
+To add an endpoint:
+
+1. Describe its query, body and answers as pydantic models, in api/schemas.py or in the feature's
+   own api/<feature>_schemas.py: `schemas.Closed` for bodies and answers (no other fields: an answer
+   with one more fails schemathesis), `schemas.Query` for a query string. Their errors come out in
+   the API's words through `schemas.parse` (MESSAGES, or a validator raising `schemas.problem`).
+2. Decorate the view, under the route and above `token_required`, and parse with the same models:
+
+       @blueprint.post("/things/<slug>")
+       @described(tag="Things", access="change", json=ThingRequest,
+                  answers={201: (Thing, "The new thing."), 404: "No thing has this slug.",
+                           422: "Each field's problems."})
+       @token_required(change=True)
+       def create_thing(slug: str) -> tuple[Response, int]:
+           \"""Make a thing.
+
+           Longer description, with `code` in backticks.
+           \"""
+           request_body = parse(ThingRequest, _body())   # FieldErrors -> 422 {"errors": …}
+
+   An answer given as a string is an error ({"errors": …}) with that meaning; 401, 403 and the
+   default error come with `access`. A new path parameter name goes in PATH_PARAMETERS once.
+3. A new tag goes in TAGS. Run tests/test_api_v1.py: it fails for a route left out of the document
+   and for an answer that doesn't match its model.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, get_args
 
 from flask import Response, current_app, jsonify, render_template
 from markupsafe import Markup, escape
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from spectree import SpecTree
+from spectree import Response as Answers
+from spectree.plugins.flask_plugin import FlaskPlugin
 
-from ..models import SUBSCRIPTION_STATUSES
-from ..privacy import EXPORT_FORMAT
-from ..subscribers import MAX_PAGE
+from ..models import MAX_ID
 from . import blueprint
+from .change_schemas import ChangeEvent, EventType
+from .schemas import Errors
 
-API = "/api/v1"
+Access = Literal["public", "read", "change"]
 
-
-def ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "type": [schema["type"], "null"]}
-
-
-def closed(properties: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """An object with exactly these properties, all of them present unless `required` says otherwise."""
-    return {"type": "object", "properties": properties,
-            "required": list(properties) if required is None else required,
-            "additionalProperties": False, **extra}
-
-
-TEXT = {"type": "string"}
-MOMENT = {"type": "string", "format": "date-time"}
-MAYBE_MOMENT = nullable(MOMENT)
-MAYBE_TEXT = nullable(TEXT)
-COUNT = {"type": "integer", "minimum": 0}
-STATUS = {"type": "string", "enum": list(SUBSCRIPTION_STATUSES)}
-
-SCHEMAS: dict[str, Any] = {
-    "Errors": closed({
-        "errors": {
-            "type": "object",
-            "description": "Each field (or `request`, `body`) with what is wrong with it, in words a person understands.",
-            "additionalProperties": {"type": "array", "items": TEXT, "minItems": 1},
-            "minProperties": 1,
-        },
-    }, description="Every error under /api: 401, 403, 404, 405, 413, 415, 422, 429, 500."),
-    "SignupRequest": closed({
-        "email": {**TEXT, "description": "The reader's address; normalized as email-validator does.",
-                  "examples": ["reader@example.org"]},
-        "newsletters": {"type": "array", "items": TEXT, "minItems": 1,
-                        "description": "Slugs of active newsletters.", "examples": [["daily-briefing"]]},
-        "name": {**MAYBE_TEXT, "maxLength": 200, "description": "The reader's name, optional."},
-        "page_url": {**MAYBE_TEXT, "maxLength": 2048, "description": "The page the form was on (kept as proof)."},
-        "form_id": {**MAYBE_TEXT, "maxLength": 200, "description": "Which form on that page."},
-        "form_token": {**MAYBE_TEXT, "maxLength": 500, "description": "The form_token of GET /forms (embed.js)."},
-        "embed": {"type": ["string", "null"], "enum": ["script", None],
-                  "description": "\"script\" when embed.js sends it: the fill time is checked."},
-        "lang": {**MAYBE_TEXT, "maxLength": 35, "description": "Language of the answer and the email: en or uk."},
-        "website": {**MAYBE_TEXT, "description": "The honeypot: leave it out or empty."},
-    }, required=["email", "newsletters"]),
-    "SignupAccepted": closed({"status": {"type": "string", "enum": ["pending"]}},
-                             description="The same answer whether the address is new, pending or confirmed."),
-    "FormSettings": closed({
-        "newsletters": {"type": "array", "items": closed({
-            "slug": TEXT, "name": TEXT, "description": TEXT, "author": MAYBE_TEXT})},
-        "form_token": {**TEXT, "description": "Send it back as form_token with \"embed\": \"script\"."},
-        "texts": {"type": "object", "additionalProperties": TEXT,
-                  "description": "The form's words in the request's language, by key."},
-    }),
-    "Newsletter": closed({
-        "slug": {**TEXT, "examples": ["daily-briefing"]},
-        "name": TEXT,
-        "description": TEXT,
-        "author": MAYBE_TEXT,
-        "active": {"type": "boolean", "description": "False once archived: it takes no new signups."},
-        "created_at": MOMENT,
-        "counts": closed({"pending": COUNT, "confirmed": COUNT, "unsubscribed": COUNT},
-                         description="Subscriptions in each status; erased readers count, anonymously."),
-    }),
-    "NewsletterList": closed({"newsletters": {"type": "array", "items": ref("Newsletter")}}),
-    "Subscriber": closed({
-        "id": {"type": "integer", "description": "The subscription's id: the order of the list."},
-        "reader_id": {"type": "integer"},
-        "email": TEXT,
-        "name": MAYBE_TEXT,
-        "status": STATUS,
-        "subscribed_at": MOMENT,
-        "pending_since": MAYBE_MOMENT,
-        "confirmed_at": MAYBE_MOMENT,
-        "unsubscribed_at": MAYBE_MOMENT,
-    }),
-    "SubscriberPage": closed({
-        "subscribers": {"type": "array", "items": ref("Subscriber"), "maxItems": MAX_PAGE},
-        "next_cursor": {**MAYBE_TEXT, "description": "Pass it as `cursor` for the next page; null on the last page."},
-    }),
-    "ReaderSubscription": closed({
-        "newsletter": {**TEXT, "description": "The newsletter's slug."},
-        "newsletter_name": TEXT,
-        "status": STATUS,
-        "subscribed_at": MOMENT,
-        "pending_since": MAYBE_MOMENT,
-        "confirmed_at": MAYBE_MOMENT,
-        "unsubscribed_at": MAYBE_MOMENT,
-    }),
-    "ConsentEvent": closed({
-        "id": {"type": "integer"},
-        "action": {**TEXT, "description": "signup_requested, confirmed, unsubscribed, confirmation_resent, blocked, "
-                                          "unblocked, erased …"},
-        "newsletter": {**MAYBE_TEXT, "description": "The newsletter's slug; null for reader-wide events."},
-        "occurred_at": MOMENT,
-        "source": {**TEXT, "description": "The channel: hosted-form, embed-form, embed-iframe, embed-script, api, "
-                                          "email-link, one-click, preferences, admin …"},
-        "page_url": MAYBE_TEXT,
-        "form_id": MAYBE_TEXT,
-        "ip_address": MAYBE_TEXT,
-        "user_agent": MAYBE_TEXT,
-        "wording": {**MAYBE_TEXT, "description": "The consent wording the reader was shown."},
-    }),
-}
-
-READER_FIELDS = {
-    "id": {"type": "integer"},
-    "email": {**TEXT, "description": "erased-<id>@invalid once erased."},
-    "name": MAYBE_TEXT,
-    "created_at": MOMENT,
-    "confirmation_sent_at": MAYBE_MOMENT,
-    "blocked_at": MAYBE_MOMENT,
-    "erased_at": MAYBE_MOMENT,
-}
-SCHEMAS |= {
-    "ReaderFields": closed(READER_FIELDS),
-    "Reader": closed({
-        **READER_FIELDS,
-        "subscriptions": {"type": "array", "items": ref("ReaderSubscription")},
-        "consent_events": {"type": "array", "items": ref("ConsentEvent"), "description": "Oldest first."},
-    }),
-    "UnsubscribeRequest": closed({
-        "newsletters": {"type": ["array", "null"], "items": TEXT, "minItems": 1,
-                        "description": "Slugs to unsubscribe from; leave out (or send no body) for all.",
-                        "examples": [["daily-briefing"]]},
-    }, required=[]),
-    "UnsubscribeResult": closed({
-        "unsubscribed": {"type": "array", "items": TEXT,
-                         "description": "Slugs of the newsletters the reader left now (not those left before)."},
-        "reader": ref("Reader"),
-    }),
-    "Email": closed({
-        "id": {"type": "integer"},
-        "kind": {**TEXT, "description": "confirmation, welcome …"},
-        "message_id": TEXT,
-        "from": TEXT,
-        "to_address": TEXT,
-        "to_name": MAYBE_TEXT,
-        "subject": TEXT,
-        "status": {"type": "string", "enum": ["pending", "sent", "failed"]},
-        "attempts": COUNT,
-        "created_at": MOMENT,
-        "sent_at": MAYBE_MOMENT,
-        "last_error": MAYBE_TEXT,
-    }, description="An email to the reader, without its body."),
-    "ReaderExport": closed({
-        "format": {"type": "string", "enum": [EXPORT_FORMAT]},
-        "exported_at": MOMENT,
-        "reader": ref("ReaderFields"),
-        "subscriptions": {"type": "array", "items": ref("ReaderSubscription")},
-        "consent_events": {"type": "array", "items": ref("ConsentEvent")},
-        "emails": {"type": "array", "items": ref("Email")},
-    }, description="Everything stored about one reader (the GDPR right of access)."),
-}
-
-
-EVENT_KINDS = ["hard_bounce", "soft_bounce", "complaint"]
-SCHEMAS |= {
-    "DeliveryEvent": closed({
-        "type": {"type": "string", "enum": EVENT_KINDS,
-                 "description": "hard_bounce and complaint suppress the address at once; soft_bounce after "
-                                "NEWSLETTER_SOFT_BOUNCE_LIMIT of them within NEWSLETTER_SOFT_BOUNCE_WINDOW."},
-        "email": {**TEXT, "maxLength": 400, "description": "The address that bounced or complained.",
-                  "examples": ["reader@example.org"]},
-        "occurred_at": {**MAYBE_MOMENT, "description": "When it happened (ISO 8601; UTC without an offset). "
-                                                        "Default: now."},
-        "diagnostic": {**MAYBE_TEXT, "maxLength": 2000,
-                       "description": "The receiving server's words, e.g. `550 5.1.1 user unknown`."},
-        "id": {**MAYBE_TEXT, "maxLength": 200,
-               "description": "Your id of the event: an event sent again with the same id is recorded once."},
-    }, required=["type", "email"]),
-    "DeliveryEvents": closed({
-        "events": {"type": "array", "items": ref("DeliveryEvent"), "minItems": 1, "maxItems": 1000},
-    }),
-    "EventsOutcome": closed({
-        "recorded": {**COUNT, "description": "Events recorded now."},
-        "repeated": {**COUNT, "description": "Events already recorded under the same id: nothing changed."},
-        "skipped": {**COUNT, "description": "Events whose address is not an email address."},
-        "problems": {"type": "array", "items": TEXT, "description": "Why each skipped event was skipped."},
-    }),
-}
-
-
-def _json(schema_name: str) -> dict[str, Any]:
-    return {"application/json": {"schema": ref(schema_name)}}
-
-
-def _ok(description: str, schema_name: str) -> dict[str, Any]:
-    return {"description": description, "content": _json(schema_name)}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": _json("Errors")}
-
-
-UNAUTHORIZED = {**_error("No valid token: missing, malformed, unknown or revoked."),
-                "headers": {"WWW-Authenticate": {"schema": TEXT, "description": "Bearer realm=\"newsletter\""}}}
-FORBIDDEN = _error("The token's role is `viewer`: it can read and export, not change anything.")
-OTHER_ERRORS = _error("Any other error, in the same shape.")
-
-
-def _read(responses: dict[str, Any]) -> dict[str, Any]:
-    return {**responses, "401": UNAUTHORIZED, "default": OTHER_ERRORS}
-
-
-def _change(responses: dict[str, Any]) -> dict[str, Any]:
-    return {**responses, "401": UNAUTHORIZED, "403": FORBIDDEN, "default": OTHER_ERRORS}
-
-
-SLUG_PARAMETER = {"name": "slug", "in": "path", "required": True, "description": "The newsletter's slug.",
-                  "schema": {"type": "string", "pattern": "^[a-z0-9-]+$", "maxLength": 64},
-                  "example": "daily-briefing"}
-READER_PARAMETER = {"name": "reader", "in": "path", "required": True,
-                    "description": "The reader's id, or their email address.",
-                    # A slash would make it another URL; "." and ".." are no names.
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 320, "pattern": "^[^/]+$",
-                               "not": {"enum": [".", ".."]}},
-                    "example": "1"}
-NO_NEWSLETTER = _error("No newsletter has this slug.")
-NO_READER = _error("No reader has this id or address.")
-
-
-def _export(fmt: str, media_type: str) -> dict[str, Any]:
-    return {"get": {
-        "operationId": f"export_subscribers_{fmt}",
-        "tags": ["Exports"],
-        "summary": f"Export a newsletter's subscribers as {fmt.upper()}",
-        "description": (
-            "The same streamed export as the admin's download: every matching subscription, with the columns "
-            "email, name, status, subscribed_at, confirmed_at and source; erased readers are left out, and so "
-            "are suppressed addresses unless `suppressed` says otherwise. "
-            + ("Cells a spreadsheet would run as a formula start with a '. " if fmt == "csv" else
-               "One JSON object per line. ")
-            + "Each export is recorded (which token, when, which filters, how many rows)."),
-        "parameters": [
-            SLUG_PARAMETER,
-            {"name": "status", "in": "query", "required": False, "style": "form", "explode": True,
-             "description": "Only these statuses: repeat the parameter, or separate them with commas.",
-             "schema": {"type": "array", "items": STATUS}},
-            *[{"name": name, "in": "query", "required": False,
-               "description": f"Subscriptions {what} {side}: a date (2026-01-31, the whole day, UTC) or an ISO "
-                              "8601 time (UTC when it has no offset).",
-               "schema": {"type": "string", "maxLength": 64}, "example": "2026-01-31"}
-              for name, what, side in (("signed_up_since", "signed up", "on or after"),
-                                       ("signed_up_until", "signed up", "up to"),
-                                       ("confirmed_since", "confirmed", "on or after"),
-                                       ("confirmed_until", "confirmed", "up to"))],
-            {"name": "suppressed", "in": "query", "required": False,
-             "description": "Addresses on the suppression list (bounced, complained, blocked): exclude (the "
-                            "default) leaves them out, include adds a column `suppressed` with the reason (empty, "
-                            "or null in NDJSON, for the others), only takes them alone.",
-             "schema": {"type": "string", "enum": ["exclude", "include", "only"], "default": "exclude"}},
-        ],
-        "responses": _read({
-            "200": {"description": "The rows, streamed.", "content": {media_type: {"schema": TEXT}},
-                    "headers": {"Content-Disposition": {"schema": TEXT, "description": "attachment; filename=…"}}},
-            "404": NO_NEWSLETTER,
-            "422": _error("A filter is malformed: each is named with what is wrong."),
-        }),
-    }}
-
-
-PATHS: dict[str, Any] = {
-    f"{API}/subscriptions": {"post": {
-        "operationId": "create_subscription",
-        "tags": ["Signup"],
-        "summary": "Sign a reader up (double opt-in)",
-        "description": (
-            "Records pending subscriptions and queues one confirmation email. Public: no token. The answer is "
-            "the same for a new, a pending and a confirmed address. Rate-limited per client IP and per address "
-            "(429 with Retry-After). Browsers may call it from the sites in NEWSLETTER_ALLOWED_ORIGINS."),
-        "security": [],
-        "requestBody": {"required": True, "content": _json("SignupRequest")},
-        "responses": {
-            "202": _ok("Taken (or silently dropped, for bots).", "SignupAccepted"),
-            "403": _error("Sent by a page on a site that may not embed the forms."),
-            "413": _error("The body is too large."),
-            "415": _error("The body is not sent as application/json."),
-            "422": _error("Each field's problems: email, newsletters, name …"),
-            "429": {**_error("Too many signups from this IP or for this address."),
-                    "headers": {"Retry-After": {"schema": TEXT}}},
-            "default": OTHER_ERRORS,
-        },
-    }},
-    f"{API}/forms": {"get": {
-        "operationId": "form_settings",
-        "tags": ["Signup"],
-        "summary": "What embed.js needs to draw a form",
-        "security": [],
-        "parameters": [{"name": "newsletters", "in": "query", "required": True,
-                        "description": "Comma-separated slugs of active newsletters.",
-                        "schema": {"type": "string"}, "example": "daily-briefing,weekly-explainer"},
-                       {"name": "lang", "in": "query", "required": False, "description": "en or uk.",
-                        "schema": {"type": "string"}, "example": "uk"}],
-        "responses": {
-            "200": _ok("The newsletters, a fill-time token and the form's texts.", "FormSettings"),
-            "422": _error("A slug names no active newsletter, or none was given."),
-            "default": OTHER_ERRORS,
-        },
-    }},
-    f"{API}/newsletters": {"get": {
-        "operationId": "list_newsletters",
-        "tags": ["Lists"],
-        "summary": "Every newsletter with its counts",
-        "responses": _read({"200": _ok("Newsletters by slug, archived ones included.", "NewsletterList")}),
-    }},
-    f"{API}/newsletters/{{slug}}/subscribers": {"get": {
-        "operationId": "list_subscribers",
-        "tags": ["Lists"],
-        "summary": "A newsletter's subscribers, page by page",
-        "description": (
-            "Ordered by subscription id. Follow `next_cursor` until it is null to get every row exactly once, "
-            "even while readers sign up. Erased readers are left out."),
-        "parameters": [
-            SLUG_PARAMETER,
-            {"name": "status", "in": "query", "required": False, "schema": STATUS,
-             "description": "Only subscriptions in this status."},
-            {"name": "q", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 320},
-             "description": "A fragment of the email address or name, any case."},
-            {"name": "limit", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
-             "description": f"Rows per page, 1 to {MAX_PAGE}."},
-            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
-             "description": "The `next_cursor` of the previous page; leave out for the first page."},
-        ],
-        "responses": _read({
-            "200": _ok("One page.", "SubscriberPage"),
-            "404": NO_NEWSLETTER,
-            "422": _error("status, q, limit or cursor is not acceptable: each is named."),
-        }),
-    }},
-    f"{API}/newsletters/{{slug}}/subscribers.csv": _export("csv", "text/csv"),
-    f"{API}/newsletters/{{slug}}/subscribers.ndjson": _export("ndjson", "application/x-ndjson"),
-    f"{API}/readers/{{reader}}": {
-        "get": {
-            "operationId": "get_reader",
-            "tags": ["Readers"],
-            "summary": "A reader with their subscriptions and consent history",
-            "parameters": [READER_PARAMETER],
-            "responses": _read({"200": _ok("The reader.", "Reader"), "404": NO_READER}),
-        },
-        "delete": {
-            "operationId": "erase_reader",
-            "tags": ["Readers"],
-            "summary": "Erase a reader (the GDPR right to erasure)",
-            "description": (
-                "Removes the address and personal fields everywhere: the email becomes erased-<id>@invalid, the "
-                "name goes, consent events lose page URL, IP and user agent (their actions and times stay, for "
-                "anonymous counts), emails lose address and bodies and unsent ones are cancelled. Every "
-                "subscription ends. The reader's links stop working; a new signup later makes a new reader. "
-                "Needs an admin token. Erasing again changes nothing."),
-            "parameters": [READER_PARAMETER],
-            "responses": _change({"200": _ok("What is left of the reader.", "Reader"), "404": NO_READER}),
-        },
-    },
-    f"{API}/readers/{{reader}}/unsubscribe": {"post": {
-        "operationId": "unsubscribe_reader",
-        "tags": ["Readers"],
-        "summary": "Unsubscribe a reader from some newsletters, or all",
-        "description": "Recorded as a consent event with source `api`. Needs an admin token.",
-        "parameters": [READER_PARAMETER],
-        "requestBody": {"required": False, "content": _json("UnsubscribeRequest")},
-        "responses": _change({
-            "200": _ok("What changed, and the reader now.", "UnsubscribeResult"),
-            "404": NO_READER,
-            "415": _error("A body was sent, not as application/json."),
-            "422": _error("The body is not an object with a list of known slugs."),
-        }),
-    }},
-    f"{API}/readers/{{reader}}/export": {"get": {
-        "operationId": "export_reader",
-        "tags": ["Readers"],
-        "summary": "Everything stored about a reader (the GDPR right of access)",
-        "parameters": [READER_PARAMETER],
-        "responses": _read({"200": _ok("The reader's data.", "ReaderExport"), "404": NO_READER}),
-    }},
-    f"{API}/events/generic": {"post": {
-        "operationId": "generic_events",
-        "tags": ["Bounces and complaints"],
-        "summary": "Report bounces and complaints (the generic shape)",
-        "description": (
-            "For a sending platform without its own endpoint, or a script of yours. Needs an admin token. "
-            "Every event is checked first: a malformed one refuses the whole batch (422 naming it), nothing "
-            "recorded; an event whose address is not an email address is skipped. Answers 200 once the "
-            "events are stored, 503 with Retry-After while the database is out of reach: send it again."),
-        "requestBody": {"required": True, "content": _json("DeliveryEvents")},
-        "responses": _change({
-            "200": _ok("Stored.", "EventsOutcome"),
-            "413": _error("The body is larger than NEWSLETTER_EVENTS_MAX_BODY_BYTES."),
-            "415": _error("The body is not sent as application/json."),
-            "422": _error("The body or an event is malformed: each is named, e.g. `events[2].type`."),
-        }),
-    }},
-    f"{API}/events/{{provider}}": {"post": {
-        "operationId": "provider_events",
-        "tags": ["Bounces and complaints"],
-        "summary": "A sending platform's bounce and complaint webhook",
-        "description": (
-            "The URL to give the platform: `ses` (Amazon SES through an SNS https subscription; the SNS "
-            "signature is checked and the subscription confirmed), `postmark` (HTTP basic auth in the URL), "
-            "`sendgrid` (Signed Event Webhook) or `mailgun` (signed webhooks). Each takes the platform's own "
-            "body and authentication, not a token: see the README. A platform whose secret is not set answers "
-            "404. Deliveries, opens, clicks and other events are accepted and ignored. Answers 200 once the "
-            "events are stored; 503 with Retry-After while the database is out of reach, which the platforms "
-            "retry."),
-        "security": [],
-        "parameters": [{"name": "provider", "in": "path", "required": True,
-                        "description": "The sending platform.",
-                        "schema": {"type": "string", "enum": ["ses", "postmark", "sendgrid", "mailgun"]},
-                        "example": "postmark"}],
-        "requestBody": {"required": True, "description": "The platform's own webhook body.",
-                        "content": {"application/json": {"schema": {}}, "text/plain": {"schema": TEXT}}},
-        "responses": {
-            "200": _ok("Stored (or nothing to store).", "EventsOutcome"),
-            "401": _error("Missing or wrong credentials or signature: nothing recorded."),
-            "403": _error("Authentic but refused: a replay, a stale signature, an SNS topic not listed, a "
-                          "certificate URL not on an SNS host."),
-            "404": _error("No such platform, or it is not configured here (its secret is not set)."),
-            "413": _error("The body is larger than NEWSLETTER_EVENTS_MAX_BODY_BYTES."),
-            "422": _error("The body is not what the platform sends."),
-            "503": {**_error("The database (or Amazon SNS, for its certificate) is out of reach: nothing was "
-                             "recorded, send it again."), "headers": {"Retry-After": {"schema": TEXT}}},
-            "default": OTHER_ERRORS,
-        },
-    }},
-}
+TAGS = [
+    {"name": "Signup", "description": "Public: what signup forms call."},
+    {"name": "Lists", "description": "Newsletters and their subscribers (any token)."},
+    {"name": "Exports", "description": "Streamed list downloads (any token)."},
+    {"name": "Readers", "description": "One reader: look up, unsubscribe, export, erase."},
+    {"name": "Bounces and complaints", "description": "What the sending platform reports back."},
+    {"name": "Changes", "description": "Every subscription change, oldest first, from a cursor (any token)."},
+    {"name": "Webhook endpoints", "description": "Where the webhooks go, and their delivery log (admin token)."},
+]
 
 SECURITY_SCHEMES = {"bearerAuth": {
     "type": "http",
@@ -455,31 +78,207 @@ SECURITY_SCHEMES = {"bearerAuth": {
                     "`Authorization: Bearer nlt_…`. `viewer` tokens read and export; `admin` tokens also change."),
 }}
 
+# Path parameters by name: what the URL's part means and which values make a URL at all.
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "slug": {"description": "The newsletter's slug.", "example": "daily-briefing",
+             "schema": {"type": "string", "pattern": "^[a-z0-9-]+$", "maxLength": 64}},
+    "reader": {"description": "The reader's id, or their email address.", "example": "1",
+               # A slash would make it another URL; "." and ".." are no names.
+               "schema": {"type": "string", "minLength": 1, "maxLength": 320, "pattern": "^[^/]+$",
+                          "not": {"enum": [".", ".."]}}},
+    # /api/v1/webhooks (<id:…>: a positive id that fits the id columns).
+    "endpoint_id": {"description": "The webhook endpoint's id.", "example": 1,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+    "delivery_id": {"description": "The delivery's id, from the endpoint's delivery log.", "example": 1,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+    "provider": {"description": "The sending platform.", "example": "postmark",
+                 "schema": {"type": "string", "enum": ["ses", "postmark", "sendgrid", "mailgun"]}},
+}
+
+TEXT = {"type": "string"}
+ERROR_ANSWER_HEADERS = {
+    "401": {"WWW-Authenticate": {"schema": TEXT, "description": "Bearer realm=\"newsletter\""}},
+    "429": {"Retry-After": {"schema": TEXT}},
+    "503": {"Retry-After": {"schema": TEXT}},
+}
+STANDARD_ERRORS: dict[Access, dict[int, str]] = {
+    "public": {},
+    "read": {401: "No valid token: missing, malformed, unknown or revoked."},
+    "change": {401: "No valid token: missing, malformed, unknown or revoked.",
+               403: "The token's role is `viewer`: it can read and export, not change anything."},
+}
+OTHER_ERRORS = "Any other error, in the same shape."
+
+WEBHOOK_SUMMARIES = {
+    "subscription.pending": "A reader signed up and was asked to confirm",
+    "subscription.confirmed": "A reader confirmed a subscription: mail them from now on",
+    "subscription.unsubscribed": "A reader left a newsletter: stop mailing them",
+    "reader.erased": "A reader was erased: forget them (their address and name are null)",
+    "reader.suppressed": "A reader's address stopped taking mail (a bounce, a complaint, a block)",
+}
+WEBHOOK_HEADERS = [
+    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"}, "example": "evt_42",
+     "description": "The event's id: the same in every attempt to deliver it. Apply each id once."},
+    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"},
+     "example": "1796203200",
+     "description": "When this attempt was signed, in seconds since 1970 (UTC). Refuse one far from your clock."},
+    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+     "example": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+     "description": ("Space-separated `v1,<base64 HMAC-SHA256>` signatures of "
+                     "`<webhook-id>.<webhook-timestamp>.<body>` with the endpoint's secret (two while a rotated "
+                     "secret overlaps). Verify it with any Standard Webhooks library, e.g. Python's "
+                     "`standardwebhooks.Webhook(secret).verify(body, headers)`.")},
+]
+WEBHOOK_ANSWERS = {
+    "2XX": {"description": "Delivered: any 2xx answer, within the timeout. Redirects are not followed."},
+    "default": {"description": ("Not delivered: sent again with exponential backoff for up to three days (the "
+                                "events of one reader stay in order), then the endpoint is switched off.")},
+}
+
+
+class _DescribeOnly(FlaskPlugin):
+    """spectree's Flask plugin without its request checks: the views parse with the same models
+    (schemas.parse), which keeps the API's own messages, status codes (415, 413…) and streamed answers."""
+
+    def validate(self, func: Callable, query: Any, json: Any, form: Any, headers: Any, cookies: Any, resp: Any,
+                 before: Any, after: Any, validation_error_status: int, skip_validation: bool,
+                 force_resp_serialize: bool, *args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+
+spec = SpecTree(
+    "flask", backend=_DescribeOnly, mode="strict", annotations=False,
+    title="Newsletter signups API", version="1",
+    description=("Sign readers up with double opt-in, read the lists and their counts, export them, and act on "
+                 "readers' rights (access, erasure). Errors are always JSON: "
+                 "`{\"errors\": {\"field\": [\"message\", …]}}`."),
+    naming_strategy=lambda model: model.__name__, nested_naming_strategy=lambda _parent, child: child,
+    validation_error_model=Errors,
+)
+
+# What `described` knows that spectree's decorator doesn't, by operation id.
+_EXTRAS: dict[str, dict[str, Any]] = {}
+# The models each operation was described with, by operation id (tests/test_api_v1.py compares them with the document).
+MODELS: dict[str, dict[str, Any]] = {}
+
+
+def described(*, tag: str, access: Access, answers: Mapping[int, Any], json: type[BaseModel] | None = None,
+              query: type[BaseModel] | None = None, body_required: bool = True,
+              extra: dict[str, Any] | None = None) -> Callable[[Callable], Callable]:
+    """Put the view in the OpenAPI document with these models; see the module's docstring."""
+    # Each answer as (model or None, meaning); a bare string is an error with that meaning.
+    codes = {status: (Errors, answer) if isinstance(answer, str) else answer if isinstance(answer, tuple)
+             else (answer, None) for status, answer in {**STANDARD_ERRORS[access], **answers}.items()}
+
+    def decorate(view: Callable) -> Callable:
+        operation_id = view.__name__
+        assert operation_id not in MODELS, f"Two API views are called {operation_id}: the operation ids would clash."
+        MODELS[operation_id] = {"json": json, "query": query, "answers": {
+            str(status): model for status, (model, _meaning) in codes.items() if model is not None}}
+        _EXTRAS[operation_id] = {
+            "answers": {str(status) for status in codes},
+            "public": access == "public",
+            "body_required": body_required,
+            "extra": extra or {},
+        }
+        described_answers = Answers(**{f"HTTP_{status}": (model, meaning) if meaning else model
+                                       for status, (model, meaning) in codes.items()})
+        return spec.validate(json=json, query=query, resp=described_answers, tags=[tag], operation_id=operation_id,
+                             security={} if access == "public" else None, skip_validation=True)(view)
+
+    return decorate
+
+
+def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def _finish(operation: dict[str, Any]) -> None:
+    """Add to spectree's operation what `described` knows beyond the models."""
+    extras = _EXTRAS[operation["operationId"]]
+    operation["parameters"] = [
+        {**parameter, **PATH_PARAMETERS.get(parameter["name"], {})} if parameter["in"] == "path" else parameter
+        for parameter in operation["parameters"]]
+    for parameter in operation["parameters"]:
+        if parameter.get("schema") is None:  # spectree knows werkzeug's converters, not ours (e.g. <id:…>)
+            raise LookupError(f"Describe the path parameter {parameter['name']!r} in openapi.PATH_PARAMETERS.")
+        if not parameter.get("description"):
+            parameter.pop("description", None)
+    if not operation.get("description"):
+        operation.pop("description", None)
+    responses = operation["responses"]
+    # spectree adds a 422 for its own request checks to every operation; ours say when they answer 422.
+    for status in set(responses) - extras["answers"]:
+        del responses[status]
+    for status, headers in ERROR_ANSWER_HEADERS.items():
+        if status in responses:
+            responses[status]["headers"] = copy.deepcopy(headers)
+    responses["default"] = {"description": OTHER_ERRORS,
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}}
+    if extras["public"]:
+        operation["security"] = []
+    if "requestBody" in operation:
+        operation["requestBody"]["required"] = extras["body_required"]
+    _merge(operation, extras["extra"])
+
+
+def webhooks(event: type[BaseModel], types: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The document's `webhooks` (one per event type, each body an `event`) and the schemas they name."""
+    _, definitions = models_json_schema([(event, "serialization")], ref_template="#/components/schemas/{model}")
+    described_webhooks = {}
+    for kind in types:
+        described_webhooks[kind] = {"post": {
+            "operationId": "webhook_" + re.sub(r"\W", "_", kind),
+            "tags": ["Webhooks"],
+            "summary": WEBHOOK_SUMMARIES.get(kind, kind),
+            "description": (f"POSTed as JSON to every active endpoint that wants `{kind}` (or every event), signed "
+                            "as the Standard Webhooks specification says."),
+            "security": [],
+            "parameters": copy.deepcopy(WEBHOOK_HEADERS),
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"allOf": [
+                {"$ref": f"#/components/schemas/{event.__name__}"},
+                {"properties": {"type": {"const": kind}}},
+            ]}}}},
+            "responses": copy.deepcopy(WEBHOOK_ANSWERS),
+        }}
+    return described_webhooks, definitions.get("$defs", {})
+
 
 def document() -> dict[str, Any]:
     """The OpenAPI document, with this installation's public URL as its server."""
-    return {
+    # spectree makes its document once, from the first app's routes: every app has the same API.
+    generated = copy.deepcopy(spec.spec)
+    for item in generated["paths"].values():
+        for operation in item.values():
+            _finish(operation)
+    used = {tag for item in generated["paths"].values() for operation in item.values() for tag in operation["tags"]}
+    generated |= {
         "openapi": "3.1.0",
-        "info": {
-            "title": "Newsletter signups API",
-            "version": "1",
-            "description": (
-                "Sign readers up with double opt-in, read the lists and their counts, export them, and act on "
-                "readers' rights (access, erasure). Errors are always JSON: "
-                "`{\"errors\": {\"field\": [\"message\", …]}}`."),
-        },
         "servers": [{"url": current_app.config["NEWSLETTER_PUBLIC_URL"]}],
         "security": [{"bearerAuth": []}],
-        "tags": [
-            {"name": "Signup", "description": "Public: what signup forms call."},
-            {"name": "Lists", "description": "Newsletters and their subscribers (any token)."},
-            {"name": "Exports", "description": "Streamed list downloads (any token)."},
-            {"name": "Readers", "description": "One reader: look up, unsubscribe, export, erase."},
-            {"name": "Bounces and complaints", "description": "What the sending platform reports back."},
-        ],
-        "paths": PATHS,
-        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
+        "tags": [tag for tag in TAGS if tag["name"] in used] + [
+            {"name": name} for name in sorted(used - {tag["name"] for tag in TAGS})],
     }
+    generated["webhooks"], event_schemas = webhooks(ChangeEvent, get_args(EventType))
+    generated["components"]["schemas"] |= event_schemas
+    generated["tags"].append({"name": "Webhooks", "description": (
+        "What this service POSTs to your endpoints (set them up in the admin or under /api/v1/webhooks): "
+        "each subscription change as it happens, the same events as GET /api/v1/changes.")})
+    generated["components"]["securitySchemes"] = SECURITY_SCHEMES
+    # Query models are in the parameters, one by one; the schemas are what bodies and answers name.
+    schemas = generated["components"]["schemas"]
+    named, todo = set(), _refs([generated["paths"], generated["webhooks"]])
+    while todo:
+        name = todo.pop()
+        if name not in named:
+            named.add(name)
+            todo += _refs(schemas[name])
+    generated["components"]["schemas"] = {name: schemas[name] for name in sorted(named)}
+    return generated
 
 
 @blueprint.get("/openapi.json")
@@ -492,6 +291,10 @@ def _type_of(schema: dict[str, Any]) -> str:
     """A schema in a few words, for the docs page: `array of Subscriber`, `string or null`…"""
     if "$ref" in schema:
         return schema["$ref"].rpartition("/")[2]
+    if "anyOf" in schema:
+        return " or ".join(_type_of(each) for each in schema["anyOf"])
+    if "const" in schema:
+        return json.dumps(schema["const"])
     kind = schema.get("type", "any")
     kinds = kind if isinstance(kind, list) else [kind]
     words = []
@@ -504,13 +307,23 @@ def _type_of(schema: dict[str, Any]) -> str:
             words.append(" | ".join(json.dumps(value) for value in schema["enum"] if value is not None))
         elif each == "string" and "format" in schema:
             words.append(f"string ({schema['format']})")
-        elif each == "object" and "additionalProperties" in schema and not schema.get("properties"):
+        elif each == "object" and isinstance(schema.get("additionalProperties"), dict) and not schema.get("properties"):
             words.append(f"object of {_type_of(schema['additionalProperties'])}")
         else:
             words.append(each)
     if "null" in kinds:
         words.append("null")
     return " or ".join(words)
+
+
+def _refs(schema: Any) -> list[str]:
+    """The schemas a schema names, for links on the docs page."""
+    if isinstance(schema, dict):
+        found = [schema["$ref"].rpartition("/")[2]] if "$ref" in schema else []
+        return found + [name for value in schema.values() for name in _refs(value)]
+    if isinstance(schema, list):
+        return [name for value in schema for name in _refs(value)]
+    return []
 
 
 def prose(text: str | None) -> Markup:
@@ -521,8 +334,10 @@ def prose(text: str | None) -> Markup:
 @blueprint.get("/docs")
 def docs() -> str:
     """The document as a page people read: every operation, its parameters, answers and schemas."""
-    spec = document()
-    operations = [(path, method, operation) for path, item in spec["paths"].items()
+    spec_ = document()
+    operations = [(path, method, operation) for path, item in spec_["paths"].items()
                   for method, operation in item.items()]
-    return render_template("api/docs.html", spec=spec, operations=operations, type_of=_type_of,
-                           example=json.dumps, prose=prose)
+    webhooks = [(name, method, operation) for name, item in spec_.get("webhooks", {}).items()
+                for method, operation in item.items()]
+    return render_template("api/docs.html", spec=spec_, operations=operations, webhooks=webhooks, type_of=_type_of,
+                           refs=_refs, example=json.dumps, prose=prose)

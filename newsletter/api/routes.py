@@ -6,22 +6,15 @@ from typing import Any
 
 from flask import Response, current_app, jsonify, request
 from flask_babel import gettext as _
-from flask_babel import ngettext
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from .. import abuse, addresses, metrics, origins, subscriptions
+from .. import abuse, metrics, origins, subscriptions
 from ..extensions import db
 from ..provenance import request_source
 from ..ratelimits import signup_limits
 from . import blueprint
-
-SIGNUP_FIELDS = {"email", "newsletters", "name", "page_url", "form_id", "form_token", "embed", "lang",
-                 abuse.HONEYPOT_FIELD}
-
-
-class FieldErrors(Exception):
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        self.errors = errors
+from .openapi import described
+from .schemas import FieldErrors, FormSettings, FormsQuery, SignupAccepted, SignupRequest, parse
 
 
 @blueprint.errorhandler(FieldErrors)
@@ -43,86 +36,45 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _optional_text(body: dict[str, Any], field: str, limit: int, errors: dict[str, list[str]]) -> str | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        errors[field] = [_("The %(field)s must be a string.", field=field)]
-        return None
-    if len(value) > limit:
-        errors[field] = [ngettext("The %(field)s can be at most %(num)d character long.",
-                                   "The %(field)s can be at most %(num)d characters long.", limit, field=field)]
-        return None
-    return value
-
-
-def parse_signup(body: dict[str, Any]) -> tuple[str, list[str], str | None]:
-    """(normalized email, newsletter slugs, name) from a signup body, or FieldErrors naming every problem."""
-    config = current_app.config
-    errors: dict[str, list[str]] = {}
-    email, slugs, name = body.get("email"), body.get("newsletters"), body.get("name")
-
-    address = ""
-    if not isinstance(email, str):
-        errors["email"] = [_("Enter your email address.") if email is None else _("The email must be a string.")]
-    else:
-        try:
-            address = addresses.normalize(email, check_deliverability=config["NEWSLETTER_CHECK_DELIVERABILITY"],
-                                          timeout=config["NEWSLETTER_DNS_TIMEOUT"])
-        except addresses.InvalidAddress as error:
-            errors["email"] = [str(error)]
-
-    limit = config["NEWSLETTER_MAX_NEWSLETTERS_PER_SIGNUP"]
-    if not isinstance(slugs, list) or not all(isinstance(slug, str) for slug in slugs):
-        errors["newsletters"] = [_("Give the newsletters as a list of their names, e.g. [\"daily-briefing\"].")]
-    elif not slugs:
-        errors["newsletters"] = [_("Choose at least one newsletter.")]
-    elif len(set(slugs)) > limit:
-        errors["newsletters"] = [ngettext("At most %(num)d newsletter can be chosen at once.",
-                                          "At most %(num)d newsletters can be chosen at once.", limit)]
-
-    if name is not None and not isinstance(name, str):
-        errors["name"] = [_("The name must be a string.")]
-    else:
-        try:
-            name = subscriptions.check_name(name)
-        except ValueError as error:
-            errors["name"] = [str(error)]
-
-    for field, size in (("page_url", 2048), ("form_id", 200), ("form_token", 500), ("lang", 35)):
-        _optional_text(body, field, size, errors)
-    if body.get("embed") not in (None, "script"):
-        errors["embed"] = [_("The embed, when given, must be \"script\".")]
-
-    unknown = set(body) - SIGNUP_FIELDS
-    if unknown:
-        errors["body"] = [_("Unexpected field %(field)r.", field=field) for field in sorted(unknown)]
-    if errors:
-        raise FieldErrors(errors)
-    return address, slugs, name
+def parse_signup(body: dict[str, Any]) -> SignupRequest:
+    """The signup body as a SignupRequest (address normalized, name checked), or FieldErrors naming every problem."""
+    return parse(SignupRequest, body, {"config": current_app.config})
 
 
 @blueprint.post("/subscriptions")
+@described(tag="Signup", access="public", json=SignupRequest, answers={
+    202: (SignupAccepted, "Taken (or silently dropped, for bots)."),
+    403: "Sent by a page on a site that may not embed the forms.",
+    413: "The body is too large.",
+    415: "The body is not sent as application/json.",
+    422: "Each field's problems: email, newsletters, name …",
+    429: "Too many signups from this IP or for this address.",
+})
 @signup_limits
 def create_subscription() -> tuple[Response, int]:
+    """Sign a reader up (double opt-in)
+
+    Records pending subscriptions and queues one confirmation email. Public: no token. The answer is
+    the same for a new, a pending and a confirmed address. Rate-limited per client IP and per address
+    (429 with Retry-After). Browsers may call it from the sites in NEWSLETTER_ALLOWED_ORIGINS.
+    """
     origins.cross_origin_post()
     body = _body()
     accepted = jsonify({"status": "pending"}), 202
     if abuse.is_bot(body):
         return accepted
-    address, slugs, name = parse_signup(body)
-    from_script = body.get("embed") == "script"
+    signup = parse_signup(body)
+    from_script = signup.embed == "script"
     if from_script:
         # Our own script always sends the token it was given; API clients of the site's server don't.
         try:
-            abuse.check_fill_time(body.get("form_token"))
+            abuse.check_fill_time(signup.form_token)
         except abuse.TooFast:
             raise FieldErrors({"form": [_("That was quick! Please check your address and press Subscribe again.")]})
-    chosen = subscriptions.find_newsletters(db.session, slugs, cached=True)
+    chosen = subscriptions.find_newsletters(db.session, signup.newsletters, cached=True)
     source = request_source("embed-script" if from_script else "api", subscriptions.consent_wording(chosen),
-                            page_url=body.get("page_url"), form_id=body.get("form_id"))
-    subscriptions.sign_up(db.session, address, chosen, name=name, config=current_app.config, source=source)
+                            page_url=signup.page_url, form_id=signup.form_id)
+    subscriptions.sign_up(db.session, signup.email, chosen, name=signup.name, config=current_app.config, source=source)
     db.session.commit()
     metrics.count("signups", source.channel)
     # The same answer for new, pending and confirmed addresses: nobody learns who is subscribed.
@@ -130,10 +82,16 @@ def create_subscription() -> tuple[Response, int]:
 
 
 @blueprint.get("/forms")
+@described(tag="Signup", access="public", query=FormsQuery, answers={
+    200: (FormSettings, "The newsletters, a fill-time token and the form's texts."),
+    422: "A slug names no active newsletter, or none was given.",
+})
 def form_settings() -> Response:
-    """What embed.js needs to draw a form: the newsletters, a fill-time token and the wording."""
-    slugs = [slug.strip() for slug in request.args.get("newsletters", "").split(",") if slug.strip()]
-    offered = subscriptions.find_newsletters(db.session, slugs)
+    """What embed.js needs to draw a form
+
+    The newsletters, a fill-time token and the wording, in the reader's language.
+    """
+    offered = subscriptions.find_newsletters(db.session, parse(FormsQuery, request.args.to_dict()).slugs)
     return jsonify({
         "newsletters": [{"slug": n.slug, "name": n.name, "description": n.description, "author": n.author}
                         for n in offered],

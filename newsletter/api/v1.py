@@ -6,7 +6,7 @@ errors are JSON, errors as {"errors": {"field": ["message", …]}} like the rest
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
 from typing import Any
 
 from flask import Response, current_app, g, jsonify, request
@@ -14,14 +14,19 @@ from flask import Response, current_app, g, jsonify, request
 from .. import metrics, privacy, subscribers, subscriptions, tokens
 from ..authz import token_required
 from ..extensions import db
-from ..models import SUBSCRIPTION_STATUSES, Newsletter, Reader, Subscription
+from ..models import Newsletter, Reader, Subscription
 from ..provenance import request_source
 from ..subscriptions import Source, UnknownReader
 from . import blueprint
-from .routes import FieldErrors, _body
+from .openapi import described
+from .routes import _body
+from .schemas import Reader as ReaderAnswer
+from .schemas import (NewsletterList, ReaderExport, SubscriberPage, SubscriberQuery, UnsubscribeRequest,
+                      UnsubscribeResult, parse)
 
-DEFAULT_PAGE = 100
-MAX_SEARCH = 320
+
+NO_NEWSLETTER = "No newsletter has this slug."
+NO_READER = "No reader has this id or address."
 
 
 class Missing(Exception):
@@ -82,8 +87,10 @@ def _token_label() -> str:
 
 
 @blueprint.get("/newsletters")
+@described(tag="Lists", access="read", answers={200: (NewsletterList, "Newsletters by slug, archived ones included.")})
 @token_required()
 def list_newsletters() -> Response:
+    """Every newsletter with its counts"""
     return jsonify({"newsletters": [{
         "slug": newsletter.slug,
         "name": newsletter.name,
@@ -93,39 +100,6 @@ def list_newsletters() -> Response:
         "created_at": _iso(newsletter.created_at),
         "counts": counts,
     } for newsletter, counts in subscribers.newsletters_with_counts(db.session)]})
-
-
-def parse_page_query(args: Mapping[str, str]) -> tuple[str | None, str | None, int, int | None]:
-    """(status, search, limit, after id) from the query string, or FieldErrors naming each problem."""
-    errors: dict[str, list[str]] = {}
-    status = args.get("status") or None
-    if status is not None and status not in SUBSCRIPTION_STATUSES:
-        errors["status"] = [f"The status must be one of {', '.join(SUBSCRIPTION_STATUSES)}."]
-
-    search = (args.get("q") or "").strip() or None
-    if search is not None and len(search) > MAX_SEARCH:
-        errors["q"] = [f"The search can be at most {MAX_SEARCH} characters long."]
-    elif search is not None and "\x00" in search:
-        errors["q"] = ["The search can't contain NUL characters."]
-
-    limit = DEFAULT_PAGE
-    raw_limit = args.get("limit")
-    if raw_limit is not None:
-        if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= subscribers.MAX_PAGE):
-            errors["limit"] = [f"The limit must be a whole number from 1 to {subscribers.MAX_PAGE}."]
-        else:
-            limit = int(raw_limit)
-
-    after_id = None
-    cursor = args.get("cursor") or None
-    if cursor is not None:
-        try:
-            after_id = tokens.read_cursor(cursor[:500])
-        except tokens.InvalidToken:
-            errors["cursor"] = ["This cursor is not one this API gave out: use the next_cursor of the previous page."]
-    if errors:
-        raise FieldErrors(errors)
-    return status, search, limit, after_id
 
 
 def _subscriber(subscription: Subscription, reader: Reader) -> dict[str, Any]:
@@ -143,12 +117,22 @@ def _subscriber(subscription: Subscription, reader: Reader) -> dict[str, Any]:
 
 
 @blueprint.get("/newsletters/<slug>/subscribers")
+@described(tag="Lists", access="read", query=SubscriberQuery, answers={
+    200: (SubscriberPage, "One page."),
+    404: NO_NEWSLETTER,
+    422: "status, q, limit or cursor is not acceptable: each is named.",
+})
 @token_required()
 def list_subscribers(slug: str) -> Response:
+    """A newsletter's subscribers, page by page
+
+    Ordered by subscription id. Follow `next_cursor` until it is null to get every row exactly once,
+    even while readers sign up. Erased readers are left out.
+    """
     newsletter = _newsletter(slug)
-    status, search, limit, after_id = parse_page_query(request.args)
-    page = subscribers.subscribers_page(db.session, newsletter, status=status, search=search, after_id=after_id,
-                                        limit=limit)
+    wanted = parse(SubscriberQuery, request.args.to_dict())
+    page = subscribers.subscribers_page(db.session, newsletter, status=wanted.status, search=wanted.q,
+                                        after_id=wanted.after_id, limit=wanted.limit)
     return jsonify({
         "subscribers": [_subscriber(subscription, reader) for subscription, reader in page.rows],
         "next_cursor": tokens.cursor_token(page.last_id) if page.has_more and page.last_id else None,
@@ -156,8 +140,10 @@ def list_subscribers(slug: str) -> Response:
 
 
 @blueprint.get("/readers/<reader>")
+@described(tag="Readers", access="read", answers={200: (ReaderAnswer, "The reader."), 404: NO_READER})
 @token_required()
 def get_reader(reader: str) -> Response:
+    """A reader with their subscriptions and consent history"""
     return jsonify(privacy.describe_reader(db.session, _reader(reader)))
 
 
@@ -165,34 +151,25 @@ def parse_unsubscribe(body: dict[str, Any] | None) -> list[Newsletter] | None:
     """The newsletters an unsubscribe body names; None for all of them (no body, or no "newsletters")."""
     if body is None:
         return None
-    errors: dict[str, list[str]] = {}
-    unknown = set(body) - {"newsletters"}
-    if unknown:
-        errors["body"] = [f"Unexpected field {field!r}." for field in sorted(unknown)]
-    slugs = body.get("newsletters")
-    chosen: list[Newsletter] = []
-    if slugs is not None:
-        if not isinstance(slugs, list) or not slugs or not all(isinstance(slug, str) for slug in slugs):
-            errors["newsletters"] = ['Give the newsletters as a non-empty list of their slugs, e.g. ["daily-briefing"], '
-                                     "or leave the field out to unsubscribe from all."]
-        else:
-            problems = []
-            for slug in dict.fromkeys(slugs):
-                newsletter = subscribers.find_newsletter(db.session, slug)
-                if newsletter is None:
-                    problems.append(f"There is no newsletter called {slug!r}.")
-                else:
-                    chosen.append(newsletter)
-            if problems:
-                errors["newsletters"] = problems
-    if errors:
-        raise FieldErrors(errors)
-    return chosen if slugs is not None else None
+    find = functools.partial(subscribers.find_newsletter, db.session)
+    slugs = parse(UnsubscribeRequest, body, {"find_newsletter": find}).newsletters
+    return None if slugs is None else [find(slug) for slug in slugs]
 
 
 @blueprint.post("/readers/<reader>/unsubscribe")
+@described(tag="Readers", access="change", json=UnsubscribeRequest, body_required=False, answers={
+    200: (UnsubscribeResult, "What changed, and the reader now."),
+    404: NO_READER,
+    410: "The reader was erased: nothing more can be done for them.",
+    415: "A body was sent, not as application/json.",
+    422: "The body is not an object with a list of known slugs.",
+})
 @token_required(change=True)
 def unsubscribe_reader(reader: str) -> Response:
+    """Unsubscribe a reader from some newsletters, or all
+
+    Recorded as a consent event with source `api`. Needs an admin token.
+    """
     found = _live_reader(reader)
     chosen = parse_unsubscribe(_body() if request.get_data() else None)
     source = request_source("api", f"Unsubscribed with {_token_label()}")
@@ -208,8 +185,18 @@ def unsubscribe_reader(reader: str) -> Response:
 
 
 @blueprint.delete("/readers/<reader>")
+@described(tag="Readers", access="change", answers={200: (ReaderAnswer, "What is left of the reader."),
+                                                    404: NO_READER})
 @token_required(change=True)
 def erase_reader(reader: str) -> Response:
+    """Erase a reader (the GDPR right to erasure)
+
+    Removes the address and personal fields everywhere: the email becomes erased-<id>@invalid, the
+    name goes, consent events lose page URL, IP and user agent (their actions and times stay, for
+    anonymous counts), emails lose address and bodies and unsent ones are cancelled. Every
+    subscription ends. The reader's links stop working; a new signup later makes a new reader.
+    Needs an admin token. Erasing again changes nothing.
+    """
     erased = privacy.erase_reader(db.session, _reader(reader).id,
                                   source=Source(channel="api", wording=f"Erased with {_token_label()}"),
                                   config=current_app.config)
@@ -218,6 +205,8 @@ def erase_reader(reader: str) -> Response:
 
 
 @blueprint.get("/readers/<reader>/export")
+@described(tag="Readers", access="read", answers={200: (ReaderExport, "The reader's data."), 404: NO_READER})
 @token_required()
 def export_reader(reader: str) -> Response:
+    """Everything stored about a reader (the GDPR right of access)"""
     return jsonify(privacy.export_reader(db.session, _reader(reader).id))
