@@ -80,10 +80,14 @@ def assign_positions(session: Session, batch: int = DEFAULT_BATCH, max_batches: 
     while max_batches is None or rounds < max_batches:
         rounds += 1
         # The cheap look first (the partial index of unpositioned events): no lock when there is nothing to do.
-        if session.scalar(select(ConsentEvent.id).where(ConsentEvent.feed_position.is_(None)).limit(1)) is None:
-            session.commit()
+        unpositioned = session.scalar(select(ConsentEvent.id).where(ConsentEvent.feed_position.is_(None)).limit(1))
+        session.commit()
+        if unpositioned is None:
             break
         if session.get_bind().dialect.name == "postgresql":
+            # READ COMMITTED whatever the server's default: the UPDATE's snapshot must be taken after the
+            # lock is granted, so that it sees the positions of the caller that held it before.
+            session.connection(execution_options={"isolation_level": "READ COMMITTED"})
             session.execute(select(func.pg_advisory_xact_lock(POSITION_LOCK)))
         count = session.execute(_NUMBER, {"batch": batch}).rowcount
         session.commit()
