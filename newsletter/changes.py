@@ -6,7 +6,9 @@ that read `id > cursor` would miss a row inserted before its cursor but committe
 signup's transaction still open while a later one commits and is read).
 
 So an event gets its place in the feed, `feed_position`, after it has committed: assign_positions
-numbers the committed events that have none, max+1, max+2 … in id order, in one short transaction.
+numbers the committed events that have none, last+1, last+2 … in id order, in one short transaction
+(`last`: the last position ever given, kept in feed_state too, since a purge can delete the events
+that hold the largest positions, and a client's cursor may be one of them).
 On PostgreSQL it first takes a transaction-level advisory lock, so two callers (the feed's view and
 the workers) take turns, and reads the max under that lock in the same statement as the UPDATE
 (READ COMMITTED: the statement sees every earlier caller's positions, committed before it let go of
@@ -31,7 +33,7 @@ What the feed shows of readers who are gone:
   live subscription before it);
 - a reader who never confirmed and is deleted by `newsletter purge-pending`: the rows are
   deleted with their events, so the feed has nothing of them any more (positions have gaps, which
-  cursors don't mind). Such a reader was only ever `subscription.pending`: a receiver should treat
+  cursors don't mind, and are never given again). Such a reader was only ever `subscription.pending`: a receiver should treat
   pending as "not subscribed" and may forget a pending address that never confirms.
 """
 
@@ -60,14 +62,23 @@ POSITION_LOCK = 0x6E6C66656564
 DEFAULT_BATCH = 10_000
 DEADLOCK_DETECTED = "40P01"
 
-_NUMBER = text("""
+# The last position given: the largest kept, or the last one ever given if its event was deleted since.
+_LAST = """(SELECT coalesce(max(given), 0) FROM (
+        SELECT max(feed_position) AS given FROM consent_events
+        UNION ALL SELECT last_position FROM feed_state WHERE id = 1) AS known)"""
+_NUMBER = text(f"""
     UPDATE consent_events SET feed_position = numbered.position
     FROM (
-        SELECT id, (SELECT coalesce(max(feed_position), 0) FROM consent_events) + row_number() OVER (ORDER BY id)
-               AS position
+        SELECT id, {_LAST} + row_number() OVER (ORDER BY id) AS position
         FROM consent_events WHERE feed_position IS NULL ORDER BY id LIMIT :batch
     ) AS numbered
     WHERE consent_events.id = numbered.id
+""")
+# (WHERE true: SQLite's parser needs it between INSERT … SELECT and ON CONFLICT.)
+_REMEMBER = text("""
+    INSERT INTO feed_state (id, last_position) SELECT 1, max(feed_position) FROM consent_events WHERE true
+    ON CONFLICT (id) DO UPDATE SET last_position = excluded.last_position
+    WHERE excluded.last_position > feed_state.last_position
 """)
 
 
@@ -110,6 +121,8 @@ def _number_batch(session: Session, batch: int) -> int:
                 session.connection(execution_options={"isolation_level": "READ COMMITTED"})
                 session.execute(select(func.pg_advisory_xact_lock(POSITION_LOCK)))
             count = session.execute(_NUMBER, {"batch": batch}).rowcount
+            if count:
+                session.execute(_REMEMBER)
             session.commit()
             return count
         except DBAPIError as error:
@@ -120,7 +133,7 @@ def _number_batch(session: Session, batch: int) -> int:
 
 def last_position(session: Session) -> int:
     """The feed's last position given so far (0 when none): a new reader of the feed starts after it."""
-    return session.scalar(select(func.coalesce(func.max(ConsentEvent.feed_position), 0))) or 0
+    return session.scalar(text(f"SELECT {_LAST}")) or 0
 
 
 def changes_after(session: Session, after: int, limit: int, types: Collection[str] | None = None,
