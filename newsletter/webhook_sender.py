@@ -1,0 +1,386 @@
+"""Webhook deliveries: queue the feed's changes for each endpoint, then sign and POST them, with retries.
+
+Dispatch turns the changes feed into outbox rows (kind "webhook"), one per endpoint and event, and
+moves the endpoint's feed_position on in the same transaction: a crash queues nothing twice and
+loses nothing. Delivery claims one due row at a time (FOR UPDATE SKIP LOCKED on PostgreSQL, so any
+number of workers share the work), renders the event when it sends it, signs it as Standard
+Webhooks says and POSTs it through webhook_urls (no private addresses, no redirects, a timeout).
+A reader's deliveries to one endpoint leave in order: a row waits while an earlier one of the same
+endpoint and reader is pending. Failures are retried with exponential backoff for
+NEWSLETTER_WEBHOOK_RETRY_FOR from when the row was queued; then the row fails and its endpoint is
+switched off, with the reason, for an admin to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import and_, exists, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, aliased
+from standardwebhooks import Webhook
+
+from . import changes, outages
+from .models import WEBHOOK_KIND, OutboxMessage, WebhookAttempt, WebhookEndpoint, utcnow
+from .outbox import Backoff, describe_error
+from .webhook_urls import Answer, RefusedAddress, WebhookClient
+from .webhooks import signing_secrets
+
+log = logging.getLogger(__name__)
+
+DISPATCH_BATCH = 1000
+RESPONSE_START = 500
+USER_AGENT = "newsletter-webhooks/1"
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def dispatch(session: Session, batch: int = DISPATCH_BATCH) -> int:
+    """Queue the feed's new changes for every active endpoint; how many deliveries were queued.
+
+    One transaction per endpoint and batch: the rows and the endpoint's new feed_position commit
+    together. On PostgreSQL an endpoint another worker is dispatching is skipped (its rows are on
+    their way).
+    """
+    endpoint_ids = list(session.scalars(select(WebhookEndpoint.id).where(WebhookEndpoint.active.is_(True))))
+    session.rollback()
+    if not endpoint_ids:
+        return 0
+    changes.assign_positions(session)
+    queued = 0
+    for endpoint_id in endpoint_ids:
+        while True:
+            added, more = _dispatch_batch(session, endpoint_id, batch)
+            queued += added
+            if not more:
+                break
+    return queued
+
+
+def _dispatch_batch(session: Session, endpoint_id: int, batch: int) -> tuple[int, bool]:
+    endpoint = session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
+                                                            WebhookEndpoint.active.is_(True))
+                               .with_for_update(skip_locked=True)).first()
+    if endpoint is None:
+        session.rollback()
+        return 0, False
+    # Read first: positions are given in turns (changes.assign_positions), so everything up to it is in the feed.
+    upto = changes.last_position(session)
+    events = [event for event in changes.changes_after(session, endpoint.feed_position, batch,
+                                                       types=endpoint.event_types or None)
+              if event.feed_position is not None and event.feed_position <= upto]
+    now = utcnow()
+    if events:
+        session.execute(insert(OutboxMessage), [{
+            "kind": WEBHOOK_KIND, "endpoint_id": endpoint.id, "event_id": event.id, "reader_id": event.reader_id,
+            "status": "pending", "attempts": 0, "created_at": now, "next_attempt_at": now,
+        } for event in events])
+    full = len(events) >= batch
+    position = events[-1].feed_position if full else upto
+    if position is not None and position > endpoint.feed_position:
+        endpoint.feed_position = position
+    session.commit()
+    return len(events), full
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A leased webhook row to send: its ids, its attempts with this one, and when it was queued."""
+
+    row_id: int
+    endpoint_id: int
+    event_id: int | None
+    attempts: int
+    created_at: datetime
+
+
+def _lease(config: dict[str, Any]) -> timedelta:
+    # Longer than connect + read: a crashed sender's delivery is due again after it.
+    return timedelta(seconds=2 * config["NEWSLETTER_WEBHOOK_TIMEOUT"] + 30)
+
+
+def claim_next(session: Session, config: dict[str, Any]) -> Delivery | None:
+    """Lease the next due webhook row of an active endpoint and commit; None when nothing is due.
+
+    A row waits while an earlier row of the same endpoint and reader is pending (in order per
+    reader); the claim is its own short transaction, so no transaction stays open during the POST.
+    """
+    now = utcnow()
+    earlier = aliased(OutboxMessage)
+    row = session.scalars(
+        select(OutboxMessage)
+        .join(WebhookEndpoint, WebhookEndpoint.id == OutboxMessage.endpoint_id)
+        .where(OutboxMessage.kind == WEBHOOK_KIND, OutboxMessage.status == "pending",
+               OutboxMessage.next_attempt_at <= now, WebhookEndpoint.active.is_(True),
+               ~exists().where(and_(earlier.endpoint_id == OutboxMessage.endpoint_id,
+                                    earlier.reader_id == OutboxMessage.reader_id,
+                                    earlier.id < OutboxMessage.id, earlier.status == "pending")))
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=OutboxMessage)
+    ).first()
+    if row is None:
+        session.rollback()
+        return None
+    row.attempts += 1
+    row.next_attempt_at = now + _lease(config)
+    delivery = Delivery(row.id, row.endpoint_id or 0, row.event_id, row.attempts, _aware(row.created_at))
+    session.commit()
+    return delivery
+
+
+@dataclass
+class DeliveryResult:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    switched_off: int = 0
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A rendered, signed delivery: where to, its body and headers."""
+
+    url: str
+    event_type: str | None
+    body: bytes
+    headers: dict[str, str]
+
+
+def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: str) -> str:
+    """The webhook-signature header: one signature per secret, space-separated (Standard Webhooks)."""
+    return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
+
+
+def render(session: Session, delivery: Delivery) -> Signed | str:
+    """The signed request of a delivery, rendered now; or why there is nothing to send (the event is gone)."""
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    if endpoint is None:
+        return "The endpoint was deleted."
+    payload = changes.event_payload(session, delivery.event_id) if delivery.event_id is not None else None
+    if payload is None:
+        return (f"The event {delivery.event_id} no longer exists (its never-confirmed reader was deleted): "
+                "there is nothing to send.")
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    now = utcnow()
+    msg_id = str(payload.get("id") or f"evt_{delivery.event_id}")
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": sign(signing_secrets(endpoint, now), msg_id, now, body),
+    }
+    return Signed(endpoint.url, payload.get("type"), body.encode(), headers)
+
+
+class WebhookSender:
+    """Dispatches and delivers webhooks; one HTTP client whose connections are reused."""
+
+    def __init__(self, config: dict[str, Any], client: WebhookClient | None = None) -> None:
+        self.config = config
+        self.client = client or WebhookClient(timeout=config["NEWSLETTER_WEBHOOK_TIMEOUT"],
+                                              allow_private=config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"])
+
+    def deliver_next(self, session: Session, result: DeliveryResult) -> bool:
+        """Claim one due delivery, send it and record what happened; False when nothing is due."""
+        delivery = claim_next(session, self.config)
+        if delivery is None:
+            return False
+        signed = render(session, delivery)
+        session.rollback()
+        answer: Answer | None = None
+        error: str | None = None
+        started = time.perf_counter()
+        if isinstance(signed, str):
+            error = signed
+        else:
+            try:
+                answer = self.client.post(signed.url, signed.body, signed.headers)
+            except RefusedAddress as refused:
+                error = str(refused)
+            except Exception as failure:  # noqa: BLE001 (refused, timed out, reset: each is a failed try)
+                error = describe_error(failure)
+        duration_ms = answer.duration_ms if answer is not None else int((time.perf_counter() - started) * 1000)
+        record(session, self.config, delivery, signed if not isinstance(signed, str) else None, answer, error,
+               duration_ms, result, permanent=isinstance(signed, str))
+        return True
+
+    def drain(self, session: Session, limit: int | None = None, stop: threading.Event | None = None) -> DeliveryResult:
+        """Queue the feed's new changes, then deliver due rows until none is due, `limit` were handled or `stop` is set."""
+        result = DeliveryResult()
+        dispatch(session)
+        handled = 0
+        while (limit is None or handled < limit) and not (stop is not None and stop.is_set()):
+            if not self.deliver_next(session, result):
+                break
+            handled += 1
+        return result
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _backoff(attempts: int, config: dict[str, Any]) -> timedelta:
+    base, most = config["NEWSLETTER_WEBHOOK_RETRY_BASE"], config["NEWSLETTER_WEBHOOK_RETRY_MAX"]
+    return timedelta(seconds=min(base * 2 ** min(max(attempts - 1, 0), 30), most))
+
+
+def _describe_answer(answer: Answer) -> str:
+    if answer.location is not None:
+        return f"HTTP {answer.status}: a redirect to {answer.location[:300]!r}, not followed"
+    return f"HTTP {answer.status}"
+
+
+def record(session: Session, config: dict[str, Any], delivery: Delivery, signed: Signed | None,
+           answer: Answer | None, error: str | None, duration_ms: int, result: DeliveryResult,
+           permanent: bool = False) -> None:
+    """Log the attempt and write the row's new state; switch the endpoint off when its retry period is over. Commits."""
+    now = utcnow()
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True, populate_existing=True)
+    row = session.get(OutboxMessage, delivery.row_id, with_for_update=True, populate_existing=True)
+    if endpoint is None or row is None:
+        session.rollback()
+        log.info("webhook delivery %s: its endpoint or row was deleted while it was sent", delivery.row_id)
+        return
+    delivered = answer is not None and 200 <= answer.status < 300
+    if answer is not None and not delivered:
+        error = _describe_answer(answer)
+    session.add(WebhookAttempt(
+        endpoint_id=endpoint.id, outbox_message_id=row.id, event_id=delivery.event_id,
+        event_type=signed.event_type if signed is not None else None, attempted_at=now,
+        status_code=answer.status if answer is not None else None, duration_ms=duration_ms,
+        response_start=answer.body_start[:RESPONSE_START] if answer is not None else None,
+        error=error[:RESPONSE_START] if error else None))
+    if row.status != "pending" or row.attempts != delivery.attempts:
+        # Sent again by "send again", or claimed again after the lease ran out: its state is theirs now.
+        session.commit()
+        return
+    retry_for = timedelta(seconds=config["NEWSLETTER_WEBHOOK_RETRY_FOR"])
+    deadline = delivery.created_at + retry_for
+    if delivered:
+        row.status, row.sent_at, row.last_error = "sent", now, None
+        result.sent += 1
+    elif permanent:
+        row.status, row.next_attempt_at, row.last_error = "failed", now, error
+        result.failed += 1
+    elif now >= deadline:
+        row.status, row.next_attempt_at, row.last_error = "failed", now, error
+        result.failed += 1
+        if endpoint.active:
+            endpoint.active, endpoint.disabled_at = False, now
+            endpoint.disabled_reason = (
+                f"Switched off: a delivery kept failing for {_span(retry_for)} ({row.attempts} tries; the last: "
+                f"{error}). Fix the receiver, then turn the endpoint on: its waiting deliveries are sent then.")
+            result.switched_off += 1
+            log.warning("webhook endpoint %s switched off: delivery %s failed for %s (%s)", endpoint.id, row.id,
+                        _span(retry_for), error)
+    else:
+        # The last try falls on the deadline, not a long backoff after it.
+        row.next_attempt_at = min(now + _backoff(row.attempts, config), max(deadline, now))
+        row.last_error = error
+        result.retrying += 1
+    session.commit()
+    if not delivered:
+        log.info("webhook delivery %s to endpoint %s: %s", delivery.row_id, delivery.endpoint_id, error)
+
+
+def _span(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} day{'s' if seconds != 86400 else ''}"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds} s"
+
+
+def run(sender: WebhookSender, stop: threading.Event, *, poll_seconds: float, max_pause: float = 30.0) -> None:
+    """Dispatch and deliver webhooks until `stop` is set, living through database outages. Needs an app context."""
+    from .extensions import db
+
+    backoff = Backoff(most=max_pause)
+    trouble = False
+    while not stop.is_set():
+        problem = None
+        result = DeliveryResult()
+        try:
+            result = sender.drain(db.session, stop=stop)
+        except SQLAlchemyError as error:
+            if outages.schema_missing(error):
+                problem = f"the database has no webhook tables yet; run `newsletter db upgrade` ({describe_error(error)})"
+            else:
+                problem = f"the database is unavailable ({describe_error(error)})"
+        except Exception as error:  # a bug: the traceback once, then one line per try
+            if not trouble:
+                log.exception("the webhook sender hit an unexpected error")
+            problem = f"an unexpected error ({describe_error(error)})"
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                db.session.rollback()
+            db.session.remove()
+        if problem:
+            trouble = True
+            pause = backoff.next()
+            log.warning("webhooks: %s; trying again in %g s", problem, pause)
+            stop.wait(pause)
+            continue
+        if trouble:
+            log.warning("webhooks: delivering again")
+            trouble = False
+        backoff.reset()
+        if not (result.sent or result.retrying or result.failed):
+            stop.wait(poll_seconds)
+
+
+def start_in_worker(app: Flask, stop: threading.Event, *, poll_seconds: float = 1.0,
+                    max_pause: float = 30.0) -> threading.Thread:
+    """The webhook sender in a thread of its own beside the email sender (the worker; the embedded default)."""
+
+    def loop() -> None:
+        with app.app_context():
+            sender = WebhookSender(app.config)
+            try:
+                run(sender, stop, poll_seconds=poll_seconds, max_pause=max_pause)
+            finally:
+                sender.close()
+
+    thread = threading.Thread(target=loop, name="webhook-sender", daemon=True)
+    thread.start()
+    return thread
+
+
+class InProcessWebhookSender:
+    """The webhook sender in a thread of the web process (the embedded default, `newsletter serve`)."""
+
+    def __init__(self, app: Flask, poll_seconds: float = 1.0, max_pause: float = 30.0) -> None:
+        self.app = app
+        self.poll_seconds = poll_seconds
+        self.max_pause = max_pause
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> InProcessWebhookSender:
+        self._thread = start_in_worker(self.app, self._stop, poll_seconds=self.poll_seconds, max_pause=self.max_pause)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+
+def attach(app: Flask, sender: InProcessWebhookSender) -> None:
+    app.extensions["newsletter.webhook_sender"] = sender
