@@ -76,9 +76,8 @@ def _dispatch_batch(session: Session, endpoint_id: int, batch: int) -> tuple[int
         return 0, False
     # Read first: positions are given in turns (changes.assign_positions), so everything up to it is in the feed.
     upto = changes.last_position(session)
-    events = [event for event in changes.changes_after(session, endpoint.feed_position, batch,
-                                                       types=endpoint.event_types or None)
-              if event.feed_position is not None and event.feed_position <= upto]
+    events = changes.changes_after(session, endpoint.feed_position, batch, types=endpoint.event_types or None,
+                                   up_to=upto)
     now = utcnow()
     if events:
         session.execute(insert(OutboxMessage), [{
