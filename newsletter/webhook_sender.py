@@ -108,19 +108,20 @@ def _lease(config: dict[str, Any]) -> timedelta:
     return timedelta(seconds=2 * config["NEWSLETTER_WEBHOOK_TIMEOUT"] + 30)
 
 
-def claim_next(session: Session, config: dict[str, Any]) -> Delivery | None:
-    """Lease the next due webhook row of an active endpoint and commit; None when nothing is due.
+def claim_next(session: Session, config: dict[str, Any], due_by: datetime | None = None) -> Delivery | None:
+    """Lease the next webhook row of an active endpoint due by `due_by` (default now) and commit; None when none is.
 
     A row waits while an earlier row of the same endpoint and reader is pending (in order per
     reader); the claim is its own short transaction, so no transaction stays open during the POST.
     """
     now = utcnow()
+    due_by = due_by or now
     earlier = aliased(OutboxMessage)
     row = session.scalars(
         select(OutboxMessage)
         .join(WebhookEndpoint, WebhookEndpoint.id == OutboxMessage.endpoint_id)
         .where(OutboxMessage.kind == WEBHOOK_KIND, OutboxMessage.status == "pending",
-               OutboxMessage.next_attempt_at <= now, WebhookEndpoint.active.is_(True),
+               OutboxMessage.next_attempt_at <= due_by, WebhookEndpoint.active.is_(True),
                ~exists().where(and_(earlier.endpoint_id == OutboxMessage.endpoint_id,
                                     earlier.reader_id == OutboxMessage.reader_id,
                                     earlier.id < OutboxMessage.id, earlier.status == "pending")))
@@ -191,9 +192,9 @@ class WebhookSender:
         self.client = client or WebhookClient(timeout=config["NEWSLETTER_WEBHOOK_TIMEOUT"],
                                               allow_private=config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"])
 
-    def deliver_next(self, session: Session, result: DeliveryResult) -> bool:
-        """Claim one due delivery, send it and record what happened; False when nothing is due."""
-        delivery = claim_next(session, self.config)
+    def deliver_next(self, session: Session, result: DeliveryResult, due_by: datetime | None = None) -> bool:
+        """Claim one delivery due by `due_by` (now), send it and record what happened; False when none is due."""
+        delivery = claim_next(session, self.config, due_by)
         if delivery is None:
             return False
         signed = render(session, delivery)
@@ -219,9 +220,11 @@ class WebhookSender:
         """Queue the feed's new changes, then deliver due rows until none is due, `limit` were handled or `stop` is set."""
         result = DeliveryResult()
         dispatch(session)
+        # Only what was due when the drain began: a retry falling due meanwhile waits for the next drain.
+        started = utcnow()
         handled = 0
         while (limit is None or handled < limit) and not (stop is not None and stop.is_set()):
-            if not self.deliver_next(session, result):
+            if not self.deliver_next(session, result, started):
                 break
             handled += 1
         return result
@@ -337,7 +340,7 @@ def run(sender: WebhookSender, stop: threading.Event, *, poll_seconds: float, ma
             log.warning("webhooks: delivering again")
             trouble = False
         backoff.reset()
-        if not (result.sent or result.retrying or result.failed):
+        if not result.sent:
             stop.wait(poll_seconds)
 
 
