@@ -221,3 +221,33 @@ def test_api_refuses_viewer_tokens_and_no_token(app, client):
         assert getattr(client, method)(path, headers=viewer, json={"url": "https://example.org/x"}).status_code == 403
         assert getattr(client, method)(path, json={}).status_code == 401
     assert query(app, "SELECT count(*) FROM webhook_endpoints")[0][0] == 1
+
+
+def test_webhook_pages_are_accessible(app, people, client, receiver):
+    from .test_admin import PageStructure
+
+    admin, viewer = people
+    endpoint_id, _ = add_endpoint(app, receiver.url)
+    sign_up(app, client, "ann@example.org")
+    deliver(app)
+    invalid = admin.post("/admin/webhooks", data={**form_of(admin, "/admin/webhooks"), "url": "ftp://x"})
+    created = admin.post("/admin/webhooks", data={**form_of(admin, "/admin/webhooks"), "url": receiver.url})
+    pages = {"invalid": invalid.get_data(as_text=True), "created": created.get_data(as_text=True)}
+    for who, person in (("admin", admin), ("viewer", viewer)):
+        for path in ["/admin/webhooks", f"/admin/webhooks/{endpoint_id}", f"/admin/webhooks/{endpoint_id}/deliveries"]:
+            response = person.get(path)
+            assert response.status_code == 200, path
+            pages[f"{path} ({who})"] = response.get_data(as_text=True)
+    for name, html in pages.items():
+        page = PageStructure()
+        page.feed(html)
+        assert not page.duplicate_ids, (name, page.duplicate_ids)
+        for control in page.controls:
+            assert control["_wrapped"] or control.get("id") in page.label_for or control.get("aria-label"), (name, control)
+            for described in (control.get("aria-describedby") or "").split():
+                assert described in page.ids, (name, control, described)
+        assert page.headings and page.headings.count(1) == 1, (name, page.headings)
+        assert all(b - a <= 1 for a, b in zip(page.headings, page.headings[1:])), (name, page.headings)
+        if page.tables:
+            assert all(cell.get("scope") in ("col", "row") for cell in page.header_cells), name
+        assert page.buttons_without_text == 0, name
