@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import and_, exists, insert, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
@@ -109,23 +109,30 @@ def _lease(config: dict[str, Any]) -> timedelta:
 
 
 def claim_next(session: Session, config: dict[str, Any], due_by: datetime | None = None) -> Delivery | None:
-    """Lease the next webhook row of an active endpoint due by `due_by` (default now) and commit; None when none is.
+    """Lease the next webhook row of an active endpoint due by `due_by` (default now); None when none is.
 
     A row waits while an earlier row of the same endpoint and reader is pending (in order per
-    reader); the claim is its own short transaction, so no transaction stays open during the POST.
+    reader). The caller commits the lease before it sends: the claim is a short transaction of its
+    own, so none stays open during the POST.
     """
     now = utcnow()
     due_by = due_by or now
     earlier = aliased(OutboxMessage)
+    # A scalar subquery, not NOT EXISTS: PostgreSQL then walks the due index in order and probes
+    # ix_outbox_messages_endpoint_reader per row, stopping at the first; an anti join would read
+    # every pending row for each claim. Order among due rows is by time only: the per-reader order
+    # is this condition's job, and an id tie-break would sort a whole dispatch batch (one time).
+    first_of_reader = (select(func.min(earlier.id))
+                       .where(earlier.endpoint_id == OutboxMessage.endpoint_id,
+                              earlier.reader_id == OutboxMessage.reader_id, earlier.status == "pending")
+                       .scalar_subquery())
     row = session.scalars(
         select(OutboxMessage)
         .join(WebhookEndpoint, WebhookEndpoint.id == OutboxMessage.endpoint_id)
-        .where(OutboxMessage.kind == WEBHOOK_KIND, OutboxMessage.status == "pending",
-               OutboxMessage.next_attempt_at <= due_by, WebhookEndpoint.active.is_(True),
-               ~exists().where(and_(earlier.endpoint_id == OutboxMessage.endpoint_id,
-                                    earlier.reader_id == OutboxMessage.reader_id,
-                                    earlier.id < OutboxMessage.id, earlier.status == "pending")))
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= due_by,
+               OutboxMessage.kind == WEBHOOK_KIND, WebhookEndpoint.active.is_(True),
+               or_(OutboxMessage.reader_id.is_(None), OutboxMessage.id == first_of_reader))
+        .order_by(OutboxMessage.next_attempt_at)
         .limit(1)
         .with_for_update(skip_locked=True, of=OutboxMessage)
     ).first()
@@ -135,7 +142,7 @@ def claim_next(session: Session, config: dict[str, Any], due_by: datetime | None
     row.attempts += 1
     row.next_attempt_at = now + _lease(config)
     delivery = Delivery(row.id, row.endpoint_id or 0, row.event_id, row.attempts, _aware(row.created_at))
-    session.commit()
+    session.flush()
     return delivery
 
 
@@ -197,8 +204,9 @@ class WebhookSender:
         delivery = claim_next(session, self.config, due_by)
         if delivery is None:
             return False
+        # Rendered in the claim's transaction (one commit less), still at send time.
         signed = render(session, delivery)
-        session.rollback()
+        session.commit()
         answer: Answer | None = None
         error: str | None = None
         started = time.perf_counter()
@@ -249,9 +257,8 @@ def record(session: Session, config: dict[str, Any], delivery: Delivery, signed:
            permanent: bool = False) -> None:
     """Log the attempt and write the row's new state; switch the endpoint off when its retry period is over. Commits."""
     now = utcnow()
-    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True, populate_existing=True)
     row = session.get(OutboxMessage, delivery.row_id, with_for_update=True, populate_existing=True)
-    if endpoint is None or row is None:
+    if row is None:
         session.rollback()
         log.info("webhook delivery %s: its endpoint or row was deleted while it was sent", delivery.row_id)
         return
@@ -259,7 +266,7 @@ def record(session: Session, config: dict[str, Any], delivery: Delivery, signed:
     if answer is not None and not delivered:
         error = _describe_answer(answer)
     session.add(WebhookAttempt(
-        endpoint_id=endpoint.id, outbox_message_id=row.id, event_id=delivery.event_id,
+        endpoint_id=delivery.endpoint_id, outbox_message_id=row.id, event_id=delivery.event_id,
         event_type=signed.event_type if signed is not None else None, attempted_at=now,
         status_code=answer.status if answer is not None else None, duration_ms=duration_ms,
         response_start=answer.body_start[:RESPONSE_START] if answer is not None else None,
@@ -279,7 +286,9 @@ def record(session: Session, config: dict[str, Any], delivery: Delivery, signed:
     elif now >= deadline:
         row.status, row.next_attempt_at, row.last_error = "failed", now, error
         result.failed += 1
-        if endpoint.active:
+        # Locked only here: every worker delivering to the endpoint reads it, none waits on it otherwise.
+        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True, populate_existing=True)
+        if endpoint is not None and endpoint.active:
             endpoint.active, endpoint.disabled_at = False, now
             endpoint.disabled_reason = (
                 f"Switched off: a delivery kept failing for {_span(retry_for)} ({row.attempts} tries; the last: "
