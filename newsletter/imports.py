@@ -932,10 +932,14 @@ def _apply(context: _Context, candidates: list[_Candidate], outcome: _Outcome) -
     if cleaned and not context.dry_run:
         # As suppressions.suppress() does it, for a batch: an entry put in force meanwhile is kept.
         insert_ = postgresql.insert if context.postgresql else sqlite.insert
-        session.connection().execute(
+        added = set(session.connection().scalars(
             insert_(Suppression.__table__)
             .on_conflict_do_nothing(index_elements=["address_key"],
-                                    index_where=text("lifted_at IS NULL AND reason <> 'erased'")), cleaned)
+                                    index_where=text("lifted_at IS NULL AND reason <> 'erased'"))
+            .returning(Suppression.__table__.c.address_key), cleaned))
+        # The readers of the addresses suppressed now (not of those a concurrent report got to first) are told of it.
+        suppressions.record_suppressed(session, [(entry["email"], "import", CHANNEL, entry["created_at"])
+                                                 for entry in cleaned if entry["address_key"] in added])
 
     for _round in range(3):
         if not pending:

@@ -9,6 +9,10 @@ key that signs links.
 An address has at most one mail-stopping entry in force and, beside it, at most one `erased`
 entry: an erasure's do-not-import record is never lifted nor replaced by a bounce or a block.
 
+A new mail-stopping entry is also a change of each reader with that address: it records a
+`suppressed` ConsentEvent for them in the same transaction (the reason in its `wording`, the
+entry's source as its channel), which the changes feed and the webhooks tell as `reader.suppressed`.
+
 Rules (record_event): a hard bounce or a complaint suppresses the address at once; soft bounces
 suppress it once NEWSLETTER_SOFT_BOUNCE_LIMIT of them arrive within NEWSLETTER_SOFT_BOUNCE_WINDOW.
 
@@ -26,11 +30,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import ColumnElement, Connection, String, bindparam, exists, func, select
+from sqlalchemy import ColumnElement, Connection, String, bindparam, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import DELIVERY_EVENT_KINDS, SUPPRESSION_REASONS, DeliveryEvent, Suppression, utcnow
+from .models import DELIVERY_EVENT_KINDS, SUPPRESSION_REASONS, ConsentEvent, DeliveryEvent, Reader, Suppression, utcnow
 from .sql import in_list
 
 # Reasons that stop our emails; `erased` only stops imports and syncs (see models.SUPPRESSION_REASONS).
@@ -230,6 +234,7 @@ def suppress(session: Session, config: Mapping[str, Any], address: str | None, *
     existing = current()
     if existing is not None:
         return existing
+    reported = address
     if reason == "erased" or erased_in_force(session, key) is not None:
         address, detail = None, None
     entry = Suppression(address_key=key, email=address, reason=reason, source=source, detail=_cut(detail),
@@ -238,12 +243,59 @@ def suppress(session: Session, config: Mapping[str, Any], address: str | None, *
         with session.begin_nested():
             session.add(entry)
     except IntegrityError:
-        # A concurrent report of the same address won: its entry is the one in force.
+        # A concurrent report of the same address won: its entry is the one in force (and its event recorded).
         winner = current()
         if winner is None:
             raise
         return winner
+    if reason != "erased" and reported is not None:
+        # Even when the key has an `erased` entry (and the new one keeps no address): a person who
+        # signed up again after their erasure is a new reader, and it is their address.
+        record_suppressed(session, [(reported, reason, source, entry.created_at)])
     return entry
+
+
+def _reader_forms(address: str) -> set[str]:
+    """The forms a reader's email (email-validator's normalized form) of `address` can have.
+
+    A reader is keyed by the normalized form, whose local part keeps its case: reports quote the
+    address as we sent it, or lowercased. (Matching every case would need lower(email) over all readers.)
+    """
+    text = address.strip().strip("<>").strip()
+    forms = {text, text.lower()}
+    try:
+        normalized = validate_email(text, check_deliverability=False, allow_display_name=False).normalized
+    except EmailNotValidError:
+        return forms
+    return forms | {normalized, normalized.lower()}
+
+
+def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, datetime]]) -> int:
+    """Record a `suppressed` ConsentEvent for each reader of each newly suppressed address; how many.
+
+    `entries` are (address, reason, source, when) of new mail-stopping entries, each once: the
+    caller records an entry's event when it puts the entry in force, not when it finds it there.
+    """
+    wanted: dict[str, tuple[str, str, datetime]] = {}
+    for address, reason, source, when in entries:
+        for form in _reader_forms(address):
+            wanted.setdefault(form, (reason, source, when))
+    if not wanted:
+        return 0
+    dialect = session.get_bind().dialect.name
+    step = (len(wanted) or 1) if dialect == "postgresql" else 5000
+    forms = list(wanted)
+    query = select(Reader.id, Reader.email).where(in_list(Reader.email, "emails", String(), dialect),
+                                                  Reader.erased_at.is_(None))
+    events = []
+    for start in range(0, len(forms), step):
+        for reader_id, email in session.execute(query, {"emails": forms[start:start + step]}):
+            reason, source, when = wanted[email]
+            events.append({"reader_id": reader_id, "newsletter_id": None, "action": "suppressed",
+                           "occurred_at": when, "source": source[:32], "wording": reason})
+    if events:
+        session.execute(insert(ConsentEvent), events)
+    return len(events)
 
 
 def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: str | None = None) -> Suppression:

@@ -519,8 +519,10 @@ def test_blocked_address_signups_are_answered_but_store_and_send_nothing(app, cl
     assert blocked.status_code == 303
     state = reader_state(app, reader_id)
     assert state["blocked"] and state["subscriptions"] == {"daily-briefing": "unsubscribed"}
+    # The block puts the address on the suppression list: the changes feed's reader.suppressed (changes.py).
     assert [e[:2] for e in state["events"]] == [("signup_requested", "api"), ("unsubscribed", "admin"),
-                                                ("blocked", "admin")]
+                                                ("blocked", "admin"), ("suppressed", "admin")]
+    assert state["events"][-1][2] == "blocked"
     assert state["outbox"] == [("confirmation", "failed")]  # the unsent confirmation never leaves
     page = text_of(editor.get(f"/admin/readers/{reader_id}"))
     assert "Blocked: signups from this address are ignored" in page and "Unblock this address" in page

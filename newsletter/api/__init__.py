@@ -12,4 +12,5 @@ from . import routes  # noqa: E402,F401
 from . import openapi, v1  # noqa: E402,F401
 from . import exports  # noqa: E402,F401
 from . import events  # noqa: E402,F401
+from . import changes  # noqa: E402,F401
 from . import webhooks  # noqa: E402,F401

@@ -1,0 +1,452 @@
+"""The changes feed (GET /api/v1/changes) and the events it shares with the webhooks: every change type,
+commit order with two really overlapping transactions (PostgreSQL), paging, erasure, purges, suppressions."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from newsletter import accounts, changes, privacy
+from newsletter.api.change_schemas import ChangesPage
+from newsletter.extensions import db
+from newsletter.models import ConsentEvent, Reader, Subscription, utcnow
+
+from .conftest import hidden_fields, link_in, query
+from .import_files import member, write_members
+from .test_admin_auth import PASSWORD, log_in
+from .test_api_v1 import BROWSER, PAGE, bearer, errors_of, make_token
+from .test_imports import OPTIN, run_import
+
+POSTMARK_AUTH = "postmark-hook:s3cret-Pa55word"
+POSTMARK_BOUNCE = {
+    "RecordType": "Bounce", "ID": 4323372036854775807, "Type": "HardBounce", "TypeCode": 1,
+    "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483", "Details": "550 5.1.1 user unknown",
+    "Email": "bounced@example.org", "BouncedAt": "2026-11-05T16:33:54.9070259Z",
+}
+
+
+@pytest.fixture
+def viewer(app) -> dict[str, str]:
+    return bearer(make_token(app, "viewer", "sync job"))
+
+
+def page_of(client, headers, **params) -> dict:
+    """One page of the feed, checked against its pydantic description."""
+    answer = client.get("/api/v1/changes", query_string=params, headers=headers)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    ChangesPage.model_validate(answer.get_json())
+    return answer.get_json()
+
+
+def whole_feed(client, headers, after: int | str = 0, limit: int = 1000) -> tuple[list[dict], str]:
+    """Every change after `after`, following next while has_more; and the last next."""
+    events, cursor = [], str(after)
+    while True:
+        page = page_of(client, headers, after=cursor, limit=limit)
+        events += page["changes"]
+        cursor = page["next"]
+        if not page["has_more"]:
+            return events, cursor
+
+
+def basic(credentials: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def path_of(url: str) -> str:
+    return "/" + url.split("://", 1)[1].split("/", 1)[1]
+
+
+def insert_events(app, count: int, action: str = "signup_requested", email: str = "many@example.org") -> list[int]:
+    """`count` consent events of one reader, written straight to the database in one transaction; their ids."""
+    with app.app_context():
+        reader = db.session.scalars(sa.select(Reader).where(Reader.email == email)).first()
+        if reader is None:
+            reader = Reader(email=email)
+            db.session.add(reader)
+            db.session.flush()
+        ids = list(db.session.scalars(sa.insert(ConsentEvent).returning(ConsentEvent.id), [
+            {"reader_id": reader.id, "action": action, "source": "api", "occurred_at": utcnow()}
+            for _ in range(count)]))
+        db.session.commit()
+        db.session.remove()
+    return ids
+
+
+# --- every change type ------------------------------------------------------------------------------------
+
+def test_every_change_type_appears_once_in_commit_order(app, client, drain, smtp, viewer):
+    app.config["NEWSLETTER_POSTMARK_WEBHOOK_AUTH"] = POSTMARK_AUTH
+    signup = client.post("/api/v1/subscriptions", headers={"User-Agent": BROWSER}, json={
+        "email": "Ada@Example.org", "name": "Ada", "newsletters": ["daily-briefing", "weekly-explainer"],
+        "page_url": PAGE, "form_id": "box-1"})
+    assert signup.status_code == 202
+    [(ada,)] = query(app, "SELECT id FROM readers")
+    drain()
+    confirm = path_of(link_in(smtp.inbox.wait_for(1)[0], "/confirm/"))
+    client.post(confirm, data=hidden_fields(client.get(confirm).get_data(as_text=True)))
+    drain()
+    welcomes = {message["Subject"]: message for message in smtp.inbox.wait_for(3)[1:]}
+    daily = path_of(link_in(welcomes["Welcome to The Daily Briefing"], "/unsubscribe/"))
+    weekly = path_of(link_in(welcomes["Welcome to The Weekly Explainer"], "/unsubscribe/"))
+    # The unsubscribe page's button, then the mail client's one-click POST.
+    assert client.post(daily, data=hidden_fields(client.get(daily).get_data(as_text=True))).status_code == 200
+    assert client.post(weekly, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    # Bob bounces (a provider's webhook), an address nobody signed up with too.
+    client.post("/api/v1/subscriptions", json={"email": "bounced@example.org", "newsletters": ["daily-briefing"]})
+    [(bob,)] = query(app, "SELECT id FROM readers WHERE email = 'bounced@example.org'")
+    for address in ("bounced@example.org", "stranger@example.org"):
+        bounce = client.post("/api/v1/events/postmark", headers=basic(POSTMARK_AUTH),
+                             json={**POSTMARK_BOUNCE, "Email": address, "ID": hash(address) % 10**9})
+        assert bounce.status_code == 200, bounce.get_data(as_text=True)
+
+    events, cursor = whole_feed(client, viewer)
+    assert [(e["type"], e["data"]["reader"]["id"], (e["data"]["newsletter"] or {}).get("slug"), e["data"]["channel"])
+            for e in events] == [
+        ("subscription.pending", ada, "daily-briefing", "api"),
+        ("subscription.pending", ada, "weekly-explainer", "api"),
+        ("subscription.confirmed", ada, "daily-briefing", "email-link"),
+        ("subscription.confirmed", ada, "weekly-explainer", "email-link"),
+        ("subscription.unsubscribed", ada, "daily-briefing", "unsubscribe-page"),
+        ("subscription.unsubscribed", ada, "weekly-explainer", "one-click"),
+        ("subscription.pending", bob, "daily-briefing", "api"),
+        ("reader.suppressed", bob, None, "postmark"),
+    ]
+    first = events[0]
+    assert first["data"]["reader"] == {"id": ada, "email": "Ada@example.org", "name": "Ada"}
+    assert first["data"]["source"] == {"page_url": PAGE, "form_id": "box-1"}
+    assert first["id"].startswith("evt_") and first["timestamp"].endswith("+00:00")
+    assert events[-1]["data"]["reason"] == "hard_bounce" and "reason" not in first["data"]
+    assert [int(e["cursor"]) for e in events] == sorted(int(e["cursor"]) for e in events)
+    assert len({e["id"] for e in events}) == len(events)
+    # The same events as the webhooks render, one by one.
+    with app.app_context():
+        assert [changes.event_payload(db.session, int(e["id"][4:])) for e in events] == events
+
+    # Erasure: reader.erased last, and from now on none of Ada's events carries her address or name.
+    erased = client.delete(f"/api/v1/readers/{ada}", headers=bearer(make_token(app, "admin")))
+    assert erased.status_code == 200
+    later, _ = whole_feed(client, viewer, after=cursor)
+    assert [(e["type"], e["data"]["reader"]) for e in later] == [
+        ("reader.erased", {"id": ada, "email": None, "name": None})]
+    again, _ = whole_feed(client, viewer)
+    assert all(e["data"]["reader"]["email"] is None and e["data"]["reader"]["name"] is None
+               for e in again if e["data"]["reader"]["id"] == ada)
+    assert "ada@" not in str(again).lower() and PAGE not in str(again)
+    # Polling again at the end gives nothing new, and the same cursor.
+    assert page_of(client, viewer, after=cursor)["next"] != cursor
+    end = page_of(client, viewer, after=page_of(client, viewer, after=cursor)["next"])
+    assert end["changes"] == [] and end["has_more"] is False
+
+
+def test_a_hard_bounce_from_the_bounce_mailbox_is_reader_suppressed(app, client, runner, viewer):
+    from .test_bounce_mail import GONE_ID, returned_id, sample, we_sent
+
+    client.post("/api/v1/subscriptions", json={"email": "gone@example.org", "newsletters": ["daily-briefing"]})
+    we_sent(app, GONE_ID, "gone@example.org")
+    raw = sample("postfix_550_user_unknown.eml")
+    assert returned_id(raw) == GONE_ID
+    assert runner.invoke(args=["bounce-mail"], input=raw).exit_code == 0
+    # The same report piped twice is recorded once, and so is its change.
+    assert runner.invoke(args=["bounce-mail"], input=raw).exit_code == 0
+
+    events, _ = whole_feed(client, viewer)
+    assert [(e["type"], e["data"]["channel"], e["data"].get("reason")) for e in events] == [
+        ("subscription.pending", "api", None), ("reader.suppressed", "mailbox", "hard_bounce")]
+    assert events[1]["data"]["reader"]["email"] == "gone@example.org"
+
+
+def test_a_block_and_a_manual_entry_are_told_once_and_shown_in_the_readers_history(app, client, viewer):
+    with app.app_context():
+        accounts.create_admin(db.session, "editor@example.org", PASSWORD, "admin")
+        db.session.commit()
+    client.post("/api/v1/subscriptions", json={"email": "Mixed.Case@example.org", "newsletters": ["daily-briefing"]})
+    [(reader_id,)] = query(app, "SELECT id FROM readers")
+    log_in(client, "editor@example.org", PASSWORD)
+    page = client.get("/admin/suppressions")
+    added = client.post("/admin/suppressions", data={**hidden_fields(page.get_data(as_text=True)),
+                                                     "address": "Mixed.Case@EXAMPLE.org", "note": "asked by phone"})
+    assert added.status_code in (200, 303), added.get_data(as_text=True)
+    # Already suppressed: a block puts no new entry in force, so no second suppression (it unsubscribes).
+    reader_page = client.get(f"/admin/readers/{reader_id}")
+    client.post(f"/admin/readers/{reader_id}/block", data=hidden_fields(reader_page.get_data(as_text=True)))
+    # Blocked first, another reader's address is suppressed as `blocked`.
+    client.post("/api/v1/subscriptions", json={"email": "second@example.org", "newsletters": ["daily-briefing"]})
+    [(second,)] = query(app, "SELECT id FROM readers WHERE email = 'second@example.org'")
+    reader_page = client.get(f"/admin/readers/{second}")
+    client.post(f"/admin/readers/{second}/block", data=hidden_fields(reader_page.get_data(as_text=True)))
+
+    events, _ = whole_feed(client, viewer)
+    assert [(e["type"], e["data"]["reader"]["id"], e["data"]["channel"], e["data"].get("reason"))
+            for e in events] == [
+        ("subscription.pending", reader_id, "api", None), ("reader.suppressed", reader_id, "admin", "manual"),
+        ("subscription.unsubscribed", reader_id, "admin", None),
+        ("subscription.pending", second, "api", None), ("subscription.unsubscribed", second, "admin", None),
+        ("reader.suppressed", second, "admin", "blocked")]
+    history = client.get(f"/admin/readers/{reader_id}").get_data(as_text=True)
+    assert "suppressed (manual)" in history
+
+
+def test_an_import_that_brings_a_cleaned_address_tells_its_reader(app, client, viewer, tmp_path):
+    client.post("/api/v1/subscriptions", json={"email": "cleaned@example.org", "newsletters": ["daily-briefing"]})
+    listing = write_members(tmp_path / "cleaned_members.csv", [
+        member("cleaned@example.org", clean=OPTIN), member("nobody-here@example.org", clean=OPTIN)], "cleaned")
+    run_import(app, listing)
+    assert query(app, "SELECT count(*) FROM suppressions WHERE reason = 'import'") == [(2,)]
+    events, _ = whole_feed(client, viewer)
+    suppressed = [e for e in events if e["type"] == "reader.suppressed"]
+    assert [(e["data"]["reader"]["email"], e["data"]["channel"], e["data"]["reason"]) for e in suppressed] == [
+        ("cleaned@example.org", "import", "import")]
+    # The same file again suppresses nothing new, so tells nothing new.
+    run_import(app, listing)
+    assert [e["type"] for e in whole_feed(client, viewer)[0]].count("reader.suppressed") == 1
+
+
+# --- the API: tokens and bad input ---------------------------------------------------------------------------
+
+def test_no_token_is_401_and_a_viewer_token_reads(app, client, viewer):
+    answer = client.get("/api/v1/changes")
+    assert answer.status_code == 401 and "Bearer" in answer.headers["WWW-Authenticate"]
+    assert client.get("/api/v1/changes", headers=bearer("nlt_not-a-real-token")).status_code == 401
+    assert client.get("/api/v1/changes", headers=viewer).get_json() == {"changes": [], "next": "0", "has_more": False}
+
+
+AFTER = "after"
+LIMIT = "limit"
+BAD_QUERIES = [
+    ({"after": "abc"}, AFTER),
+    ({"after": "-1"}, AFTER),
+    ({"after": "1.5"}, AFTER),
+    ({"after": "1e3"}, AFTER),
+    ({"after": " 7"}, AFTER),
+    ({"after": "+7"}, AFTER),
+    ({"after": "٣"}, AFTER),  # an Arabic-Indic digit: str.isdigit says yes
+    ({"after": "9223372036854775808"}, AFTER),  # one past BIGINT
+    ({"after": "9" * 5000}, AFTER),  # past Python's int() digit limit
+    ({"after": "12\x00"}, AFTER),
+    ({"after": "evt_12"}, AFTER),
+    ({"limit": "0"}, LIMIT),
+    ({"limit": "1001"}, LIMIT),
+    ({"limit": "1e9"}, LIMIT),
+    ({"limit": "1000000000"}, LIMIT),
+    ({"limit": "-5"}, LIMIT),
+    ({"limit": "ten"}, LIMIT),
+    ({"limit": "\x00"}, LIMIT),
+    ({"after": ["1", "2"]}, AFTER),
+    ({"limit": ["10", "10"]}, LIMIT),
+]
+
+
+@pytest.mark.parametrize("params, field", BAD_QUERIES)
+def test_bad_query_is_a_422_naming_the_parameter(app, client, viewer, params, field):
+    answer = client.get("/api/v1/changes", query_string=params, headers=viewer)
+    assert answer.status_code == 422, answer.get_data(as_text=True)
+    errors = errors_of(answer)
+    assert list(errors) == [field]
+    [message] = errors[field]
+    assert message.startswith((f"The {field}", f"Give {field} once", f"There is a character in {field}"))
+
+
+def test_both_bad_are_named_and_empty_values_mean_the_defaults(app, client, viewer):
+    answer = client.get("/api/v1/changes?after=x&limit=y", headers=viewer)
+    assert answer.status_code == 422 and set(errors_of(answer)) == {"after", "limit"}
+    assert client.get("/api/v1/changes?after=&limit=", headers=viewer).status_code == 200
+    big = client.get(f"/api/v1/changes?after={2**63 - 1}&limit=1000", headers=viewer)
+    assert big.get_json() == {"changes": [], "next": str(2**63 - 1), "has_more": False}
+
+
+# --- paging --------------------------------------------------------------------------------------------------
+
+def test_paging_with_small_limits_gets_each_of_1000_events_once_in_order(app, client, viewer):
+    ids = insert_events(app, 400)
+    # Events the feed doesn't show (resent confirmations) are skipped, and the cursor moves past them.
+    insert_events(app, 50, action="confirmation_resent")
+    ids += insert_events(app, 300, action="confirmed")
+    seen, cursor, pages = [], "0", 0
+    while True:
+        page = page_of(client, viewer, after=cursor, limit=7)
+        seen += [int(e["id"][4:]) for e in page["changes"]]
+        assert len(page["changes"]) <= 7
+        cursor, pages = page["next"], pages + 1
+        if pages == 20:  # changes made while a client pages come at the end
+            ids += insert_events(app, 300, action="unsubscribed")
+        if not page["has_more"]:
+            break
+    assert len(ids) == 1000 and seen == ids
+    assert page_of(client, viewer, after=cursor)["changes"] == []
+    assert int(cursor) == 1050  # past the resent confirmations too
+
+
+def test_a_backlog_is_numbered_a_batch_per_request_and_has_more_says_so(app, client, viewer, monkeypatch):
+    from newsletter.api import changes as view
+
+    monkeypatch.setattr(view, "NUMBER_PER_REQUEST", 100)
+    ids = insert_events(app, 250)
+    first = page_of(client, viewer, limit=1000)
+    assert [int(e["id"][4:]) for e in first["changes"]] == ids[:100] and first["has_more"] is True
+    events, _ = whole_feed(client, viewer, after=first["next"])
+    assert [int(e["id"][4:]) for e in events] == ids[100:]
+
+
+# --- positions ---------------------------------------------------------------------------------------------
+
+def engine_of(app) -> sa.Engine:
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    return sa.create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+
+
+def positions(app) -> list[tuple[int, int | None]]:
+    return [tuple(row) for row in query(app, "SELECT id, feed_position FROM consent_events ORDER BY id")]
+
+
+def test_two_concurrent_numberers_never_give_the_same_position_or_skip_one(app):
+    engine = engine_of(app)
+    writing = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(20):
+                insert_events(app, 50)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            writing.set()
+
+    def numberer() -> None:
+        try:
+            with Session(engine) as session:
+                while not writing.is_set():
+                    changes.assign_positions(session, batch=37)
+                changes.assign_positions(session, batch=37)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=numberer), threading.Thread(target=numberer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    engine.dispose()
+    assert errors == []
+    rows = positions(app)
+    assert len(rows) == 1000
+    # Every event numbered, 1..1000 with no gap and no repeat (the unique index would refuse one anyway).
+    assert sorted(position for _, position in rows) == list(range(1, 1001))
+
+
+def test_overlapping_transactions_the_one_committing_late_comes_later(app, client, viewer):
+    """T1 inserts (lower id) and stays open; T2 inserts (higher id) and commits; the feed shows T2's; T1
+    commits; the next poll from the returned cursor shows T1's. Ids are not commit order: positions are."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        pytest.skip("two writing transactions at once need PostgreSQL (SQLite's writers take turns)")
+    [(newsletter_id,)] = query(app, "SELECT id FROM newsletters WHERE slug = 'daily-briefing'")
+    with app.app_context():
+        db.session.add_all([Reader(email="t1@example.org"), Reader(email="t2@example.org")])
+        db.session.commit()
+        db.session.remove()
+    readers = dict(query(app, "SELECT email, id FROM readers"))
+    insert = sa.text("INSERT INTO consent_events (reader_id, newsletter_id, action, occurred_at, source) "
+                     "VALUES (:reader, :newsletter, 'signup_requested', now(), 'api') RETURNING id")
+    engine = engine_of(app)
+    with engine.connect() as t1, engine.connect() as t2:
+        first = t1.execute(insert, {"reader": readers["t1@example.org"], "newsletter": newsletter_id}).scalar_one()
+        second = t2.execute(insert, {"reader": readers["t2@example.org"], "newsletter": newsletter_id}).scalar_one()
+        t2.commit()
+        assert first < second
+
+        page = page_of(client, viewer)
+        assert [e["id"] for e in page["changes"]] == [f"evt_{second}"] and page["has_more"] is False
+        assert positions(app) == [(second, 1)]  # T1's row is not visible yet
+
+        t1.commit()
+        later = page_of(client, viewer, after=page["next"])
+        assert [e["id"] for e in later["changes"]] == [f"evt_{first}"]
+        assert [e["data"]["reader"]["email"] for e in later["changes"]] == ["t1@example.org"]
+        assert int(later["changes"][0]["cursor"]) > int(page["next"])
+    engine.dispose()
+
+
+def test_a_numberer_waits_for_the_one_holding_the_lock_and_continues_after_it(app):
+    """PostgreSQL: while one caller holds the advisory lock (and has given a position), another waits, then
+    reads the max after the first committed, so no position is given twice."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        pytest.skip("the advisory lock is PostgreSQL's; SQLite's writers take turns by BEGIN IMMEDIATE")
+    ids = insert_events(app, 5)
+    engine = engine_of(app)
+    done: list[int] = []
+    with engine.connect() as holder:
+        holder.execute(sa.select(sa.func.pg_advisory_xact_lock(changes.POSITION_LOCK)))
+        holder.execute(sa.text("UPDATE consent_events SET feed_position = 1 WHERE id = :id"), {"id": ids[0]})
+
+        def number() -> None:
+            with Session(engine) as session:
+                done.append(changes.assign_positions(session))
+
+        thread = threading.Thread(target=number)
+        thread.start()
+        with engine.connect() as watcher:  # until it waits for a lock: which one?
+            waiting: list[str] = []
+            for _ in range(1200):
+                waiting = list(watcher.execute(sa.text("SELECT locktype FROM pg_locks WHERE NOT granted")).scalars())
+                watcher.rollback()
+                if waiting or not thread.is_alive():
+                    break
+                thread.join(0.05)
+        holder.commit()
+        thread.join(60)
+        assert waiting == ["advisory"], "assign_positions did not wait for the advisory lock"
+        thread.join(60)
+    engine.dispose()
+    assert done == [4]
+    assert positions(app) == list(zip(ids, range(1, 6)))
+
+
+# --- readers who are gone --------------------------------------------------------------------------------------
+
+def test_a_purged_pending_reader_leaves_the_feed_and_their_events_are_gone(app, client, runner, viewer):
+    client.post("/api/v1/subscriptions", json={"email": "stale@example.org", "newsletters": ["daily-briefing"]})
+    client.post("/api/v1/subscriptions", json={"email": "fresh@example.org", "newsletters": ["daily-briefing"]})
+    before, cursor = whole_feed(client, viewer)
+    assert [e["data"]["reader"]["email"] for e in before] == ["stale@example.org", "fresh@example.org"]
+    with app.app_context():  # sixty days ago, as far as purge-pending looks
+        old = utcnow() - timedelta(days=60)
+        stale = db.session.scalar(sa.select(Reader.id).where(Reader.email == "stale@example.org"))
+        db.session.execute(sa.update(Reader).where(Reader.id == stale)
+                           .values(created_at=old, confirmation_sent_at=old))
+        db.session.execute(sa.update(Subscription).where(Subscription.reader_id == stale)
+                           .values(created_at=old, pending_since=old, confirmation_sent_at=old))
+        db.session.execute(sa.update(ConsentEvent).where(ConsentEvent.reader_id == stale).values(occurred_at=old))
+        db.session.commit()
+        db.session.remove()
+    result = runner.invoke(args=["purge-pending", "--days", "30"])
+    assert result.exit_code == 0, result.output
+    assert query(app, "SELECT email FROM readers") == [("fresh@example.org",)]
+
+    after, _ = whole_feed(client, viewer)
+    assert [e["data"]["reader"]["email"] for e in after] == ["fresh@example.org"]
+    assert whole_feed(client, viewer, after=cursor)[0] == []
+    with app.app_context():
+        assert changes.event_payload(db.session, int(before[0]["id"][4:])) is None
+
+
+def test_an_erased_readers_earlier_events_carry_no_address_even_when_numbered_after(app, client, viewer):
+    """Events of a reader erased before the feed numbered them: the payload is made when read, after erasure."""
+    client.post("/api/v1/subscriptions", json={"email": "quick@example.org", "name": "Quick",
+                                               "newsletters": ["daily-briefing"], "page_url": PAGE})
+    [(reader_id,)] = query(app, "SELECT id FROM readers")
+    with app.app_context():
+        privacy.erase_reader(db.session, reader_id, source=privacy.Source(channel="cli"), config=app.config)
+        db.session.commit()
+        db.session.remove()
+    events, _ = whole_feed(client, viewer)
+    assert [e["type"] for e in events] == ["subscription.pending", "subscription.unsubscribed", "reader.erased"]
+    assert all(e["data"]["reader"] == {"id": reader_id, "email": None, "name": None} for e in events)
+    assert all(e["data"]["source"]["page_url"] is None for e in events)
+    assert [e["data"]["channel"] for e in events[1:]] == ["cli", "cli"]
