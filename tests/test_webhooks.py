@@ -424,3 +424,42 @@ def test_bad_urls_are_refused_with_a_clear_message(app, url, why):
         with pytest.raises(webhooks.EndpointErrors) as refused:
             webhooks.create_endpoint(db.session, app.config, url=url)
         assert why in refused.value.errors["url"][0]
+
+
+# --- who delivers ----------------------------------------------------------------------------------------------
+
+
+def test_the_worker_delivers_webhooks_beside_the_email(local_app, client, receiver, smtp):
+    app = local_app
+    _, secret = add_endpoint(app, receiver.url)
+    sign_up(app, client, "ann@example.org")
+    result = app.test_cli_runner().invoke(args=["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "webhooks: delivered 1" in result.output
+    assert receiver.requests[0].verify(secret)["type"] == "subscription.pending"
+    assert len(smtp.inbox.wait_for(1)) == 1
+
+
+def test_the_embedded_default_delivers_from_a_thread_of_the_web_process(database_url, smtp, receiver):
+    from newsletter import create_app
+
+    from .conftest import SECRET, close_app
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": SECRET,
+                      "NEWSLETTER_SMTP_URL": smtp.url, "NEWSLETTER_OUTBOX_IN_PROCESS": True,
+                      "NEWSLETTER_WEBHOOK_ALLOW_PRIVATE": True, "NEWSLETTER_MIN_FILL_SECONDS": 0,
+                      "NEWSLETTER_RATE_LIMIT_IP": "10000/minute", "NEWSLETTER_RATE_LIMIT_EMAIL": "10000/minute"})
+    try:
+        assert app.extensions["newsletter.webhook_sender"].is_alive()
+        with app.app_context():
+            from newsletter import catalog
+
+            catalog.add_newsletter(db.session, "daily-briefing", name="The Daily Briefing")
+            db.session.commit()
+            db.session.remove()
+        _, secret = add_endpoint(app, receiver.url)
+        sign_up(app, app.test_client(), "ann@example.org")
+        [request] = receiver.wait_for(1)
+        assert request.verify(secret)["data"]["reader"]["email"] == "ann@example.org"
+    finally:
+        close_app(app)
