@@ -8,8 +8,8 @@ answers 204 to every POST):
                standardwebhooks and sent through the same HTTP client (webhook_urls.WebhookClient):
                the floor of signing and HTTP
   dispatch     webhook_sender.dispatch: the feed's new changes become outbox rows for the endpoint
-  deliveries   WebhookSender.drain after the dispatch: claim (FOR UPDATE SKIP LOCKED), render the
-               event, sign, POST, record the attempt, one delivery at a time, as one worker does
+  deliveries   WebhookSender.drain after the dispatch: claim a batch (FOR UPDATE SKIP LOCKED), render the
+               events, sign, POST each, record the attempts, as one worker does
 
 Each round writes `--events` consent events (signups of new readers) straight to the database
 first, untimed. Baseline and deliveries alternate in rounds, so a drifting machine shifts both
@@ -149,7 +149,7 @@ def deliveries(app: Any) -> tuple[float, float, int]:
         queued = webhook_sender.dispatch(db.session)
         dispatched = time.perf_counter()
         result = webhook_sender.DeliveryResult()
-        while sender.deliver_next(db.session, result):
+        while sender.deliver_due(db.session, result):
             pass
         finished = time.perf_counter()
         sender.close()

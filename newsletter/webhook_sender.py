@@ -2,7 +2,7 @@
 
 Dispatch turns the changes feed into outbox rows (kind "webhook"), one per endpoint and event, and
 moves the endpoint's feed_position on in the same transaction: a crash queues nothing twice and
-loses nothing. Delivery claims one due row at a time (FOR UPDATE SKIP LOCKED on PostgreSQL, so any
+loses nothing. Delivery claims due rows a batch at a time (FOR UPDATE SKIP LOCKED on PostgreSQL, so any
 number of workers share the work), renders the event when it sends it, signs it as Standard
 Webhooks says and POSTs it through webhook_urls (no private addresses, no redirects, a timeout).
 A reader's deliveries to one endpoint leave in order: a row waits while an earlier one of the same
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
 from . import changes, outages
-from .models import WEBHOOK_KIND, OutboxMessage, WebhookAttempt, WebhookEndpoint, utcnow
+from .models import WEBHOOK_KIND, ConsentEvent, OutboxMessage, WebhookAttempt, WebhookEndpoint, utcnow
 from .outbox import Backoff, describe_error
 from .webhook_urls import Answer, RefusedAddress, WebhookClient
 from .webhooks import signing_secrets
@@ -103,47 +103,52 @@ class Delivery:
     created_at: datetime
 
 
-def _lease(config: dict[str, Any]) -> timedelta:
-    # Longer than connect + read: a crashed sender's delivery is due again after it.
-    return timedelta(seconds=2 * config["NEWSLETTER_WEBHOOK_TIMEOUT"] + 30)
+# Deliveries claimed, rendered and recorded together: two commits per batch instead of two per delivery.
+DELIVERY_BATCH = 20
 
 
-def claim_next(session: Session, config: dict[str, Any], due_by: datetime | None = None) -> Delivery | None:
-    """Lease the next webhook row of an active endpoint due by `due_by` (default now); None when none is.
+def _lease(config: dict[str, Any], count: int = 1) -> timedelta:
+    # Longer than connect + read of every delivery of the batch: a crashed sender's deliveries are due again after it.
+    return timedelta(seconds=count * 2 * config["NEWSLETTER_WEBHOOK_TIMEOUT"] + 30)
+
+
+def claim_due(session: Session, config: dict[str, Any], due_by: datetime | None = None,
+              limit: int = DELIVERY_BATCH) -> list[Delivery]:
+    """Lease up to `limit` webhook rows of active endpoints due by `due_by` (default now), oldest due first.
 
     A row waits while an earlier row of the same endpoint and reader is pending (in order per
-    reader). The caller commits the lease before it sends: the claim is a short transaction of its
-    own, so none stays open during the POST.
+    reader), so no two rows of one reader are leased together. The caller commits the lease before
+    it sends: no transaction stays open during the POSTs.
     """
     now = utcnow()
     due_by = due_by or now
     earlier = aliased(OutboxMessage)
     # A scalar subquery, not NOT EXISTS: PostgreSQL then walks the due index in order and probes
-    # ix_outbox_messages_endpoint_reader per row, stopping at the first; an anti join would read
+    # ix_outbox_messages_endpoint_reader per row, stopping after `limit`; an anti join would read
     # every pending row for each claim. Order among due rows is by time only: the per-reader order
     # is this condition's job, and an id tie-break would sort a whole dispatch batch (one time).
     first_of_reader = (select(func.min(earlier.id))
                        .where(earlier.endpoint_id == OutboxMessage.endpoint_id,
                               earlier.reader_id == OutboxMessage.reader_id, earlier.status == "pending")
                        .scalar_subquery())
-    row = session.scalars(
+    rows = session.scalars(
         select(OutboxMessage)
         .join(WebhookEndpoint, WebhookEndpoint.id == OutboxMessage.endpoint_id)
         .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= due_by,
                OutboxMessage.kind == WEBHOOK_KIND, WebhookEndpoint.active.is_(True),
                or_(OutboxMessage.reader_id.is_(None), OutboxMessage.id == first_of_reader))
         .order_by(OutboxMessage.next_attempt_at)
-        .limit(1)
+        .limit(limit)
         .with_for_update(skip_locked=True, of=OutboxMessage)
-    ).first()
-    if row is None:
-        session.rollback()
-        return None
-    row.attempts += 1
-    row.next_attempt_at = now + _lease(config)
-    delivery = Delivery(row.id, row.endpoint_id or 0, row.event_id, row.attempts, _aware(row.created_at))
+    ).all()
+    leased_until = now + _lease(config, len(rows))
+    deliveries = []
+    for row in rows:
+        row.attempts += 1
+        row.next_attempt_at = leased_until
+        deliveries.append(Delivery(row.id, row.endpoint_id or 0, row.event_id, row.attempts, _aware(row.created_at)))
     session.flush()
-    return delivery
+    return deliveries
 
 
 @dataclass
@@ -169,26 +174,50 @@ def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: str) -> str
     return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
 
 
-def render(session: Session, delivery: Delivery) -> Signed | str:
-    """The signed request of a delivery, rendered now; or why there is nothing to send (the event is gone)."""
-    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-    if endpoint is None:
-        return "The endpoint was deleted."
-    payload = changes.event_payload(session, delivery.event_id) if delivery.event_id is not None else None
-    if payload is None:
-        return (f"The event {delivery.event_id} no longer exists (its never-confirmed reader was deleted): "
-                "there is nothing to send.")
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+def render(session: Session, deliveries: list[Delivery]) -> list[Signed | str]:
+    """The signed request of each delivery, rendered now; or why there is nothing to send (the event is gone)."""
+    endpoint_ids = {delivery.endpoint_id for delivery in deliveries}
+    endpoints = {endpoint.id: endpoint for endpoint in session.scalars(
+        select(WebhookEndpoint).where(WebhookEndpoint.id.in_(endpoint_ids)))}
+    event_ids = [delivery.event_id for delivery in deliveries if delivery.event_id is not None]
+    events = list(session.scalars(select(ConsentEvent).where(ConsentEvent.id.in_(event_ids)))) if event_ids else []
+    payloads = {event.id: payload for event, payload in zip(events, changes.event_payloads(session, events),
+                                                             strict=True)}
     now = utcnow()
-    msg_id = str(payload.get("id") or f"evt_{delivery.event_id}")
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": sign(signing_secrets(endpoint, now), msg_id, now, body),
-    }
-    return Signed(endpoint.url, payload.get("type"), body.encode(), headers)
+    rendered: list[Signed | str] = []
+    for delivery in deliveries:
+        endpoint = endpoints.get(delivery.endpoint_id)
+        payload = payloads.get(delivery.event_id) if delivery.event_id is not None else None
+        if endpoint is None:
+            rendered.append("The endpoint was deleted.")
+            continue
+        if payload is None:
+            rendered.append(f"The event {delivery.event_id} no longer exists (its never-confirmed reader was "
+                            "deleted): there is nothing to send.")
+            continue
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        msg_id = str(payload.get("id") or f"evt_{delivery.event_id}")
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": sign(signing_secrets(endpoint, now), msg_id, now, body),
+        }
+        rendered.append(Signed(endpoint.url, payload.get("type"), body.encode(), headers))
+    return rendered
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one POST gave: the answer, or the error when there was none."""
+
+    delivery: Delivery
+    signed: Signed | None
+    answer: Answer | None
+    error: str | None
+    duration_ms: int
+    permanent: bool
 
 
 class WebhookSender:
@@ -199,30 +228,33 @@ class WebhookSender:
         self.client = client or WebhookClient(timeout=config["NEWSLETTER_WEBHOOK_TIMEOUT"],
                                               allow_private=config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"])
 
-    def deliver_next(self, session: Session, result: DeliveryResult, due_by: datetime | None = None) -> bool:
-        """Claim one delivery due by `due_by` (now), send it and record what happened; False when none is due."""
-        delivery = claim_next(session, self.config, due_by)
-        if delivery is None:
-            return False
+    def deliver_due(self, session: Session, result: DeliveryResult, due_by: datetime | None = None,
+                    limit: int = DELIVERY_BATCH) -> int:
+        """Claim up to `limit` deliveries due by `due_by` (now), send them and record what happened; how many."""
+        deliveries = claim_due(session, self.config, due_by, limit)
+        if not deliveries:
+            session.rollback()
+            return 0
         # Rendered in the claim's transaction (one commit less), still at send time.
-        signed = render(session, delivery)
+        requests = render(session, deliveries)
         session.commit()
-        answer: Answer | None = None
-        error: str | None = None
-        started = time.perf_counter()
+        outcomes = [self._post(delivery, signed) for delivery, signed in zip(deliveries, requests, strict=True)]
+        record(session, self.config, outcomes, result)
+        return len(deliveries)
+
+    def _post(self, delivery: Delivery, signed: Signed | str) -> Outcome:
         if isinstance(signed, str):
-            error = signed
+            return Outcome(delivery, None, None, signed, 0, permanent=True)
+        started = time.perf_counter()
+        try:
+            answer = self.client.post(signed.url, signed.body, signed.headers)
+        except RefusedAddress as refused:
+            error = str(refused)
+        except Exception as failure:  # noqa: BLE001 (refused, timed out, reset: each is a failed try)
+            error = describe_error(failure)
         else:
-            try:
-                answer = self.client.post(signed.url, signed.body, signed.headers)
-            except RefusedAddress as refused:
-                error = str(refused)
-            except Exception as failure:  # noqa: BLE001 (refused, timed out, reset: each is a failed try)
-                error = describe_error(failure)
-        duration_ms = answer.duration_ms if answer is not None else int((time.perf_counter() - started) * 1000)
-        record(session, self.config, delivery, signed if not isinstance(signed, str) else None, answer, error,
-               duration_ms, result, permanent=isinstance(signed, str))
-        return True
+            return Outcome(delivery, signed, answer, None, answer.duration_ms, permanent=False)
+        return Outcome(delivery, signed, None, error, int((time.perf_counter() - started) * 1000), permanent=False)
 
     def drain(self, session: Session, limit: int | None = None, stop: threading.Event | None = None) -> DeliveryResult:
         """Queue the feed's new changes, then deliver due rows until none is due, `limit` were handled or `stop` is set."""
@@ -232,9 +264,11 @@ class WebhookSender:
         started = utcnow()
         handled = 0
         while (limit is None or handled < limit) and not (stop is not None and stop.is_set()):
-            if not self.deliver_next(session, result, started):
+            batch = DELIVERY_BATCH if limit is None else min(DELIVERY_BATCH, limit - handled)
+            done = self.deliver_due(session, result, started, batch)
+            if not done:
                 break
-            handled += 1
+            handled += done
         return result
 
     def close(self) -> None:
@@ -252,35 +286,45 @@ def _describe_answer(answer: Answer) -> str:
     return f"HTTP {answer.status}"
 
 
-def record(session: Session, config: dict[str, Any], delivery: Delivery, signed: Signed | None,
-           answer: Answer | None, error: str | None, duration_ms: int, result: DeliveryResult,
-           permanent: bool = False) -> None:
-    """Log the attempt and write the row's new state; switch the endpoint off when its retry period is over. Commits."""
+def record(session: Session, config: dict[str, Any], outcomes: list[Outcome], result: DeliveryResult) -> None:
+    """Log each attempt and write its row's new state; switch an endpoint off when a retry period is over. Commits."""
+    ids = [outcome.delivery.row_id for outcome in outcomes]
+    rows = {row.id: row for row in session.scalars(
+        select(OutboxMessage).where(OutboxMessage.id.in_(ids)).order_by(OutboxMessage.id)
+        .with_for_update().execution_options(populate_existing=True))}
     now = utcnow()
-    row = session.get(OutboxMessage, delivery.row_id, with_for_update=True, populate_existing=True)
-    if row is None:
-        session.rollback()
-        log.info("webhook delivery %s: its endpoint or row was deleted while it was sent", delivery.row_id)
-        return
+    for outcome in outcomes:
+        row = rows.get(outcome.delivery.row_id)
+        if row is None:
+            log.info("webhook delivery %s: its endpoint or row was deleted while it was sent", outcome.delivery.row_id)
+            continue
+        _record_one(session, config, outcome, row, now, result)
+    session.commit()
+
+
+def _record_one(session: Session, config: dict[str, Any], outcome: Outcome, row: OutboxMessage, now: datetime,
+                result: DeliveryResult) -> None:
+    delivery, answer, error = outcome.delivery, outcome.answer, outcome.error
     delivered = answer is not None and 200 <= answer.status < 300
     if answer is not None and not delivered:
         error = _describe_answer(answer)
     session.add(WebhookAttempt(
         endpoint_id=delivery.endpoint_id, outbox_message_id=row.id, event_id=delivery.event_id,
-        event_type=signed.event_type if signed is not None else None, attempted_at=now,
-        status_code=answer.status if answer is not None else None, duration_ms=duration_ms,
+        event_type=outcome.signed.event_type if outcome.signed is not None else None, attempted_at=now,
+        status_code=answer.status if answer is not None else None, duration_ms=outcome.duration_ms,
         response_start=answer.body_start[:RESPONSE_START] if answer is not None else None,
         error=error[:RESPONSE_START] if error else None))
     if row.status != "pending" or row.attempts != delivery.attempts:
         # Sent again by "send again", or claimed again after the lease ran out: its state is theirs now.
-        session.commit()
         return
     retry_for = timedelta(seconds=config["NEWSLETTER_WEBHOOK_RETRY_FOR"])
     deadline = delivery.created_at + retry_for
     if delivered:
         row.status, row.sent_at, row.last_error = "sent", now, None
         result.sent += 1
-    elif permanent:
+        return
+    log.info("webhook delivery %s to endpoint %s: %s", delivery.row_id, delivery.endpoint_id, error)
+    if outcome.permanent:
         row.status, row.next_attempt_at, row.last_error = "failed", now, error
         result.failed += 1
     elif now >= deadline:
@@ -301,9 +345,6 @@ def record(session: Session, config: dict[str, Any], delivery: Delivery, signed:
         row.next_attempt_at = min(now + _backoff(row.attempts, config), max(deadline, now))
         row.last_error = error
         result.retrying += 1
-    session.commit()
-    if not delivered:
-        log.info("webhook delivery %s to endpoint %s: %s", delivery.row_id, delivery.endpoint_id, error)
 
 
 def _span(duration: timedelta) -> str:
