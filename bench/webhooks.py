@@ -131,7 +131,8 @@ def baseline(url: str, secret: str, count: int, config: dict[str, Any]) -> float
         now = datetime.now(UTC)
         answer = client.post(url, body.encode(), {
             "Content-Type": "application/json", "webhook-id": event["id"],
-            "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": sign([secret], event["id"], now, body)})
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": sign([secret], event["id"], now, body)})
         assert answer.status == 204, answer
     elapsed = time.perf_counter() - started
     client.close()

@@ -334,7 +334,8 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         # how long a delivery is retried (from when it was queued) before it fails and its endpoint is
         # switched off; the first retry's delay (doubling up to NEWSLETTER_WEBHOOK_RETRY_MAX); how long a
         # rotated-out secret keeps signing beside the new one.
-        "NEWSLETTER_WEBHOOK_ALLOW_PRIVATE": _flag("NEWSLETTER_WEBHOOK_ALLOW_PRIVATE", get("WEBHOOK_ALLOW_PRIVATE"), False),
+        "NEWSLETTER_WEBHOOK_ALLOW_PRIVATE": _flag("NEWSLETTER_WEBHOOK_ALLOW_PRIVATE", get("WEBHOOK_ALLOW_PRIVATE"),
+                                                  False),
         "NEWSLETTER_WEBHOOK_TIMEOUT": _positive("NEWSLETTER_WEBHOOK_TIMEOUT", _duration(
             "NEWSLETTER_WEBHOOK_TIMEOUT", get("WEBHOOK_TIMEOUT"), 10)),
         "NEWSLETTER_WEBHOOK_RETRY_FOR": _positive("NEWSLETTER_WEBHOOK_RETRY_FOR", _duration(

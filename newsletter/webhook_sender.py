@@ -257,7 +257,7 @@ class WebhookSender:
         return Outcome(delivery, signed, None, error, int((time.perf_counter() - started) * 1000), permanent=False)
 
     def drain(self, session: Session, limit: int | None = None, stop: threading.Event | None = None) -> DeliveryResult:
-        """Queue the feed's new changes, then deliver due rows until none is due, `limit` were handled or `stop` is set."""
+        """Queue the feed's new changes, then deliver until none is due, `limit` were handled or `stop` is set."""
         result = DeliveryResult()
         dispatch(session)
         # Only what was due when the drain began: a retry falling due meanwhile waits for the next drain.
@@ -369,7 +369,8 @@ def run(sender: WebhookSender, stop: threading.Event, *, poll_seconds: float, ma
             result = sender.drain(db.session, stop=stop)
         except SQLAlchemyError as error:
             if outages.schema_missing(error):
-                problem = f"the database has no webhook tables yet; run `newsletter db upgrade` ({describe_error(error)})"
+                problem = ("the database has no webhook tables yet; run `newsletter db upgrade` "
+                           f"({describe_error(error)})")
             else:
                 problem = f"the database is unavailable ({describe_error(error)})"
         except Exception as error:  # a bug: the traceback once, then one line per try

@@ -94,7 +94,8 @@ def endpoint_state(app, endpoint_id: int) -> dict:
 
 def rows(app) -> list[dict]:
     return [dict(row._mapping) for row in query(
-        app, "SELECT id, status, attempts, event_id, last_error FROM outbox_messages WHERE kind = 'webhook' ORDER BY id")]
+        app, "SELECT id, status, attempts, event_id, last_error FROM outbox_messages "
+             "WHERE kind = 'webhook' ORDER BY id")]
 
 
 # --- the events ------------------------------------------------------------------------------------------
@@ -278,7 +279,6 @@ def test_an_endpoint_failing_past_the_retry_period_is_switched_off_and_the_admin
     deliver(app)
     assert len(receiver.requests) == before
 
-    from .test_admin import EDITOR  # noqa: F401 (the admins fixture's accounts)
     from .test_admin_auth import PASSWORD, log_in
     from newsletter import accounts
 

@@ -243,7 +243,8 @@ def test_webhook_pages_are_accessible(app, people, client, receiver):
         page.feed(html)
         assert not page.duplicate_ids, (name, page.duplicate_ids)
         for control in page.controls:
-            assert control["_wrapped"] or control.get("id") in page.label_for or control.get("aria-label"), (name, control)
+            labelled = control["_wrapped"] or control.get("id") in page.label_for or control.get("aria-label")
+            assert labelled, (name, control)
             for described in (control.get("aria-describedby") or "").split():
                 assert described in page.ids, (name, control, described)
         assert page.headings and page.headings.count(1) == 1, (name, page.headings)
