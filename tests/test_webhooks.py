@@ -413,6 +413,7 @@ BAD_URLS = [
     ("https://user:pass@example.org/hook", "user name or password"),
     ("https://example.org/" + "a" * 2100, "at most 2048"),
     ("https://exa mple.org/", "spaces"),
+    ("https://example.org/\r\nX-Injected: 1", "control characters"),
     ("https:///no-host", "must name a host"),
     ("https://example.org:99999/", "not a valid URL"),
 ]
@@ -463,3 +464,47 @@ def test_the_embedded_default_delivers_from_a_thread_of_the_web_process(database
         assert request.verify(secret)["data"]["reader"]["email"] == "ann@example.org"
     finally:
         close_app(app)
+
+
+def test_every_address_of_a_name_is_checked_and_the_request_goes_to_the_checked_one(app, client, receiver,
+                                                                                  monkeypatch):
+    """A name with one public and one private address is refused; an allowed name is looked up once per
+    delivery and connected to at the address looked up (DNS rebinding gets no second answer)."""
+    import socket
+
+    from newsletter import webhook_urls
+
+    real = socket.getaddrinfo
+    looked_up: list[str] = []
+    answers = {"mixed.example": ["93.184.215.14", "10.0.0.7"], "hooks.example": ["127.0.0.1"]}
+
+    def fake(host, port, *args, **kwargs):
+        if host in answers:
+            looked_up.append(host)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in answers[host]]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    with pytest.raises(webhook_urls.RefusedAddress, match="10.0.0.7"):
+        webhook_urls.resolve("mixed.example", 443, allow_private=False)
+
+    app.config.update(NEWSLETTER_WEBHOOK_ALLOW_PRIVATE=True, NEWSLETTER_WEBHOOK_RETRY_BASE=0)
+    _, secret = add_endpoint(app, f"http://hooks.example:{receiver.port}/hook")
+    sign_up(app, client, "ann@example.org")
+    answers["hooks.example"] = ["127.0.0.1"]
+    assert deliver(app).sent == 1
+    assert looked_up.count("hooks.example") == 1
+    [request] = receiver.requests
+    assert request.headers["Host"] == f"hooks.example:{receiver.port}"
+    assert request.verify(secret)["type"] == "subscription.pending"
+
+
+def test_only_the_start_of_a_long_answer_is_read_and_kept(local_app, client, receiver):
+    app = local_app
+    receiver.behaviour.status, receiver.behaviour.body = 500, ("é" * 600_000).encode()
+    add_endpoint(app, receiver.url)
+    sign_up(app, client, "ann@example.org")
+    assert deliver(app).retrying == 1
+    [(code, start, error)] = query(app, "SELECT status_code, response_start, error FROM webhook_attempts")
+    assert code == 500 and error == "HTTP 500"
+    assert 0 < len(start) <= 500 and set(start) == {"é"}
