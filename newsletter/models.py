@@ -178,6 +178,21 @@ class ConsentEvent(db.Model):
     )
 
 
+class FeedState(db.Model):
+    """The changes feed's last position ever given (one row): positions are never given twice.
+
+    The largest feed_position alone would not do: a purge deletes never-confirmed readers with their
+    events, and the last of them may hold the largest position, which a client has as its cursor.
+    """
+
+    __tablename__ = "feed_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_position: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+
 OUTBOX_EMAIL_KINDS = ("confirmation", "import_confirmation", "welcome")
 WEBHOOK_KIND = "webhook"
 

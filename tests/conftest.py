@@ -82,7 +82,7 @@ def postgres_url(instance_dir: Path) -> Iterator[str]:
     admin.dispose()
 
 
-TABLES = ["webhook_attempts", "webhook_endpoints", "webhook_nonces", "import_refusals", "imports", "suppressions", "delivery_events", "exports",
+TABLES = ["feed_state", "webhook_attempts", "webhook_endpoints", "webhook_nonces", "import_refusals", "imports", "suppressions", "delivery_events", "exports",
           "api_tokens", "admin_sessions", "admin_users", "consent_events", "outbox_messages", "subscriptions",
           "readers", "newsletters"]
 
