@@ -508,3 +508,52 @@ def test_only_the_start_of_a_long_answer_is_read_and_kept(local_app, client, rec
     [(code, start, error)] = query(app, "SELECT status_code, response_start, error FROM webhook_attempts")
     assert code == 500 and error == "HTTP 500"
     assert 0 < len(start) <= 500 and set(start) == {"é"}
+
+
+def test_the_example_receiver_keeps_its_list_in_sync_from_our_webhooks(local_app, client, tmp_path):
+    """examples/sync_receiver fed by the real sender: signup, confirmation and erasure reach its list."""
+    import threading
+    import time
+
+    from werkzeug.serving import make_server
+
+    from .test_changes import load_example
+
+    app = local_app
+    web = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    example = load_example()
+    token = admin_token(app)["Authorization"].removeprefix("Bearer ")
+    endpoint_id, secret = add_endpoint(app, "http://127.0.0.1:9/placeholder")
+    server, feed, synced = example.serve(f"http://127.0.0.1:{web.port}", token, secret, "127.0.0.1:0",
+                                         str(tmp_path / "sync.sqlite3"), poll_seconds=3600)
+    with app.app_context():
+        endpoint = db.session.get(WebhookEndpoint, endpoint_id)
+        webhooks.update_endpoint(db.session, app.config, endpoint,
+                                 {"url": f"http://127.0.0.1:{server.server_address[1]}/webhook"})
+        db.session.commit()
+        db.session.remove()
+
+    def until(condition, what: str) -> None:
+        for _ in range(600):
+            if condition():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"never happened: {what}")
+
+    try:
+        ann = sign_up(app, client, "ann@example.org", name="Ann")
+        confirm(app, client, ann)
+        assert deliver(app).sent == 2
+        until(lambda: synced.subscribers("daily-briefing") == [("ann@example.org", "Ann")], "Ann in the list")
+
+        assert client.delete(f"/api/v1/readers/{ann}", headers=admin_token(app)).status_code == 200
+        result = deliver(app)
+        assert result.sent >= 2 and not result.retrying  # unsubscribed, then reader.erased
+        until(lambda: synced.subscribers("daily-briefing") == [], "Ann gone from the list")
+        assert query(app, "SELECT count(*) FROM webhook_attempts WHERE status_code = 204")[0][0] == result.sent + 2
+    finally:
+        feed.stopped.set()
+        feed.wanted.set()
+        server.shutdown()
+        web.shutdown()
