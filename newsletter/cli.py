@@ -193,7 +193,7 @@ def list_newsletters() -> None:
               help="Longest pause in an outage of the database or the mail relay (pauses start at 1 s and double).")
 @with_appcontext
 def worker(once: bool, poll: float, max_pause: float) -> None:
-    """Send the outbox's emails and run queued imports; run several on PostgreSQL to send faster.
+    """Send the outbox's emails and webhooks and run queued imports; run several on PostgreSQL to send faster.
 
     It lives through database restarts and mail relay outages: it logs them, pauses and goes on.
     SIGTERM or Ctrl-C stops it after the message in hand; an import it was running is taken up
