@@ -335,11 +335,11 @@ def _record_one(session: Session, config: dict[str, Any], outcome: Outcome, row:
         if endpoint is not None and endpoint.active:
             endpoint.active, endpoint.disabled_at = False, now
             endpoint.disabled_reason = (
-                f"Switched off: a delivery kept failing for {_span(retry_for)} ({row.attempts} tries; the last: "
+                f"A delivery kept failing for {span(retry_for)} ({row.attempts} tries; the last: "
                 f"{error}). Fix the receiver, then turn the endpoint on: its waiting deliveries are sent then.")
             result.switched_off += 1
             log.warning("webhook endpoint %s switched off: delivery %s failed for %s (%s)", endpoint.id, row.id,
-                        _span(retry_for), error)
+                        span(retry_for), error)
     else:
         # The last try falls on the deadline, not a long backoff after it.
         row.next_attempt_at = min(now + _backoff(row.attempts, config), max(deadline, now))
@@ -347,11 +347,12 @@ def _record_one(session: Session, config: dict[str, Any], outcome: Outcome, row:
         result.retrying += 1
 
 
-def _span(duration: timedelta) -> str:
+def span(duration: timedelta) -> str:
+    """A duration in words for people: 3 days, 12 h, 90 s."""
     seconds = int(duration.total_seconds())
-    if seconds % 86400 == 0:
+    if seconds >= 86400 and seconds % 86400 == 0:
         return f"{seconds // 86400} day{'s' if seconds != 86400 else ''}"
-    if seconds % 3600 == 0:
+    if seconds >= 3600 and seconds % 3600 == 0:
         return f"{seconds // 3600} h"
     return f"{seconds} s"
 

@@ -3,6 +3,7 @@ edit, delete, and each endpoint's delivery log with "send again". Viewers may lo
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
@@ -14,6 +15,7 @@ from wtforms.validators import Length
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from .. import webhooks
+from ..webhook_sender import span
 from ..authz import admin_view
 from ..extensions import db
 from ..models import WebhookEndpoint, utcnow
@@ -47,7 +49,9 @@ class EndpointForm(FlaskForm):
 
 
 def _list_page(form: EndpointForm) -> str:
+    retry_for = span(timedelta(seconds=current_app.config["NEWSLETTER_WEBHOOK_RETRY_FOR"]))
     return render_template("admin/webhooks.html", endpoints=webhooks.endpoints(db.session), form=form,
+                           retry_for=retry_for,
                            failing=webhooks.failing_counts(db.session), waiting=webhooks.waiting_counts(db.session))
 
 
@@ -100,7 +104,8 @@ def _edit_page(endpoint: WebhookEndpoint, form: EndpointForm) -> str:
     return render_template("admin/webhook.html", endpoint=endpoint, form=form, action_form=ActionForm(),
                            failing=webhooks.failing_counts(db.session).get(endpoint.id, 0),
                            waiting=webhooks.waiting_counts(db.session).get(endpoint.id, 0),
-                           rotating=len(webhooks.signing_secrets(endpoint)) > 1)
+                           rotating=len(webhooks.signing_secrets(endpoint)) > 1,
+                           overlap=span(timedelta(seconds=current_app.config["NEWSLETTER_WEBHOOK_SECRET_OVERLAP"])))
 
 
 @blueprint.get("/webhooks/<id:endpoint_id>")
