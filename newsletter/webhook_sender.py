@@ -238,7 +238,19 @@ class WebhookSender:
         # Rendered in the claim's transaction (one commit less), still at send time.
         requests = render(session, deliveries)
         session.commit()
-        outcomes = [self._post(delivery, signed) for delivery, signed in zip(deliveries, requests, strict=True)]
+        outcomes: list[Outcome] = []
+        # An endpoint that gave no answer (refused, timed out) is not tried again in this batch: one
+        # unreachable receiver would otherwise hold up the whole batch for a timeout per delivery.
+        unreachable: dict[int, str] = {}
+        for delivery, signed in zip(deliveries, requests, strict=True):
+            if delivery.endpoint_id in unreachable and not isinstance(signed, str):
+                outcomes.append(Outcome(delivery, signed, None, f"Not tried: the endpoint gave no answer to the "
+                                        f"delivery just before ({unreachable[delivery.endpoint_id]})", 0, False))
+                continue
+            outcome = self._post(delivery, signed)
+            if outcome.answer is None and not outcome.permanent and outcome.error:
+                unreachable[delivery.endpoint_id] = outcome.error[:200]
+            outcomes.append(outcome)
         record(session, self.config, outcomes, result)
         return len(deliveries)
 

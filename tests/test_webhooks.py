@@ -557,3 +557,17 @@ def test_the_example_receiver_keeps_its_list_in_sync_from_our_webhooks(local_app
         feed.wanted.set()
         server.shutdown()
         web.shutdown()
+
+
+def test_an_unreachable_endpoint_is_tried_once_per_batch_and_holds_up_no_other(local_app, client, receiver):
+    app = local_app
+    down_id, _ = add_endpoint(app, Receiver(free_port()).url)  # nothing listens there
+    up_id, secret = add_endpoint(app, receiver.url)
+    for number in range(3):
+        sign_up(app, client, f"reader{number}@example.org")
+    result = deliver(app)
+    assert result.sent == 3 and result.retrying == 3
+    assert len(receiver.requests) == 3
+    log = query(app, "SELECT error FROM webhook_attempts WHERE endpoint_id = :e ORDER BY id", e=down_id)
+    assert len(log) == 3 and "refused" in log[0][0].lower()
+    assert all(error.startswith("Not tried: the endpoint gave no answer") for (error,) in log[1:])
