@@ -557,3 +557,11 @@ def test_the_example_receiver_applies_webhooks_once_and_fills_gaps_from_the_feed
         feed.stopped.set()
         feed.wanted.set()
         server.shutdown()
+
+
+def test_a_signup_leaves_numbering_to_the_feed_and_the_worker(app, client, viewer):
+    """The signup request does no feed work: its event has no position until the feed (or the worker) numbers it."""
+    client.post("/api/v1/subscriptions", json={"email": "hot@example.org", "newsletters": ["daily-briefing"]})
+    assert query(app, "SELECT feed_position FROM consent_events") == [(None,)]
+    assert [e["type"] for e in page_of(client, viewer)["changes"]] == ["subscription.pending"]
+    assert query(app, "SELECT feed_position FROM consent_events") == [(1,)]
