@@ -81,6 +81,8 @@ class Options:
     rounds: int
     json: bool
     results_dir: Path
+    # Webhook endpoints configured (never delivered to: no worker runs), to show a signup doesn't pay for them.
+    webhook_endpoints: int = 0
 
 
 def new_parser(doc: str) -> argparse.ArgumentParser:
@@ -122,6 +124,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
                              "at the signup run's rate (more readers are signed up, untimed, if needed)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of baseline, signup, confirm; the report gives each and their median")
+    parser.add_argument("--webhook-endpoints", type=int, default=0,
+                        help="webhook endpoints to configure first (deliveries are made by workers, never in "
+                             "the request: compare the ratios with 0 and 3)")
     add_output_options(parser)
     args = parser.parse_args(argv)
     concurrency = args.concurrency or 2 * args.workers
@@ -131,7 +136,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         database_url=args.database_url, database_name=args.database_name, workers=args.workers,
         concurrency=concurrency, load_processes=min(args.load_processes, concurrency), duration=args.duration,
         warmup=args.warmup, confirm_pool=args.confirm_pool, rounds=args.rounds, json=args.json,
-        results_dir=args.results_dir,
+        results_dir=args.results_dir, webhook_endpoints=max(args.webhook_endpoints, 0),
     )
 
 
@@ -212,6 +217,23 @@ def prepare_database(env: dict[str, str], database_url: str) -> None:
     newsletter_cli(env, "db", "upgrade")
     newsletter_cli(env, "newsletters", "add", NEWSLETTER_SLUG, "--name", "Daily")
     _admin_execute(database_url, TABLE_DDL)
+
+
+def add_webhook_endpoints(env: dict[str, str], count: int) -> None:
+    """`count` active webhook endpoints wanting every event (on a documentation address: nothing is sent)."""
+    if not count:
+        return
+    from newsletter import create_app, webhooks
+    from newsletter.extensions import db
+
+    with environ(env):
+        app = create_app()
+    with app.app_context():
+        for number in range(count):
+            webhooks.create_endpoint(db.session, app.config, url=f"https://hooks.example.org/bench/{number}")
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
 
 
 @contextlib.contextmanager
@@ -701,6 +723,7 @@ def environment_summary(options: Options, database_url: str, busy_before: float)
         "warmup_s": options.warmup,
         "duration_s": options.duration,
         "rounds": options.rounds,
+        "webhook_endpoints": options.webhook_endpoints,
     }
 
 
@@ -767,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="newsletter-bench-")))
         env = app_environment(database_url, work_dir / "instance", secrets.token_urlsafe(32))
         prepare_database(env, database_url)
+        add_webhook_endpoints(env, options.webhook_endpoints)
         summary = environment_summary(options, database_url, busy_before)
 
         runs = run_rounds(options, env, work_dir)

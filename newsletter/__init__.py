@@ -88,6 +88,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         from . import outbox
 
         outbox.attach_drainer(app, outbox.InProcessDrainer(app).start())
+        from . import webhook_sender
+
+        webhook_sender.attach(app, webhook_sender.InProcessWebhookSender(app).start())
     return app
 
 

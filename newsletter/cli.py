@@ -193,7 +193,7 @@ def list_newsletters() -> None:
               help="Longest pause in an outage of the database or the mail relay (pauses start at 1 s and double).")
 @with_appcontext
 def worker(once: bool, poll: float, max_pause: float) -> None:
-    """Send the outbox's emails and run queued imports; run several on PostgreSQL to send faster.
+    """Send the outbox's emails and webhooks and run queued imports; run several on PostgreSQL to send faster.
 
     It lives through database restarts and mail relay outages: it logs them, pauses and goes on.
     SIGTERM or Ctrl-C stops it after the message in hand; an import it was running is taken up
@@ -201,7 +201,7 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from . import import_runner, outbox
+    from . import import_runner, outbox, webhook_sender
     from .mailer import transport_for
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -209,6 +209,7 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
     if once:
         try:
             result = sender.drain(db.session)
+            webhooks = _deliver_webhooks_once(app)
             imported = import_runner.run_due(db.session, app.config)
             waiting = outbox.import_confirmations_waiting(db.session)
         except SQLAlchemyError as error:
@@ -224,6 +225,9 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
                    err=True)
         if imported:
             click.echo(f"ran {imported} import(s)", err=True)
+        if webhooks.sent or webhooks.retrying or webhooks.failed:
+            click.echo(f"webhooks: delivered {webhooks.sent}, will retry {webhooks.retrying}, "
+                       f"failed {webhooks.failed}", err=True)
         if result.stopped_by_error:
             raise click.ClickException(f"The mail relay is unavailable ({result.stopped_by_error}); "
                                        "the messages wait for it without spending their attempts.")
@@ -234,12 +238,24 @@ def worker(once: bool, poll: float, max_pause: float) -> None:
     click.echo(f"Worker sending via {_describe_transport(app)}; Ctrl-C to stop.", err=True)
     # Imports in a thread of their own: a long one never holds up the mail.
     import_runner.start_in_worker(app, stopping, poll_seconds=max(poll, 1.0), max_pause=max_pause)
+    # Webhooks too: a slow receiver never holds up the mail, nor the mail relay the webhooks.
+    webhook_sender.start_in_worker(app, stopping, poll_seconds=min(poll, 1.0), max_pause=max_pause)
     try:
         outbox.run(sender, stopping, poll_seconds=poll, max_pause=max_pause)
     finally:
         if sender.unrecorded:
             click.echo(f"Stopped with {len(sender.unrecorded)} sent or tried message(s) not recorded (the database "
                        "was away): they are sent again once their claim runs out.", err=True)
+
+
+def _deliver_webhooks_once(app: Flask) -> Any:
+    from . import webhook_sender
+
+    sender = webhook_sender.WebhookSender(app.config)
+    try:
+        return sender.drain(db.session)
+    finally:
+        sender.close()
 
 
 @click.command("unsubscribe-mail")
@@ -292,7 +308,7 @@ def serve(host: str, port: int) -> None:
     from flask_migrate import upgrade
     from werkzeug.serving import run_simple
 
-    from . import catalog, import_runner, outbox
+    from . import catalog, import_runner, outbox, webhook_sender
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if not os.environ.get("NEWSLETTER_PUBLIC_URL"):
@@ -305,6 +321,7 @@ def serve(host: str, port: int) -> None:
         click.echo("Added two example newsletters: daily-briefing and weekly-explainer.")
     db.session.remove()
     outbox.attach_drainer(app, outbox.InProcessDrainer(app).start())
+    webhook_sender.attach(app, webhook_sender.InProcessWebhookSender(app).start())
     import_runner.kick(app)  # imports queued or cut off before a restart go on
     mail = _describe_transport(app)
     if not app.config["NEWSLETTER_SMTP_URL"]:

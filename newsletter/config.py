@@ -329,6 +329,22 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
         # Confirmation emails to imported readers without proof of consent, at most this many per hour.
         "NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR": _positive("NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR", _integer(
             "NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR", get("IMPORT_CONFIRMATIONS_PER_HOUR"), 500)),
+        # Outgoing webhooks (webhook_sender.py): private, loopback and link-local addresses are refused
+        # unless this is on (a receiver on the same host or network); each request's connect and read limit;
+        # how long a delivery is retried (from when it was queued) before it fails and its endpoint is
+        # switched off; the first retry's delay (doubling up to NEWSLETTER_WEBHOOK_RETRY_MAX); how long a
+        # rotated-out secret keeps signing beside the new one.
+        "NEWSLETTER_WEBHOOK_ALLOW_PRIVATE": _flag("NEWSLETTER_WEBHOOK_ALLOW_PRIVATE", get("WEBHOOK_ALLOW_PRIVATE"),
+                                                  False),
+        "NEWSLETTER_WEBHOOK_TIMEOUT": _positive("NEWSLETTER_WEBHOOK_TIMEOUT", _duration(
+            "NEWSLETTER_WEBHOOK_TIMEOUT", get("WEBHOOK_TIMEOUT"), 10)),
+        "NEWSLETTER_WEBHOOK_RETRY_FOR": _positive("NEWSLETTER_WEBHOOK_RETRY_FOR", _duration(
+            "NEWSLETTER_WEBHOOK_RETRY_FOR", get("WEBHOOK_RETRY_FOR"), 3 * DAY)),
+        "NEWSLETTER_WEBHOOK_RETRY_BASE": _duration("NEWSLETTER_WEBHOOK_RETRY_BASE", get("WEBHOOK_RETRY_BASE"), 30),
+        "NEWSLETTER_WEBHOOK_RETRY_MAX": _positive("NEWSLETTER_WEBHOOK_RETRY_MAX", _duration(
+            "NEWSLETTER_WEBHOOK_RETRY_MAX", get("WEBHOOK_RETRY_MAX"), 6 * 3600)),
+        "NEWSLETTER_WEBHOOK_SECRET_OVERLAP": _duration("NEWSLETTER_WEBHOOK_SECRET_OVERLAP",
+                                                       get("WEBHOOK_SECRET_OVERLAP"), DAY),
         "NEWSLETTER_METRICS_TOKEN": get("METRICS_TOKEN") or None,
         "NEWSLETTER_METRICS_ALLOW": _networks("NEWSLETTER_METRICS_ALLOW", get("METRICS_ALLOW")),
         "SESSION_COOKIE_HTTPONLY": True,

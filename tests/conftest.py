@@ -213,9 +213,10 @@ def app(database_url: str, smtp: SmtpServer, instance_dir: Path):
 
 def close_app(app) -> None:
     """Stop an app's in-process drainer and close its database connections."""
-    drainer = app.extensions.pop("newsletter.drainer", None)
-    if drainer is not None:
-        drainer.stop()
+    for name in ("newsletter.drainer", "newsletter.webhook_sender"):
+        drainer = app.extensions.pop(name, None)
+        if drainer is not None:
+            drainer.stop()
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

@@ -1,4 +1,4 @@
-"""The admin area: login, dashboard, newsletters, readers, exports, imports, API tokens."""
+"""The admin area: login, dashboard, newsletters, readers, exports, imports, API tokens, webhooks."""
 
 from flask import Blueprint
 
@@ -8,3 +8,4 @@ from . import routes  # noqa: E402,F401
 from . import privacy, tokens  # noqa: E402,F401
 from . import dashboard, newsletters, readers  # noqa: E402,F401
 from . import exports, imports, suppressions  # noqa: E402,F401
+from . import webhooks  # noqa: E402,F401

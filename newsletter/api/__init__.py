@@ -13,3 +13,4 @@ from . import openapi, v1  # noqa: E402,F401
 from . import exports  # noqa: E402,F401
 from . import events  # noqa: E402,F401
 from . import changes  # noqa: E402,F401
+from . import webhooks  # noqa: E402,F401

@@ -1,0 +1,208 @@
+"""Outgoing webhook requests that can't be turned against us: URL checks and a POST to a checked address.
+
+Server-side request forgery: whoever may add an endpoint could point it at the metadata service
+(169.254.169.254), the database, or an admin page on localhost. Every address the name resolves to
+must be public (unless NEWSLETTER_WEBHOOK_ALLOW_PRIVATE), and the connection goes to the address
+that was checked, not to whatever a second DNS look-up returns (DNS rebinding); the Host header and
+TLS (SNI and the certificate check) still use the name. Redirects are not followed: a 3xx could
+point anywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError
+
+MAX_URL_LENGTH = 2048
+# Only the start of an answer is kept (the delivery log shows it); the rest is not even read.
+MAX_ANSWER_BYTES = 4096
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+class BadWebhookUrl(ValueError):
+    """A URL no endpoint may have; the message says why."""
+
+
+class RefusedAddress(Exception):
+    """The URL's host is (or resolves to) an address webhooks may not reach."""
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv6 one that carries it (IPv4-mapped, 6to4, NAT64, Teredo), if any."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in NAT64 or address in NAT64_LOCAL:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether webhooks may reach `address`: globally routable, not multicast, and so is any IPv4 it carries."""
+    inner = embedded_ipv4(address)
+    if inner is not None and not is_public(inner):
+        return False
+    if address.is_multicast or address.is_unspecified or address.is_loopback or address.is_link_local:
+        return False
+    if inner is not None:
+        # A public IPv4 address in IPv6 clothing (::ffff:203.0.113.7 aside, which is reserved itself).
+        return address not in NAT64_LOCAL
+    return address.is_global and not (address.is_private or address.is_reserved)
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The IP address a URL's host names literally (brackets stripped), or None for a name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+
+
+def check_url(url: str, *, allow_private: bool) -> str:
+    """`url` stripped, if an endpoint may have it; BadWebhookUrl saying what is wrong otherwise.
+
+    Absolute http(s), a host, no user name or password in it (they would be sent in clear in logs
+    and pages), at most MAX_URL_LENGTH characters, and not a literal private address. A name is
+    only resolved when a delivery is made (see `post`): it may point elsewhere by then.
+    """
+    url = (url or "").strip()
+    if not url:
+        raise BadWebhookUrl("Enter the URL the events are sent to.")
+    if len(url) > MAX_URL_LENGTH:
+        raise BadWebhookUrl(f"The URL can be at most {MAX_URL_LENGTH} characters long.")
+    if any(character.isspace() or ord(character) < 32 for character in url):
+        raise BadWebhookUrl("The URL can't contain spaces or control characters.")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise BadWebhookUrl(f"This is not a valid URL ({error}).") from None
+    if parts.scheme.lower() not in {"http", "https"}:
+        raise BadWebhookUrl("The URL must start with https:// (or http://).")
+    if not parts.hostname:
+        raise BadWebhookUrl("The URL must name a host, e.g. https://crm.example.org/hooks/newsletter.")
+    if parts.username is not None or parts.password is not None:
+        raise BadWebhookUrl("The URL can't hold a user name or password: the signature proves where events "
+                            "come from; put any key of the receiver's in the path or query.")
+    if port == 0:
+        raise BadWebhookUrl("The URL's port must be from 1 to 65535.")
+    address = literal_address(parts.hostname)
+    if address is not None and not allow_private and not is_public(address):
+        raise BadWebhookUrl(f"{address} is a private, loopback, link-local or reserved address: webhooks are not "
+                            "sent there unless NEWSLETTER_WEBHOOK_ALLOW_PRIVATE is on.")
+    return url
+
+
+def resolve(host: str, port: int, *, allow_private: bool) -> IPAddress:
+    """The address to connect to for `host`; RefusedAddress if ANY address it resolves to is not public."""
+    literal = literal_address(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as error:
+            raise RefusedAddress(f"The host {host!r} could not be resolved ({error}).") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in found))
+        if not addresses:
+            raise RefusedAddress(f"The host {host!r} has no address.")
+    if not allow_private:
+        refused = [address for address in addresses if not is_public(address)]
+        if refused:
+            raise RefusedAddress(f"{host} resolves to {', '.join(map(str, refused))}: a private, loopback, "
+                                 "link-local or reserved address; not sent (NEWSLETTER_WEBHOOK_ALLOW_PRIVATE is off).")
+    return addresses[0]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a receiver answered: its status, the start of its body, and where a redirect pointed."""
+
+    status: int
+    body_start: str
+    duration_ms: int
+    location: str | None = None
+
+
+class WebhookClient:
+    """POSTs to webhook URLs through the address checked for each; keeps connections for reuse.
+
+    A pool is kept per (scheme, address, port, name): a name that resolves elsewhere later gets a
+    pool of its own, never a connection to an address that was not checked.
+    """
+
+    def __init__(self, *, timeout: float, allow_private: bool, max_pools: int = 32) -> None:
+        self.timeout = timeout
+        self.allow_private = allow_private
+        self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
+        self._max_pools = max_pools
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        """POST `body` to `url`; RefusedAddress for an address not allowed, urllib3's HTTPError when no answer came."""
+        check_url(url, allow_private=self.allow_private)
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        address = resolve(host, port, allow_private=self.allow_private)
+        pool = self._pool(scheme, address, port, host)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        netloc_host = f"[{host}]" if ":" in host else host
+        default_port = 443 if scheme == "https" else 80
+        request_headers = {**headers, "Host": netloc_host if port == default_port else f"{netloc_host}:{port}"}
+        started = time.perf_counter()
+        response = pool.urlopen("POST", target, body=body, headers=request_headers, redirect=False,
+                                retries=False, preload_content=False, assert_same_host=False)
+        try:
+            start = response.read(MAX_ANSWER_BYTES, decode_content=False)
+        finally:
+            # What is left unread is dropped with its connection: a receiver can't make us read megabytes.
+            if response.length_remaining:
+                response.close()
+            else:
+                response.release_conn()
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        location = response.headers.get("Location") if 300 <= response.status < 400 else None
+        return Answer(response.status, start.decode("utf-8", "replace"), duration_ms, location)
+
+    def _pool(self, scheme: str, address: IPAddress, port: int, host: str) -> urllib3.HTTPConnectionPool:
+        key = (scheme, str(address), port, host)
+        pool = self._pools.get(key)
+        if pool is None:
+            if len(self._pools) >= self._max_pools:
+                self.close()
+            options: dict[str, Any] = {"timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout),
+                                       "maxsize": 1, "retries": False}
+            if scheme == "https":
+                # Connected to the address, TLS still speaks to the name: SNI and the certificate check use it.
+                pool = urllib3.HTTPSConnectionPool(str(address), port, server_hostname=host, assert_hostname=host,
+                                                   cert_reqs="CERT_REQUIRED", **options)
+            else:
+                pool = urllib3.HTTPConnectionPool(str(address), port, **options)
+            self._pools[key] = pool
+        return pool
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+__all__ = ["Answer", "BadWebhookUrl", "HTTPError", "RefusedAddress", "WebhookClient", "check_url", "is_public",
+           "resolve"]
