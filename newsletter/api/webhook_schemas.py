@@ -39,6 +39,8 @@ class EndpointUpdate(BaseModel):
 class Endpoint(BaseModel):
     """An endpoint as the API shows it (never its secret)."""
 
+    model_config = ConfigDict(extra="forbid")  # an answer with more than this is a drift
+
     id: int
     url: str
     description: str | None
@@ -60,11 +62,15 @@ class EndpointWithSecret(Endpoint):
 
 
 class EndpointList(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an answer with more than this is a drift
+
     webhooks: list[Endpoint]
 
 
 class Delivery(BaseModel):
     """One attempt at delivering an event to an endpoint."""
+
+    model_config = ConfigDict(extra="forbid")  # an answer with more than this is a drift
 
     id: int
     event_id: str | None = Field(description="The event's id (also its webhook-id header), e.g. \"evt_42\".")
@@ -77,6 +83,8 @@ class Delivery(BaseModel):
 
 
 class DeliveryList(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an answer with more than this is a drift
+
     deliveries: list[Delivery]
     page: int
     pages: int
@@ -85,6 +93,8 @@ class DeliveryList(BaseModel):
 
 class Retried(BaseModel):
     """POST …/deliveries/<id>/retry: the event is queued again for the endpoint, due now."""
+
+    model_config = ConfigDict(extra="forbid")  # an answer with more than this is a drift
 
     queued: bool
     outbox_message_id: int

@@ -17,9 +17,11 @@ from ..extensions import db
 from ..models import WebhookEndpoint, utcnow
 from . import blueprint
 from .routes import FieldErrors, _body
+from .openapi import described
 from .v1 import Missing
 from .webhook_schemas import (
     DeliveryList,
+    Endpoint,
     EndpointCreate,
     EndpointList,
     EndpointUpdate,
@@ -72,6 +74,7 @@ def _checked(call: Any) -> Any:
 
 
 @blueprint.get("/webhooks")
+@described(tag="Webhook endpoints", access="change", answers={200: (EndpointList, "Every endpoint.")})
 @token_required(change=True)
 def list_webhooks() -> tuple[Response, int]:
     waiting, failing, now = webhooks.waiting_counts(db.session), webhooks.failing_counts(db.session), utcnow()
@@ -80,6 +83,9 @@ def list_webhooks() -> tuple[Response, int]:
 
 
 @blueprint.post("/webhooks")
+@described(tag="Webhook endpoints", access="change", json=EndpointCreate, answers={
+    201: (EndpointWithSecret, "The new endpoint, with its secret (shown once)."),
+    415: "The body is not sent as application/json.", 422: "Each field's problems: url, event_types …"})
 @token_required(change=True)
 def create_webhook() -> tuple[Response, int]:
     fields = _parsed(EndpointCreate)
@@ -89,12 +95,16 @@ def create_webhook() -> tuple[Response, int]:
 
 
 @blueprint.get("/webhooks/<id:endpoint_id>")
+@described(tag="Webhook endpoints", access="change", answers={200: (Endpoint, "The endpoint."), 404: "No endpoint has this id."})
 @token_required(change=True)
 def get_webhook(endpoint_id: int) -> tuple[Response, int]:
     return _json(_described(_endpoint(endpoint_id)))
 
 
 @blueprint.patch("/webhooks/<id:endpoint_id>")
+@described(tag="Webhook endpoints", access="change", json=EndpointUpdate, answers={
+    200: (Endpoint, "The endpoint now."), 404: "No endpoint has this id.",
+    415: "The body is not sent as application/json.", 422: "Each field's problems."})
 @token_required(change=True)
 def update_webhook(endpoint_id: int) -> tuple[Response, int]:
     endpoint = _endpoint(endpoint_id)
@@ -108,6 +118,7 @@ def update_webhook(endpoint_id: int) -> tuple[Response, int]:
 
 
 @blueprint.delete("/webhooks/<id:endpoint_id>")
+@described(tag="Webhook endpoints", access="change", answers={204: (None, "Deleted."), 404: "No endpoint has this id."})
 @token_required(change=True)
 def delete_webhook(endpoint_id: int) -> Response:
     if webhooks.delete_endpoint(db.session, endpoint_id) is None:
@@ -117,6 +128,9 @@ def delete_webhook(endpoint_id: int) -> Response:
 
 
 @blueprint.post("/webhooks/<id:endpoint_id>/rotate-secret")
+@described(tag="Webhook endpoints", access="change", answers={
+    200: (EndpointWithSecret, "The new secret (shown once); the old one signs too for a while."),
+    404: "No endpoint has this id."})
 @token_required(change=True)
 def rotate_webhook_secret(endpoint_id: int) -> tuple[Response, int]:
     endpoint = _endpoint(endpoint_id)
@@ -126,6 +140,9 @@ def rotate_webhook_secret(endpoint_id: int) -> tuple[Response, int]:
 
 
 @blueprint.get("/webhooks/<id:endpoint_id>/deliveries")
+@described(tag="Webhook endpoints", access="change", answers={
+    200: (DeliveryList, "One page of the delivery log, newest first."), 404: "No endpoint has this id.",
+    422: "The page is not a whole number from 1."})
 @token_required(change=True)
 def list_webhook_deliveries(endpoint_id: int) -> tuple[Response, int]:
     endpoint = _endpoint(endpoint_id)
@@ -138,6 +155,8 @@ def list_webhook_deliveries(endpoint_id: int) -> tuple[Response, int]:
 
 
 @blueprint.post("/webhooks/<id:endpoint_id>/deliveries/<id:delivery_id>/retry")
+@described(tag="Webhook endpoints", access="change", answers={
+    202: (Retried, "Queued again, due now."), 404: "No such endpoint or delivery."})
 @token_required(change=True)
 def retry_webhook_delivery(endpoint_id: int, delivery_id: int) -> tuple[Response, int]:
     endpoint = _endpoint(endpoint_id)
