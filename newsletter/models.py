@@ -178,7 +178,7 @@ class ConsentEvent(db.Model):
     )
 
 
-OUTBOX_EMAIL_KINDS = ("confirmation", "import_confirmation", "welcome")
+OUTBOX_EMAIL_KINDS = ("confirmation", "import_confirmation", "welcome", "preferences_link")
 WEBHOOK_KIND = "webhook"
 
 

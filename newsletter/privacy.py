@@ -240,8 +240,10 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
     session.execute(
         update(OutboxMessage).where(to_reader, OutboxMessage.status == "failed").values(last_error="erased")
     )
+    # An email is rendered when it is sent, so a row holds no address or body, only the reader's id.
+    # Rows queued before the upgrade (migration 0011) still hold both: scrubbed.
     session.execute(
-        update(OutboxMessage).where(to_reader)
+        update(OutboxMessage).where(to_reader, OutboxMessage.body_text.is_not(None))
         .values(reader_id=reader.id, to_address=placeholder, to_name=None, body_text="", body_html="", headers={})
     )
 
