@@ -622,9 +622,12 @@ def _reset_session(session: Any) -> None:
     session.remove()
 
 
+EMAILS = OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS)  # the rows this module sends (webhook rows have their own sender)
+
+
 def counts(session: Session) -> dict[str, int]:
-    """How many outbox messages are in each status."""
-    rows = session.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status))
+    """How many emails are in the outbox in each status."""
+    rows = session.execute(select(OutboxMessage.status, func.count()).where(EMAILS).group_by(OutboxMessage.status))
     return {status: number for status, number in rows}
 
 
@@ -642,7 +645,7 @@ def status_summary(session: Session) -> StatusSummary:
     """Counts per status (every status named), the oldest pending message's age, the number due now, the last error."""
     now = utcnow()
     by_status = dict.fromkeys(OUTBOX_STATUSES, 0) | counts(session)
-    pending = OutboxMessage.status == "pending"
+    pending = and_(OutboxMessage.status == "pending", EMAILS)
     oldest = session.scalar(select(func.min(OutboxMessage.created_at)).where(pending))
     due = session.scalar(select(func.count()).select_from(OutboxMessage)
                          .where(pending, OutboxMessage.next_attempt_at <= now)) or 0
@@ -667,7 +670,7 @@ def retryable_failed(since: datetime | None = None, message_id: int | None = Non
     query = (
         select(OutboxMessage.id)
         .outerjoin(Reader, Reader.id == OutboxMessage.reader_id)
-        .where(OutboxMessage.status == "failed",
+        .where(OutboxMessage.status == "failed", EMAILS,
                Reader.erased_at.is_(None), Reader.blocked_at.is_(None),
                or_(OutboxMessage.last_error.is_(None),
                    and_(OutboxMessage.last_error.not_in(CANCELLED_ERRORS),
