@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from newsletter import outbox, privacy, subscriptions
+from newsletter import privacy, subscriptions
 from newsletter.extensions import db
 from newsletter.models import OutboxMessage, utcnow
 
@@ -30,7 +30,8 @@ def body(message, subtype: str) -> str:
 
 
 def test_a_queued_row_holds_what_to_send_and_no_address_or_body(app, client):
-    sign_up(client, "olena@example.org", name="Олена", lang="uk", newsletters=("weekly-explainer", "daily-briefing"))
+    sign_up(client, "olena@example.org", name="Olena Kovalchuk", lang="uk",
+            newsletters=("weekly-explainer", "daily-briefing"))
 
     [row] = query(app, f"SELECT kind, reader_id, newsletter_ids, locale, message_id, {RENDERED_COLUMNS} "
                        "FROM outbox_messages")
@@ -42,7 +43,7 @@ def test_a_queued_row_holds_what_to_send_and_no_address_or_body(app, client):
     assert sorted(newsletter_ids) == sorted([ids["weekly-explainer"], ids["daily-briefing"]])
     assert rendered == [None] * 7
     assert cells_containing(app, "olena@example.org") == ["readers.email"]
-    assert cells_containing(app, "Олена") == ["readers.name"]
+    assert cells_containing(app, "Olena Kovalchuk") == ["readers.name"]
 
 
 def test_the_email_is_rendered_when_sent_in_the_readers_language_greeting_them_and_its_link_confirms(
@@ -175,11 +176,13 @@ def test_the_email_sender_leaves_webhook_rows_to_their_own_sender(app, client, s
 
 
 def test_a_message_id_is_given_once_and_kept_across_attempts(app, client, smtp, drain):
+    app.config["NEWSLETTER_OUTBOX_RETRY_BASE"] = 60
     smtp.inbox.refuse_with = "451 4.3.0 Try again later"
     sign_up(client, "patient@example.org")
+    assert query(app, "SELECT message_id FROM outbox_messages") == [(None,)]
     assert drain().retrying == 1
     [(first_id,)] = query(app, "SELECT message_id FROM outbox_messages")
-    assert first_id and first_id.endswith("@localhost>") or "@" in first_id
+    assert first_id.startswith("<") and first_id.endswith(">")
     smtp.inbox.refuse_with = None
     with app.app_context():
         db.session.execute(sa.update(OutboxMessage).values(next_attempt_at=utcnow()))
@@ -189,4 +192,3 @@ def test_a_message_id_is_given_once_and_kept_across_attempts(app, client, smtp, 
     [message] = smtp.inbox.wait_for(1)
     assert message["Message-ID"] == first_id
     assert query(app, "SELECT message_id, attempts FROM outbox_messages") == [(first_id, 2)]
-    assert outbox  # the module under test
