@@ -120,11 +120,6 @@ def legacy_email(row: OutboxMessage) -> emails.Rendered:
                            row.body_text or "", row.body_html or "", dict(row.headers or {}))
 
 
-def as_email(row: OutboxMessage, sent_at: datetime | None = None) -> EmailMessage:
-    """The EmailMessage of a row queued before the upgrade (rendered then), as it is."""
-    return compose(legacy_email(row), row.message_id or new_message_id(row.mail_from or ""), sent_at)
-
-
 @dataclass
 class DrainResult:
     sent: int = 0
