@@ -104,7 +104,6 @@ from .models import (
     Reader,
     Subscription,
     Suppression,
-    snapshot,
     utcnow,
 )
 from .subscriptions import check_name
