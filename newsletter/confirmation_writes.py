@@ -66,6 +66,8 @@ def record(connection: Connection, reader_id: int, newsletter_ids: Sequence[int]
         "newsletter_ids": list(newsletter_ids),
         "welcome_ids": list(welcome_ids),
         "locale": locale,
+        # The outbox's own clock: when the welcome is queued and due.
+        "queued_at": outbox.utcnow(),
         **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
     }
     dialect = connection.dialect.name
@@ -87,8 +89,7 @@ def record(connection: Connection, reader_id: int, newsletter_ids: Sequence[int]
     welcomed = sorted(confirmed.intersection(welcome_ids))
     if welcomed:
         connection.execute(insert(OutboxMessage), [
-            outbox.message_row(kind=WELCOME, reader_id=reader_id, newsletter_ids=[newsletter_id], locale=locale,
-                               next_attempt_at=now)
+            outbox.message_row(kind=WELCOME, reader_id=reader_id, newsletter_ids=[newsletter_id], locale=locale)
             for newsletter_id in welcomed])
     return Written((reader.email, reader.name), before, confirmed)
 
@@ -163,12 +164,12 @@ def _whole_confirmation() -> Executable:
     confirmed = _subscriptions_update("postgresql", live_reader).cte("confirmed")
     events = insert(ConsentEvent).from_select(
         _EVENT_COLUMNS, select(*_event_values(confirmed.c.newsletter_id))).cte("events")
-    now = bindparam("now", type_=UTCDateTime())
+    queued_at = bindparam("queued_at", type_=UTCDateTime())
     welcomes = insert(OutboxMessage).from_select(
         ["kind", "reader_id", "newsletter_ids", "locale", "status", "attempts", "created_at", "next_attempt_at"],
         select(literal_column(f"'{WELCOME}'"), bindparam("the_reader", type_=Integer()),
                func.json_build_array(confirmed.c.newsletter_id), bindparam("locale", type_=String()),
-               literal_column("'pending'"), literal_column("0"), now, now)
+               literal_column("'pending'"), literal_column("0"), queued_at, queued_at)
         .where(in_list(confirmed.c.newsletter_id, "welcome_ids", Integer(), "postgresql")),
     ).cte("welcomes")
     before = statuses("postgresql").subquery()
