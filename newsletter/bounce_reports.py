@@ -22,11 +22,11 @@ from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from flufl.bounce import all_failures
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import suppressions
-from .models import OutboxMessage
+from .models import OutboxMessage, Reader
 
 # A bounce or a complaint puts its report first and the returned message last: the first 10 MB
 # hold every report worth reading, and a bigger message is cut there rather than held in memory.
@@ -273,8 +273,11 @@ def record(session: Session, config: Mapping[str, Any], reading: Reading) -> lis
     """
     if not reading.reports and reading.redacted_complaint is None:
         return []
-    ours = session.execute(select(OutboxMessage.message_id, OutboxMessage.to_address)
-                           .where(OutboxMessage.message_id.in_(reading.returned_ids))).all() if reading.returned_ids else []
+    # A row queued before the upgrade holds the address it went to; the others went to their reader's.
+    ours = session.execute(
+        select(OutboxMessage.message_id, func.coalesce(OutboxMessage.to_address, Reader.email))
+        .outerjoin(Reader, Reader.id == OutboxMessage.reader_id)
+        .where(OutboxMessage.message_id.in_(reading.returned_ids))).all() if reading.returned_ids else []
     sent_to = {suppressions.address_key(config, to_address): (message_id, to_address) for message_id, to_address in ours}
     reports: list[Report] = []
     if not reading.reports and reading.redacted_complaint is not None:

@@ -1,10 +1,11 @@
 """What pressing a confirmation link writes, with no read before it: one statement on PostgreSQL.
 
-subscriptions.confirm renders the welcome emails from what the link names (the reader's id, the
-newsletters) and decides what to show; this module reads and writes the rest in one go. It confirms
-a subscription only if it is still pending since before the link was issued, to an active newsletter,
-of a reader not erased; it writes a `confirmed` ConsentEvent and queues the welcome email (addressed
-and greeting the reader by name, filled in by the database) for exactly the subscriptions it confirmed.
+subscriptions.confirm knows from what the link names (the reader's id, the newsletters) which welcome
+emails may be due, and decides what to show; this module reads and writes the rest in one go. It
+confirms a subscription only if it is still pending since before the link was issued, to an active
+newsletter, of a reader not erased; it writes a `confirmed` ConsentEvent and queues the welcome email
+(an outbox row naming the reader and the newsletter, rendered when it is sent) for exactly the
+subscriptions it confirmed.
 On PostgreSQL the statement locks the reader row, as every other change of a reader does, so they
 wait for each other; SQLite's write transactions take turns anyway.
 Statements are built once per shape, with bind parameters only, so SQLAlchemy compiles each once.
@@ -25,8 +26,8 @@ from sqlalchemy import (
     Select,
     String,
     bindparam,
-    case,
     exists,
+    func,
     insert,
     literal_column,
     select,
@@ -35,17 +36,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.selectable import CTE
 
-from .emails import name_filled
+from . import outbox
 from .models import CONSENT_SOURCE_COLUMNS, ConsentEvent, Newsletter, OutboxMessage, Reader, Subscription, UTCDateTime
 from .sql import in_list
 
-
-@dataclass(frozen=True)
-class Welcome:
-    """A welcome email to queue if its newsletter gets confirmed: emails.welcome_for_any_name's, as an outbox row."""
-
-    row: Mapping[str, Any]
-    unnamed: tuple[str, str]  # (text, html) for a reader without a name
+WELCOME = "welcome"  # emails.WELCOME (emails imports outbox, which imports this module's callers)
 
 
 @dataclass(frozen=True)
@@ -56,11 +51,12 @@ class Written:
 
 
 def record(connection: Connection, reader_id: int, newsletter_ids: Sequence[int], issued_at: datetime,
-           now: datetime, event_source: Mapping[str, str | None], welcomes: Mapping[int, Welcome]) -> Written | None:
+           now: datetime, event_source: Mapping[str, str | None], welcome_ids: Sequence[int],
+           locale: str | None) -> Written | None:
     """Confirm what a link issued at `issued_at` for `newsletter_ids` still confirms; None if the reader is gone.
 
-    `welcomes` are the welcome emails by newsletter id; `event_source` has the ConsentEvent columns
-    of CONSENT_SOURCE_COLUMNS.
+    A welcome email in `locale` is queued for each newsletter confirmed that is in `welcome_ids`;
+    `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS.
     """
     parameters: dict[str, Any] = {
         "the_reader": reader_id,
@@ -68,16 +64,15 @@ def record(connection: Connection, reader_id: int, newsletter_ids: Sequence[int]
         # Token times have whole seconds: a link counts for subscriptions pending since before its second ended.
         "pending_before": issued_at.replace(microsecond=0) + timedelta(seconds=1),
         "newsletter_ids": list(newsletter_ids),
+        "welcome_ids": list(welcome_ids),
+        "locale": locale,
+        # The outbox's own clock: when the welcome is queued and due.
+        "queued_at": outbox.utcnow(),
         **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
     }
-    for number, (newsletter_id, welcome) in enumerate(welcomes.items()):
-        parameters |= {f"mail{number}_{key}": value for key, value in welcome.row.items()}
-        parameters |= {f"mail{number}_newsletter": newsletter_id, f"mail{number}_unnamed_text": welcome.unnamed[0],
-                       f"mail{number}_unnamed_html": welcome.unnamed[1]}
-    columns = tuple(next(iter(welcomes.values())).row) if welcomes else ()
     dialect = connection.dialect.name
     if dialect == "postgresql":
-        rows = connection.execute(_whole_confirmation(len(welcomes), columns), parameters).all()
+        rows = connection.execute(_whole_confirmation(), parameters).all()
         if not rows:
             return None
         before = {row.newsletter_id: (row.status, row.pending_since) for row in rows if row.newsletter_id is not None}
@@ -91,9 +86,11 @@ def record(connection: Connection, reader_id: int, newsletter_ids: Sequence[int]
     confirmed = set(connection.execute(_subscriptions_update(dialect), parameters).scalars())
     if confirmed:
         connection.execute(_event_insert(), [{**parameters, "newsletter": newsletter} for newsletter in confirmed])
-    for number, statement in enumerate(_mail_inserts(len(welcomes), columns)):
-        if parameters[f"mail{number}_newsletter"] in confirmed:
-            connection.execute(statement, parameters)
+    welcomed = sorted(confirmed.intersection(welcome_ids))
+    if welcomed:
+        connection.execute(insert(OutboxMessage), [
+            outbox.message_row(kind=WELCOME, reader_id=reader_id, newsletter_ids=[newsletter_id], locale=locale)
+            for newsletter_id in welcomed])
     return Written((reader.email, reader.name), before, confirmed)
 
 
@@ -155,32 +152,9 @@ def _event_insert() -> Executable:
     return insert(ConsentEvent).values(dict(zip(_EVENT_COLUMNS, values, strict=True)))
 
 
-def _mail_select(number: int, mail_columns: tuple[str, ...], reader: Any) -> Select[Any]:
-    """The outbox row of welcome email `number`, addressed to and greeting `reader` (a row of id, email, name)."""
-    table = OutboxMessage.__table__
-
-    def body(kind: str) -> Any:
-        named = bindparam(f"mail{number}_body_{kind}", type_=String())
-        return case((reader.c.name != literal_column("''"), name_filled(named, reader.c.name, html=kind == "html")),
-                    else_=bindparam(f"mail{number}_unnamed_{kind}", type_=String()))
-
-    from_reader = {"to_address": reader.c.email, "to_name": reader.c.name,
-                   "body_text": body("text"), "body_html": body("html")}
-    return select(*(from_reader.get(key, bindparam(f"mail{number}_{key}", type_=table.c[key].type))
-                    for key in mail_columns))
-
-
 @cache
-def _mail_inserts(mail_count: int, mail_columns: tuple[str, ...]) -> list[Executable]:
-    # One INSERT per mail: SQLAlchemy doesn't cache the compiled form of a multi-row VALUES.
-    reader = _live_reader("sqlite").subquery()
-    return [insert(OutboxMessage).from_select(list(mail_columns), _mail_select(number, mail_columns, reader))
-            for number in range(mail_count)]
-
-
-@cache
-def _whole_confirmation(mail_count: int, mail_columns: tuple[str, ...]) -> Executable:
-    """PostgreSQL: the lock, the guarded UPDATE, its events and mails; rows of the reader and its subscriptions.
+def _whole_confirmation() -> Executable:
+    """PostgreSQL: the lock, the guarded UPDATE, its events and welcome mails; rows of the reader and its subscriptions.
 
     The parts of a WITH all see the database as it was when the statement began, and each other's
     rows only through RETURNING; a data-modifying part always runs, whether the query reads it or not.
@@ -190,20 +164,19 @@ def _whole_confirmation(mail_count: int, mail_columns: tuple[str, ...]) -> Execu
     confirmed = _subscriptions_update("postgresql", live_reader).cte("confirmed")
     events = insert(ConsentEvent).from_select(
         _EVENT_COLUMNS, select(*_event_values(confirmed.c.newsletter_id))).cte("events")
-    mails = [
-        insert(OutboxMessage).from_select(
-            list(mail_columns),
-            _mail_select(number, mail_columns, live_reader)
-            .select_from(live_reader).join(confirmed, true())  # live_reader has one row
-            .where(confirmed.c.newsletter_id == bindparam(f"mail{number}_newsletter", type_=Integer())),
-        ).cte(f"mail{number}")
-        for number in range(mail_count)
-    ]
+    queued_at = bindparam("queued_at", type_=UTCDateTime())
+    welcomes = insert(OutboxMessage).from_select(
+        ["kind", "reader_id", "newsletter_ids", "locale", "status", "attempts", "created_at", "next_attempt_at"],
+        select(literal_column(f"'{WELCOME}'"), bindparam("the_reader", type_=Integer()),
+               func.json_build_array(confirmed.c.newsletter_id), bindparam("locale", type_=String()),
+               literal_column("'pending'"), literal_column("0"), queued_at, queued_at)
+        .where(in_list(confirmed.c.newsletter_id, "welcome_ids", Integer(), "postgresql")),
+    ).cte("welcomes")
     before = statuses("postgresql").subquery()
     return (
         select(live_reader.c.email, live_reader.c.name, before.c.newsletter_id, before.c.status,
                before.c.pending_since, before.c.newsletter_id.in_(select(confirmed.c.newsletter_id)).label("confirmed"))
         .select_from(live_reader)
         .outerjoin(before, true())
-        .add_cte(events, *mails)
+        .add_cte(events, welcomes)
     )

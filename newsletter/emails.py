@@ -1,9 +1,14 @@
-"""The emails the service sends, rendered from templates/email/*.txt + *.html into the outbox."""
+"""The emails the service sends: queued as what to send, rendered from templates/email/* when they are sent.
+
+A request only queues an outbox row naming the kind of email, the reader, the newsletters and the
+language (queue_confirmation, queue_welcome, …). The sender renders it when it claims the row
+(render): the reader's current address and name, the newsletters as they are then, links signed then.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
 from email.utils import parseaddr
@@ -12,15 +17,95 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from flask import render_template
-from flask_babel import get_locale, ngettext
+from flask_babel import force_locale, get_locale, ngettext
 from flask_babel import gettext as _
 from markupsafe import escape
-from sqlalchemy import ColumnElement, String, func, literal_column
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import outbox, suppressions, tokens
 from .links import external_url
 from .models import Newsletter, Reader
+
+CONFIRMATION = "confirmation"
+# An import's confirmation (`--unconfirmed ask`), worded for a reader whose list moved here (templates/email/confirm_import).
+IMPORT_CONFIRMATION = "import_confirmation"
+WELCOME = "welcome"
+PREFERENCES_LINK = "preferences_link"
+
+
+def current_locale() -> str:
+    """The language of the request (or of the CLI: English), to queue an email in."""
+    return str(get_locale() or "en")
+
+
+# --- Queueing: what to send, nothing rendered ---------------------------------------------------
+
+
+def queue_confirmation(session: Session, reader: Reader, newsletters: Sequence[Newsletter],
+                       config: Mapping[str, Any]) -> bool:
+    """Queue one email asking the reader to confirm every newsletter in `newsletters`; False if the address is suppressed."""
+    if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
+        return False
+    outbox.enqueue(session, kind=CONFIRMATION, reader_id=reader.id, newsletter_ids=[n.id for n in newsletters],
+                   locale=current_locale())
+    return True
+
+
+def queue_welcome(session: Session, reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> bool:
+    """Queue the welcome email of one newsletter; False if the address is suppressed."""
+    if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
+        return False
+    outbox.enqueue(session, kind=WELCOME, reader_id=reader.id, newsletter_ids=[newsletter.id],
+                   locale=current_locale())
+    return True
+
+
+# --- Rendering, when the email is sent ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An email rendered for its reader: what outbox.compose needs besides the Message-ID and the date."""
+
+    mail_from: str
+    to_address: str
+    to_name: str | None
+    subject: str
+    body_text: str
+    body_html: str
+    headers: dict[str, str]
+
+
+class NothingToSend(ValueError):
+    """The row names no newsletter that still exists, or a kind this sender doesn't know."""
+
+
+def render(session: Session, kind: str, reader: Reader, newsletter_ids: Sequence[int], locale: str | None,
+           config: Mapping[str, Any]) -> Rendered:
+    """The email of an outbox row of `kind` for `reader` (read now), in `locale`, with its links signed now.
+
+    The newsletters are read now too: one renamed after the row was queued shows its new name.
+    Needs an app context.
+    """
+    newsletters = sorted(session.scalars(select(Newsletter).where(Newsletter.id.in_(list(newsletter_ids or ())))),
+                         key=lambda n: n.name)
+    return render_for(kind, reader, newsletters, locale, config)
+
+
+def render_for(kind: str, reader: Reader, newsletters: Sequence[Newsletter], locale: str | None,
+               config: Mapping[str, Any]) -> Rendered:
+    """render() with the newsletters given (sorted as the email lists them)."""
+    if not newsletters and kind != PREFERENCES_LINK:
+        raise NothingToSend("none of the email's newsletters exists any more")
+    with force_locale(locale or "en"):
+        if kind in (CONFIRMATION, IMPORT_CONFIRMATION):
+            return _confirmation(reader, newsletters, config, imported=kind == IMPORT_CONFIRMATION)
+        if kind == WELCOME:
+            return _welcome(reader, newsletters[0], config)
+        if kind == PREFERENCES_LINK:
+            return _preferences_link(reader, config)
+    raise NothingToSend(f"no email of the kind {kind!r}")
 
 
 class _Shown(NamedTuple):
@@ -43,12 +128,12 @@ def _rendered(name: str, locale: str, newsletters: tuple[_Shown, ...], days: int
 
     An email differs from reader to reader only in the name it greets and its links, so it is
     rendered once per language and newsletters and then filled in (see _fill). `locale` is part of
-    the cache key: the rendering itself reads the request's language.
+    the cache key: the rendering itself reads the forced language.
     """
     context = {
         "reader": {"name": _SLOT.format("name") if named else None},
         "newsletters": newsletters,
-        "newsletter": newsletters[0],
+        "newsletter": newsletters[0] if newsletters else None,
         "days": days,
         "link": _SLOT.format("link"),
         "unsubscribe_link": _SLOT.format("unsubscribe_link"),
@@ -56,6 +141,8 @@ def _rendered(name: str, locale: str, newsletters: tuple[_Shown, ...], days: int
     }
     if name == "welcome":
         subject = _("Welcome to %(name)s", name=newsletters[0].name)
+    elif name == "preferences_link":
+        subject = _("Your link to choose your newsletters")
     elif len(newsletters) == 1:
         subject = _("Confirm your subscription to %(name)s", name=newsletters[0].name)
     else:
@@ -72,47 +159,40 @@ def _fill(text: str, values: Mapping[str, str | None], *, html: bool) -> str:
     return text
 
 
-def _render(name: str, newsletters: list[Newsletter], days: int, reader_name: str | None, **links: str
+def _render(name: str, newsletters: Sequence[Newsletter], days: int, reader_name: str | None, **links: str
             ) -> tuple[str, str, str]:
-    """(subject, text, html) of templates/email/<name> for a reader called `reader_name`.
-
-    With reader_name=NAME_SLOT the bodies keep the slot where the name goes, for name_filled.
-    """
-    return _renderer(name, newsletters, days, **links)(reader_name)
-
-
-def _renderer(name: str, newsletters: list[Newsletter], days: int, **links: str
-              ) -> Callable[[str | None], tuple[str, str, str]]:
-    """_render with all but the reader's name given: for rendering one email for several names."""
+    """(subject, text, html) of templates/email/<name> for a reader called `reader_name` (HTML-escaped in the html)."""
     shown = tuple(_Shown(n.name, n.author, n.description or "", n.welcome_text) for n in newsletters)
-    locale = str(get_locale() or "en")
-
-    def render(reader_name: str | None) -> tuple[str, str, str]:
-        subject, text, html = _rendered(name, locale, shown, days, bool(reader_name))
-        values = links if reader_name == NAME_SLOT else {"name": reader_name, **links}
-        return subject, _fill(text, values, html=False), _fill(html, values, html=True)
-
-    return render
+    subject, text, html = _rendered(name, current_locale(), shown, days, bool(reader_name))
+    values = {"name": reader_name, **links}
+    return subject, _fill(text, values, html=False), _fill(html, values, html=True)
 
 
-NAME_SLOT = _SLOT.format("name")
-_HTML_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&#34;"), ("'", "&#39;"))  # markupsafe's
+def _confirmation(reader: Reader, newsletters: Sequence[Newsletter], config: Mapping[str, Any], *,
+                  imported: bool) -> Rendered:
+    # Signed now: the link's validity (NEWSLETTER_CONFIRM_MAX_AGE) counts from when the email leaves.
+    link = external_url("public.confirm", token=tokens.confirm_token(reader.id, [n.id for n in newsletters]))
+    days = max(1, config["NEWSLETTER_CONFIRM_MAX_AGE"] // 86400)
+    subject, text, html = _render("confirm_import" if imported else "confirm", newsletters, days, reader.name,
+                                  link=link)
+    return Rendered(config["NEWSLETTER_MAIL_FROM"], reader.email, reader.name, subject, text, html, {})
 
 
-def name_filled(body: ColumnElement[str], name: ColumnElement[Any], *, html: bool) -> ColumnElement[str]:
-    """SQL: `body` (rendered with reader_name=NAME_SLOT) with `name` in its slot, as _fill puts it there.
+def _welcome(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> Rendered:
+    """The welcome email of one newsletter, with its unsubscribe and preferences links and List-Unsubscribe."""
+    token = tokens.unsubscribe_token(reader.id, newsletter.id)
+    links = {"unsubscribe_link": external_url("public.unsubscribe", token=token),
+             "preferences_link": external_url("public.preferences", token=tokens.preferences_token(reader.id))}
+    subject, text, html = _render("welcome", [newsletter], 0, reader.name, **links)
+    return Rendered(newsletter.sender or config["NEWSLETTER_MAIL_FROM"], reader.email, reader.name, subject, text,
+                    html, unsubscribe_headers(newsletter, config, token, links["unsubscribe_link"]))
 
-    For a write that reads the reader's name in the same statement (confirmation_writes).
-    """
-    if html:
-        for character, escaped in _HTML_ESCAPES:
-            name = func.replace(name, _sql_string(character), _sql_string(escaped))
-    return func.replace(body, _sql_string(NAME_SLOT), name)
 
-
-def _sql_string(value: str) -> ColumnElement[str]:
-    # Constants written into the statement, not bound: the same on every execution.
-    return literal_column("'" + value.replace("'", "''") + "'", String())
+def _preferences_link(reader: Reader, config: Mapping[str, Any]) -> Rendered:
+    link = external_url("public.preferences", token=tokens.preferences_token(reader.id))
+    days = max(1, config["NEWSLETTER_PREFERENCES_MAX_AGE"] // 86400)
+    subject, text, html = _render("preferences_link", [], days, reader.name, link=link)
+    return Rendered(config["NEWSLETTER_MAIL_FROM"], reader.email, reader.name, subject, text, html, {})
 
 
 def unsubscribe_headers(newsletter: Newsletter, config: Mapping[str, Any], token: str, link: str) -> dict[str, str]:
@@ -134,77 +214,6 @@ def unsubscribe_headers(newsletter: Newsletter, config: Mapping[str, Any], token
 @lru_cache(maxsize=16)
 def _address_in(header_value: str) -> str:
     return parseaddr(header_value)[1]
-
-
-def enqueue_confirmation(session: Session, reader: Reader, newsletters: list[Newsletter],
-                         config: Mapping[str, Any]) -> bool:
-    """One email asking the reader to confirm every newsletter in `newsletters`; False if the address is suppressed."""
-    if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
-        return False
-    outbox.enqueue(session, **confirmation(reader, newsletters, config))
-    return True
-
-
-def confirmation(reader: Reader, newsletters: list[Newsletter], config: Mapping[str, Any],
-                 sent_at: datetime | None = None, *, imported: bool = False) -> dict[str, Any]:
-    """The confirmation email as outbox.message_row's arguments; `sent_at` when it leaves later than now.
-
-    `imported`: an import's (`--unconfirmed ask`), worded for a reader whose list moved here, who
-    did not just sign up (templates/email/confirm_import).
-    """
-    ids = [n.id for n in newsletters]
-    token = tokens.confirm_token(reader.id, ids) if sent_at is None else tokens.confirm_token(reader.id, ids, sent_at)
-    link = external_url("public.confirm", token=token)
-    days = max(1, config["NEWSLETTER_CONFIRM_MAX_AGE"] // 86400)
-    subject, text, html = _render("confirm_import" if imported else "confirm", newsletters, days, reader.name,
-                                  link=link)
-    return {
-        "kind": "confirmation", "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
-        "subject": subject, "body_text": text, "body_html": html, "mail_from": config["NEWSLETTER_MAIL_FROM"],
-    }
-
-
-def enqueue_welcome(session: Session, reader: Reader, newsletter: Newsletter,
-                    config: Mapping[str, Any]) -> bool:
-    """The welcome email of one newsletter, with its unsubscribe and preferences links; False if suppressed."""
-    if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
-        return False
-    outbox.enqueue(session, **welcome(reader, newsletter, config))
-    return True
-
-
-def welcome(reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The welcome email of one newsletter as outbox.message_row's arguments."""
-    arguments, render = _welcome(reader.id, newsletter, config)
-    subject, text, html = render(reader.name)
-    return {**arguments, "subject": subject, "body_text": text, "body_html": html,
-            "to_address": reader.email, "to_name": reader.name}
-
-
-def welcome_for_any_name(reader_id: int, newsletter: Newsletter, config: Mapping[str, Any]
-                         ) -> tuple[dict[str, Any], tuple[str, str]]:
-    """The welcome email before the reader's address and name are read: (arguments, bodies without a name).
-
-    The arguments are welcome()'s with an empty to_address, and bodies that greet the slot of
-    name_filled; the (text, html) bodies are those of a reader without a name.
-    """
-    arguments, render = _welcome(reader_id, newsletter, config)
-    subject, text, html = render(NAME_SLOT)
-    _, unnamed_text, unnamed_html = render(None)
-    return ({**arguments, "subject": subject, "body_text": text, "body_html": html, "to_address": ""},
-            (unnamed_text, unnamed_html))
-
-
-def _welcome(reader_id: int, newsletter: Newsletter, config: Mapping[str, Any]
-             ) -> tuple[dict[str, Any], Callable[[str | None], tuple[str, str, str]]]:
-    """The welcome email's arguments but the rendered ones, and its rendering for a reader's name."""
-    token = tokens.unsubscribe_token(reader_id, newsletter.id)
-    links = {"unsubscribe_link": external_url("public.unsubscribe", token=token),
-             "preferences_link": external_url("public.preferences", token=tokens.preferences_token(reader_id))}
-    arguments = {"kind": "welcome", "reader_id": reader_id,
-                 "mail_from": newsletter.sender or config["NEWSLETTER_MAIL_FROM"],
-                 "headers": unsubscribe_headers(newsletter, config, token, links["unsubscribe_link"])}
-    return arguments, _renderer("welcome", [newsletter], 0, **links)
 
 
 def token_from_unsubscribe_reply(raw: bytes) -> str | None:

@@ -4,19 +4,15 @@ Most signups are of new addresses, so this is the service's hottest path. subscr
 tries it first and falls back to its general path for a known address. The statements are built
 once, with bind parameters only, so SQLAlchemy compiles each of them once per process.
 
-On PostgreSQL it is one statement, outside any transaction (sql.statement_at_a_time): the
-confirmation email carries a link signed with the reader's id, so the id is taken from the
-sequence beforehand, a few at a time per process (what Hibernate's pooled ids do). Ids are then
-not quite in signup order across processes; nothing relies on that, the readers' signup time is
-`created_at`. On SQLite: one statement for the reader, one per table.
+On PostgreSQL it is one statement, outside any transaction (sql.statement_at_a_time): the reader,
+its subscriptions, their events and the confirmation email's outbox row, which says what to send
+and needs only the reader's id from the statement itself (the email is rendered when it is sent).
+On SQLite: one statement for the reader, one per table.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -24,8 +20,6 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
-    Connection,
-    Engine,
     Executable,
     Integer,
     String,
@@ -33,7 +27,6 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
-    text,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -55,64 +48,39 @@ from .sql import in_list, statement_at_a_time
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
-RESERVED_IDS = 20
-
-
-@dataclass
-class _Reserved:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    ids: list[int] = field(default_factory=list)
-
-
-# Per engine: tests (and apps) in one process may use several databases.
-_reserved: weakref.WeakKeyDictionary[Engine, _Reserved] = weakref.WeakKeyDictionary()
-_NEXT_READER_IDS = text("SELECT nextval(pg_get_serial_sequence('readers', 'id')) FROM generate_series(1, :count)")
-
-
 def sign_up_new(session: Session, address: str, name: str | None, newsletters: Sequence[Newsletter],
-                now: datetime, event_source: Mapping[str, str | None],
-                mail_for: Callable[[Reader], Mapping[str, Any]], suppression_key: str) -> Reader | None:
+                now: datetime, event_source: Mapping[str, str | None], mail: Mapping[str, Any],
+                suppression_key: str) -> Reader | None:
     """A new reader with pending subscriptions to `newsletters`, their events and its confirmation mail.
 
     None, with nothing written, if the address is known, suppressed (`suppression_key` is its
-    suppressions.address_key), or a newsletter changed meanwhile (see insert_reader). `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail_for`
-    makes the reader's confirmation email as an outbox row.
+    suppressions.address_key), or a newsletter changed meanwhile (see insert_reader). `event_source`
+    has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail` is the confirmation's outbox row
+    (outbox.message_row), whose reader_id is the new reader's.
     """
     if session.get_bind().dialect.name != "postgresql":
         reader_id = insert_reader(session, address, name, newsletters, now, suppression_key)
         if reader_id is None:
             return None
-        reader = _new_reader(reader_id, address, name, now)
-        add_subscriptions(session, reader_id, newsletters, now, event_source, mail_for(reader))
-        return reader
+        add_subscriptions(session, reader_id, newsletters, now, event_source, mail)
+        return _new_reader(reader_id, address, name, now)
 
     with statement_at_a_time(session) as connection:
-        reader = _new_reader(_reserve_reader_id(connection), address, name, now)
-        mail = mail_for(reader)
         parameters = {
-            "the_reader": reader.id, "address": address, "reader_name": name, "now": now,
-            "suppression_key": suppression_key,
+            "address": address, "reader_name": name, "now": now, "suppression_key": suppression_key,
             "count": len(newsletters), "ids": [n.id for n in newsletters], "slugs": [n.slug for n in newsletters],
             "newsletter_ids": [n.id for n in newsletters],
             **{f"event_{key}": event_source[key] for key in CONSENT_SOURCE_COLUMNS},
-            **{f"mail_{key}": value for key, value in mail.items()},
+            **{f"mail_{key}": value for key, value in mail.items() if key != "reader_id"},
         }
-        inserted = connection.execute(_whole_signup(tuple(mail)), parameters).scalar()
-    return reader if inserted else None
+        reader_id = connection.execute(_whole_signup(tuple(key for key in mail if key != "reader_id")),
+                                       parameters).scalar()
+    return None if reader_id is None else _new_reader(reader_id, address, name, now)
 
 
 def _new_reader(reader_id: int, address: str, name: str | None, now: datetime) -> Reader:
     return snapshot(Reader, {"id": reader_id, "email": address, "name": name, "created_at": now,
                              "confirmation_sent_at": now, "blocked_at": None, "erased_at": None})
-
-
-def _reserve_reader_id(connection: Connection) -> int:
-    reserved = _reserved.setdefault(connection.engine, _Reserved())
-    with reserved.lock:
-        if not reserved.ids:
-            # A sequence is outside transactions: these stay taken even if this one rolls back.
-            reserved.ids = list(connection.execute(_NEXT_READER_IDS, {"count": RESERVED_IDS}).scalars())[::-1]
-        return reserved.ids.pop()
 
 
 def insert_reader(session: Session, address: str, name: str | None, newsletters: Sequence[Newsletter],
@@ -138,9 +106,11 @@ def add_subscriptions(session: Session, reader_id: int, newsletters: Sequence[Ne
                       event_source: Mapping[str, str | None], mail: Mapping[str, Any]) -> None:
     """The reader's pending subscriptions, a signup_requested event for each, and the confirmation mail naming them.
 
-    `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail` is an outbox row.
+    `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS; `mail` is an outbox row
+    (outbox.message_row), queued for this reader.
     """
     connection = session.connection()
+    mail = {**mail, "reader_id": reader_id}
     parameters = {
         "the_reader": reader_id,
         "now": now,
@@ -182,17 +152,17 @@ def _reader_insert(dialect: str) -> Executable:
 
 @cache
 def _whole_signup(mail_columns: tuple[str, ...]) -> Executable:
-    """PostgreSQL: the reader, its subscriptions, their events and its mail; the number of readers made (0 or 1).
+    """PostgreSQL: the reader, its subscriptions, their events and its mail; the new reader's id (none if not made).
 
     The parts of a WITH can't see each other's rows, only what they return, so each part reads the
     one before; a data-modifying part always runs, whether the query reads it or not. Foreign keys
     are checked at the statement's end, when the reader's row is there.
     """
-    reader_id, now = bindparam("the_reader", type_=Integer()), bindparam("now", type_=UTCDateTime())
+    now = bindparam("now", type_=UTCDateTime())
     reader = (
         postgresql.insert(Reader)
-        .from_select(["id", "email", "name", "created_at", "confirmation_sent_at"],
-                     select(reader_id, bindparam("address", type_=String()), bindparam("reader_name", type_=String()),
+        .from_select(["email", "name", "created_at", "confirmation_sent_at"],
+                     select(bindparam("address", type_=String()), bindparam("reader_name", type_=String()),
                             now, now).where(_all_still_active("postgresql"), ~suppressions.stops_mail()))
         .on_conflict_do_nothing(index_elements=["email"])
         .returning(Reader.id)
@@ -204,21 +174,21 @@ def _whole_signup(mail_columns: tuple[str, ...]) -> Executable:
                      select(reader.c.id, Newsletter.id, literal_column("'pending'"), now, now, now)
                      .select_from(reader)
                      .join(Newsletter, in_list(Newsletter.id, "newsletter_ids", Integer(), "postgresql")))
-        .returning(Subscription.newsletter_id)
+        .returning(Subscription.reader_id, Subscription.newsletter_id)
         .cte("new_subscriptions")
     )
     events = postgresql.insert(ConsentEvent).from_select(
         ["reader_id", "newsletter_id", "action", "occurred_at", *CONSENT_SOURCE_COLUMNS],
-        select(reader_id, subscriptions.c.newsletter_id, literal_column("'signup_requested'"), now,
+        select(subscriptions.c.reader_id, subscriptions.c.newsletter_id, literal_column("'signup_requested'"), now,
                *(bindparam(f"event_{key}", type_=String()) for key in CONSENT_SOURCE_COLUMNS)),
     ).cte("new_events")
     table = OutboxMessage.__table__
     mail = postgresql.insert(OutboxMessage).from_select(
-        list(mail_columns),
-        select(*(reader.c.id if key == "reader_id" else bindparam(f"mail_{key}", type_=table.c[key].type)
-                 for key in mail_columns)).select_from(reader),
+        ["reader_id", *mail_columns],
+        select(reader.c.id, *(bindparam(f"mail_{key}", type_=table.c[key].type) for key in mail_columns))
+        .select_from(reader),
     ).cte("new_mail")
-    return select(func.count()).select_from(reader).add_cte(events, mail)
+    return select(reader.c.id).add_cte(events, mail)
 
 
 @cache

@@ -3,7 +3,7 @@
 An import is an ImportRun: record_upload() hashes the file and detects its format (import_formats),
 queue() readies it (dry run or real), execute() runs it batch by batch, and claim_next() lets a
 worker take up a queued run or one whose process died. No Flask request in here; execute() needs
-an app context (it renders confirmation emails).
+an app context (it queues confirmation emails in its language).
 
 What a row does (the file's rows are read in order, `batch_rows` at a time, each batch one transaction
 that also moves the run's rows_done, counts and heartbeat_at forward, so a run resumes after the
@@ -104,7 +104,6 @@ from .models import (
     Reader,
     Subscription,
     Suppression,
-    snapshot,
     utcnow,
 )
 from .subscriptions import check_name
@@ -1171,14 +1170,10 @@ def _queue_confirmations(context: _Context, confirmations: list[tuple[int, _Cand
         .order_by(OutboxMessage.next_attempt_at.desc()).limit(1))
     due = now if last is None else max(now, last + interval)
     messages, sent = [], []
-    for reader_id, candidate in confirmations:
-        reader = snapshot(Reader, {"id": reader_id, "email": candidate.address, "name": None})
-        # The link's validity (NEWSLETTER_CONFIRM_MAX_AGE) counts from when the email leaves, days later maybe.
-        message = outbox.message_row(**{**emails.confirmation(reader, [newsletter], config, sent_at=due,
-                                                              imported=True),
-                                        "kind": CONFIRMATION_KIND})
-        message["next_attempt_at"] = due
-        messages.append(message)
+    for reader_id, _candidate in confirmations:
+        # Rendered when it leaves (days later maybe), with a link whose validity counts from then.
+        messages.append(outbox.message_row(kind=CONFIRMATION_KIND, reader_id=reader_id, newsletter_ids=[newsletter.id],
+                                           locale=emails.current_locale(), next_attempt_at=due))
         sent.append({"the_reader": reader_id, "due": due})
         due += interval
     session.connection().execute(insert(OutboxMessage.__table__), messages)

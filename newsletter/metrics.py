@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import OutboxMessage
+from .models import OUTBOX_EMAIL_KINDS, OutboxMessage
 
 __all__ = ["CONTENT_TYPE_LATEST", "count", "exposition", "observe_request"]
 
@@ -99,10 +99,11 @@ class OutboxCollector(Collector):
     def _read(self) -> tuple[dict[str, int], datetime | None]:
         session = self.session_factory()
         try:
+            emails = OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS)  # webhook deliveries are not emails
             counts = {status: number for status, number in session.execute(
-                select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status))}
+                select(OutboxMessage.status, func.count()).where(emails).group_by(OutboxMessage.status))}
             oldest = session.scalar(select(func.min(OutboxMessage.created_at))
-                                    .where(OutboxMessage.status == "pending"))
+                                    .where(OutboxMessage.status == "pending", emails))
         finally:
             session.close()
         if oldest is not None and oldest.tzinfo is None:

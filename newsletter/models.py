@@ -193,7 +193,7 @@ class FeedState(db.Model):
     __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
 
 
-OUTBOX_EMAIL_KINDS = ("confirmation", "import_confirmation", "welcome")
+OUTBOX_EMAIL_KINDS = ("confirmation", "import_confirmation", "welcome", "preferences_link")
 WEBHOOK_KIND = "webhook"
 
 

@@ -1,4 +1,9 @@
-"""The transactional outbox: enqueue in the caller's transaction; claim, send and retry due messages."""
+"""The transactional outbox: enqueue in the caller's transaction; claim, render, send and retry due emails.
+
+A row says what to send (the kind, the reader, the newsletters, the language), not the finished
+email: the sender renders it when it claims it (emails.render), for the reader as they are then.
+Rows queued before migration 0011 hold a rendered email and are sent as they are.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +28,9 @@ from sqlalchemy import Select, and_, bindparam, event, exists, func, insert, not
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import metrics, outages, suppressions
+from . import emails, metrics, outages, suppressions
 from .mailer import PermanentFailure, RecipientDeferred, RecipientRefused, RelayUnavailable, Transport, transport_for
-from .models import OUTBOX_STATUSES, OutboxMessage, Reader, utcnow
+from .models import OUTBOX_EMAIL_KINDS, OUTBOX_STATUSES, OutboxMessage, Reader, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -34,42 +39,32 @@ MAX_BACKOFF = timedelta(hours=1)
 MESSAGE_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
-def enqueue(session: Session, **message: Any) -> None:
-    """Add a message (the arguments of message_row) to the outbox; it is sent only if the transaction commits."""
+def enqueue(session: Session, *, kind: str, reader_id: int, newsletter_ids: list[int], locale: str | None,
+            next_attempt_at: datetime | None = None) -> None:
+    """Queue an email (what to send: message_row's arguments); it is sent only if the transaction commits."""
     # A Core INSERT: nothing reads the row back, and the ORM's unit of work costs more than the send.
-    session.connection().execute(insert(OutboxMessage), message_row(**message))
+    session.connection().execute(insert(OutboxMessage), message_row(
+        kind=kind, reader_id=reader_id, newsletter_ids=newsletter_ids, locale=locale, next_attempt_at=next_attempt_at))
     note_enqueued(session)
 
 
-def message_row(
-    *,
-    kind: str,
-    to_address: str,
-    subject: str,
-    body_text: str,
-    body_html: str,
-    mail_from: str,
-    reader_id: int | None = None,
-    to_name: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The outbox_messages row of a new message, for an INSERT."""
+def message_row(*, kind: str, reader_id: int | None, newsletter_ids: list[int], locale: str | None,
+                next_attempt_at: datetime | None = None) -> dict[str, Any]:
+    """The outbox_messages row of an email to queue, for an INSERT: what to send, nothing rendered.
+
+    `kind` is one of OUTBOX_EMAIL_KINDS; the sender renders it for the reader as they are when it
+    leaves (emails.render). Due now unless `next_attempt_at` says later.
+    """
     now = utcnow()
     return {
         "kind": kind,
         "reader_id": reader_id,
-        "message_id": make_msgid(idstring="newsletter", domain=_domain_of(mail_from)),
-        "mail_from": mail_from,
-        "to_address": to_address,
-        "to_name": to_name,
-        "subject": subject,
-        "body_text": body_text,
-        "body_html": body_html,
-        "headers": headers or {},
+        "newsletter_ids": newsletter_ids,
+        "locale": locale,
         "status": "pending",
         "attempts": 0,
         "created_at": now,
-        "next_attempt_at": now,
+        "next_attempt_at": next_attempt_at or now,
     }
 
 
@@ -87,26 +82,42 @@ def _address_of(header_value: str) -> str:
     return parseaddr(header_value)[1] or "newsletters@localhost"
 
 
-def as_email(row: OutboxMessage, sent_at: datetime | None = None) -> EmailMessage:
-    """The EmailMessage for an outbox row; the same Message-ID on every attempt.
+def new_message_id(mail_from: str) -> str:
+    """A Message-ID in the sender's domain, given once (at the first claim) and kept for every attempt."""
+    return make_msgid(idstring="newsletter", domain=_domain_of(mail_from))
+
+
+def compose(rendered: emails.Rendered, message_id: str, sent_at: datetime | None = None) -> EmailMessage:
+    """The EmailMessage of a rendered email; the same Message-ID on every attempt.
 
     Dated when it is sent (`sent_at`, default now), not when it was queued: an import's
     confirmations leave hours or days after the import, and mail dated days back is scored as spam.
     """
     message = EmailMessage(policy=MESSAGE_POLICY)
-    message["Subject"] = row.subject
-    message["From"] = row.mail_from
+    message["Subject"] = rendered.subject
+    message["From"] = rendered.mail_from
     # Address() quotes the display name and refuses CR/LF: no header injection through names.
     # Built from parts, it also takes internationalized local parts (sent with SMTPUTF8).
-    username, _, domain = row.to_address.rpartition("@")
-    message["To"] = Address(display_name=row.to_name or "", username=username, domain=domain)
+    username, _, domain = rendered.to_address.rpartition("@")
+    message["To"] = Address(display_name=rendered.to_name or "", username=username, domain=domain)
     message["Date"] = format_datetime(sent_at or utcnow())
-    message["Message-ID"] = row.message_id
-    for name, value in row.headers.items():
+    message["Message-ID"] = message_id
+    for name, value in rendered.headers.items():
         message[name] = value
-    message.set_content(row.body_text)
-    message.add_alternative(row.body_html, subtype="html")
+    message.set_content(rendered.body_text)
+    message.add_alternative(rendered.body_html, subtype="html")
     return message
+
+
+def is_legacy(row: OutboxMessage) -> bool:
+    """Whether the row holds an email rendered when it was queued (before migration 0011): sent as it is."""
+    return row.body_text is not None
+
+
+def legacy_email(row: OutboxMessage) -> emails.Rendered:
+    """The email a row queued before the upgrade holds."""
+    return emails.Rendered(row.mail_from or "", row.to_address or "", row.to_name, row.subject or "",
+                           row.body_text or "", row.body_html or "", dict(row.headers or {}))
 
 
 @dataclass
@@ -164,9 +175,11 @@ def _lease(config: dict[str, Any]) -> timedelta:
 class Claim:
     """A message leased for sending: its attempts count with this one (to give it back), and the email.
 
-    `suppressed` (the suppression's reason, or NOT_PENDING_ANY_MORE for an import's confirmation
-    whose reader no longer waits to confirm) instead: the message may no longer be sent, and it was
-    marked failed in the claiming transaction; there is nothing to send.
+    `address` is the one it goes to (the reader's when it was claimed): a refusal of it is recorded
+    as that address's bounce. `suppressed` (the suppression's reason, NOT_PENDING_ANY_MORE for an
+    import's confirmation whose reader no longer waits to confirm, or READER_GONE) instead: the
+    message may no longer be sent, and it was marked failed in the claiming transaction; there is
+    nothing to send.
     """
 
     row_id: int
@@ -174,6 +187,7 @@ class Claim:
     message: EmailMessage | None
     build_error: Exception | None
     suppressed: str | None = None
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -185,20 +199,26 @@ class Outcome:
 
 
 def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
-    """Lease the next due message and commit; None when nothing is due.
+    """Lease the next due email, render it and commit; None when nothing is due.
 
     Claiming is a short transaction of its own (FOR UPDATE SKIP LOCKED on PostgreSQL) that leases the
     message by moving its next attempt past the send: other workers skip it, and no transaction (or
     SQLite's write lock) stays open while SMTP talks. If the sender dies, the lease runs out and the
-    message is sent again, with the same Message-ID. An import's confirmation is checked once more
-    here: not sent when its reader no longer has a pending subscription, and held back (no attempt
+    message is sent again, with the same Message-ID (given at the first claim and stored). Only
+    emails (OUTBOX_EMAIL_KINDS) are claimed here; webhook rows have their own sender.
+
+    The email is rendered here for the reader as they are now (emails.render): their current address
+    and name, links signed now. A row queued before the upgrade holds its email and is sent as it is.
+    An erased (or deleted) reader's email is never sent. An import's confirmation is checked once
+    more: not sent when its reader no longer has a pending subscription, and held back (no attempt
     spent) to keep NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR; the next due message is claimed then.
     """
     while True:
         now = utcnow()
         row = session.scalars(
             select(OutboxMessage)
-            .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
+            .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now,
+                   OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS))
             .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -206,9 +226,20 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
         if row is None:
             session.rollback()
             return None
-        # The last line of defence: whatever queued it, no email goes to an address suppressed since.
-        stopping = suppressions.mail_stopped(session, config, row.to_address)
-        reason = stopping.reason if stopping is not None else None
+        reader: Reader | None = None
+        reason: str | None = None
+        if is_legacy(row):
+            address = row.to_address or ""
+        else:
+            reader = session.get(Reader, row.reader_id) if row.reader_id is not None else None
+            if reader is None or reader.erased_at is not None:
+                reason, address = READER_GONE, ""
+            else:
+                address = reader.email
+        if reason is None:
+            # The last line of defence: whatever queued it, no email goes to an address suppressed since.
+            stopping = suppressions.mail_stopped(session, config, address)
+            reason = stopping.reason if stopping is not None else None
         if reason is None and row.kind == IMPORT_CONFIRMATION_KIND:
             if not _still_pending(session, row):
                 reason = NOT_PENDING_ANY_MORE
@@ -224,12 +255,20 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
         break
     row.attempts += 1
     row.next_attempt_at = now + _lease(config)
+    message: EmailMessage | None = None
+    build_error: Exception | None = None
     try:
-        message: EmailMessage | None = as_email(row, now)
-        build_error = None
-    except ValueError as error:
-        message, build_error = None, error
-    claim = Claim(row.id, row.attempts, message, build_error)
+        rendered = legacy_email(row) if reader is None else emails.render(
+            session, row.kind, reader, row.newsletter_ids or [], row.locale, config)
+        if row.message_id is None:
+            row.message_id = new_message_id(rendered.mail_from)
+        message = compose(rendered, row.message_id, now)
+    except ValueError as error:  # an address or name no email can carry, no newsletter left: never sendable
+        build_error = error
+    except Exception as error:  # noqa: BLE001 (a bug in rendering: the attempt is spent, the sender goes on)
+        log.exception("outbox message %s could not be rendered", row.id)
+        build_error = error
+    claim = Claim(row.id, row.attempts, message, build_error, address=address)
     session.commit()
     return claim
 
@@ -239,6 +278,8 @@ SUPPRESSED_PREFIX = "Not sent: the address is suppressed"
 IMPORT_CONFIRMATION_KIND = "import_confirmation"
 # The `suppressed` reason of an import's confirmation whose reader no longer waits to confirm.
 NOT_PENDING_ANY_MORE = "not_pending_any_more"
+# The `suppressed` reason of an email whose reader was erased (or deleted) before it left.
+READER_GONE = "reader_gone"
 
 
 def not_sent_error(reason: str) -> str:
@@ -246,6 +287,8 @@ def not_sent_error(reason: str) -> str:
     # Starts with CANCELLED_PREFIX: `outbox retry` leaves it alone (lift the suppression, then sign up again).
     if reason == NOT_PENDING_ANY_MORE:
         return "Not sent: the reader no longer waits to confirm (unsubscribed, confirmed or erased meanwhile)"
+    if reason == READER_GONE:
+        return "Not sent: the reader was erased"
     return f"{SUPPRESSED_PREFIX} ({reason.replace('_', ' ')})"
 
 
@@ -342,7 +385,7 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
         return
     if guard is not None and verdict == "sent":
         guard.clear()
-    elif guard is not None and isinstance(error, RecipientRefused) and guard.relay_wide(error.diagnostic, row.to_address):
+    elif guard is not None and isinstance(error, RecipientRefused) and guard.relay_wide(error.diagnostic, claim.address):
         if not guard.reported:
             guard.reported = True
             log.error("outbox: the relay gave the same refusal for %s different recipients in a row (%s): "
@@ -370,7 +413,7 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
         # Out of attempts while the relay puts off every message (full, greylisting all): that is the
         # relay's trouble, not this message's, so it waits at the longest back-off instead of failing.
         row.next_attempt_at = now + _backoff(row.attempts, config["NEWSLETTER_OUTBOX_RETRY_BASE"])
-    bounce = _record_bounce(session, config, row, error) if row.status == "failed" else None
+    bounce = _record_bounce(session, config, row, claim.address, error) if row.status == "failed" else None
     status, attempts, next_attempt_at, last_error = row.status, row.attempts, row.next_attempt_at, row.last_error
     session.commit()
     if bounce:
@@ -388,7 +431,8 @@ def record_outcome(session: Session, outcome: Outcome, config: dict[str, Any], r
                  without_addresses(last_error))
 
 
-def _record_bounce(session: Session, config: dict[str, Any], row: OutboxMessage, error: Exception | None) -> str | None:
+def _record_bounce(session: Session, config: dict[str, Any], row: OutboxMessage, address: str,
+                   error: Exception | None) -> str | None:
     """Record a failed message's refusal at RCPT as a bounce of its address, in the outcome's transaction.
 
     A 5xx at RCPT is what mailer.classify_refusal says of it (5.1.x, 5.2.1: hard bounce; X.2.2:
@@ -405,7 +449,7 @@ def _record_bounce(session: Session, config: dict[str, Any], row: OutboxMessage,
         return None
     if kind is None:
         return None
-    recorded = suppressions.record_event(session, config, row.to_address, kind=kind, provider="smtp",
+    recorded = suppressions.record_event(session, config, address, kind=kind, provider="smtp",
                                          diagnostic=error.diagnostic, provider_event_id=row.message_id)
     entry = recorded.suppression
     stopped = entry is not None and entry.reason in suppressions.MAIL_STOPPING
@@ -573,9 +617,12 @@ def _reset_session(session: Any) -> None:
     session.remove()
 
 
+EMAILS = OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS)  # the rows this module sends (webhook rows have their own sender)
+
+
 def counts(session: Session) -> dict[str, int]:
-    """How many outbox messages are in each status."""
-    rows = session.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status))
+    """How many emails are in the outbox in each status."""
+    rows = session.execute(select(OutboxMessage.status, func.count()).where(EMAILS).group_by(OutboxMessage.status))
     return {status: number for status, number in rows}
 
 
@@ -593,7 +640,7 @@ def status_summary(session: Session) -> StatusSummary:
     """Counts per status (every status named), the oldest pending message's age, the number due now, the last error."""
     now = utcnow()
     by_status = dict.fromkeys(OUTBOX_STATUSES, 0) | counts(session)
-    pending = OutboxMessage.status == "pending"
+    pending = and_(OutboxMessage.status == "pending", EMAILS)
     oldest = session.scalar(select(func.min(OutboxMessage.created_at)).where(pending))
     due = session.scalar(select(func.count()).select_from(OutboxMessage)
                          .where(pending, OutboxMessage.next_attempt_at <= now)) or 0
@@ -618,7 +665,7 @@ def retryable_failed(since: datetime | None = None, message_id: int | None = Non
     query = (
         select(OutboxMessage.id)
         .outerjoin(Reader, Reader.id == OutboxMessage.reader_id)
-        .where(OutboxMessage.status == "failed",
+        .where(OutboxMessage.status == "failed", EMAILS,
                Reader.erased_at.is_(None), Reader.blocked_at.is_(None),
                or_(OutboxMessage.last_error.is_(None),
                    and_(OutboxMessage.last_error.not_in(CANCELLED_ERRORS),
@@ -653,14 +700,16 @@ def retry_failed(session: Session, config: Mapping[str, Any], since: datetime | 
     only refuse it, and the diagnostic would be lost.
     """
     rows = session.execute(
-        select(OutboxMessage.id, OutboxMessage.to_address)
+        # A row queued before the upgrade holds its address; the others go to the reader's current one.
+        select(OutboxMessage.id, func.coalesce(OutboxMessage.to_address, Reader.email))
+        .outerjoin(Reader, Reader.id == OutboxMessage.reader_id)
         .where(OutboxMessage.id.in_(retryable_failed(since, message_id)))
     ).all()
     matcher = suppressions.mail_stopping_matcher(session, config) if rows else None
     ids: list[int] = []
     suppressed: dict[str, int] = {}
     for row_id, address in rows:
-        reason = matcher.reason(address) if matcher is not None else None
+        reason = matcher.reason(address) if matcher is not None and address else None
         if reason is None:
             ids.append(row_id)
         else:

@@ -6,16 +6,13 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from flask import render_template
-from flask_babel import gettext as _
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from . import outbox, suppressions, tokens
-from .links import external_url
+from . import emails, outbox, suppressions
 from .models import OutboxMessage, Reader, utcnow
 
-KIND = "preferences_link"
+KIND = emails.PREFERENCES_LINK
 
 
 def send_preferences_link(session: Session, address: str, config: Mapping[str, Any]) -> bool:
@@ -34,21 +31,6 @@ def send_preferences_link(session: Session, address: str, config: Mapping[str, A
     if session.scalar(select(exists().where(OutboxMessage.reader_id == reader.id, OutboxMessage.kind == KIND,
                                             OutboxMessage.created_at > since))):
         return False
-    outbox.enqueue(session, **preferences_link_email(reader, config))
+    # Rendered when it is sent, with a link signed then (emails.render).
+    outbox.enqueue(session, kind=KIND, reader_id=reader.id, newsletter_ids=[], locale=emails.current_locale())
     return True
-
-
-def preferences_link_email(reader: Reader, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The email carrying a fresh preferences link, as outbox.message_row's arguments."""
-    context = {
-        "reader": reader,
-        "link": external_url("public.preferences", token=tokens.preferences_token(reader.id)),
-        "days": max(1, config["NEWSLETTER_PREFERENCES_MAX_AGE"] // 86400),
-    }
-    return {
-        "kind": KIND, "reader_id": reader.id, "to_address": reader.email, "to_name": reader.name,
-        "subject": _("Your link to choose your newsletters"),
-        "body_text": render_template("email/preferences_link.txt", **context),
-        "body_html": render_template("email/preferences_link.html", **context),
-        "mail_from": config["NEWSLETTER_MAIL_FROM"],
-    }

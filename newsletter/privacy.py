@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from . import addresses, suppressions
 from .models import (
     MAX_ID,
+    OUTBOX_EMAIL_KINDS,
     ConsentEvent,
     DeliveryEvent,
     ImportRefusal,
@@ -121,7 +122,8 @@ def email_history(session: Session, reader: Reader) -> list[dict[str, Any]]:
     """The emails sent (or to be sent) to the reader: who, what, when and how it went; no bodies."""
     rows = session.scalars(
         select(OutboxMessage)
-        .where(or_(OutboxMessage.reader_id == reader.id, OutboxMessage.to_address == reader.email))
+        .where(or_(OutboxMessage.reader_id == reader.id, OutboxMessage.to_address == reader.email),
+               OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS))  # not the webhook deliveries telling of the reader
         .order_by(OutboxMessage.id)
     )
     return [{
@@ -240,8 +242,10 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
     session.execute(
         update(OutboxMessage).where(to_reader, OutboxMessage.status == "failed").values(last_error="erased")
     )
+    # An email is rendered when it is sent, so a row holds no address or body, only the reader's id.
+    # Rows queued before the upgrade (migration 0011) still hold both: scrubbed.
     session.execute(
-        update(OutboxMessage).where(to_reader)
+        update(OutboxMessage).where(to_reader, OutboxMessage.body_text.is_not(None))
         .values(reader_id=reader.id, to_address=placeholder, to_name=None, body_text="", body_html="", headers={})
     )
 

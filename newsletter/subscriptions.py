@@ -211,10 +211,10 @@ def sign_up(
     """
     now = utcnow()
     suppression_key = suppressions.normalized_key(config, address)
-    new_reader = first_signup.sign_up_new(
-        session, address, name, newsletters, now, _source_row(source),
-        lambda reader: outbox.message_row(**emails.confirmation(reader, newsletters, config)), suppression_key,
-    )
+    mail = outbox.message_row(kind=emails.CONFIRMATION, reader_id=None, newsletter_ids=[n.id for n in newsletters],
+                              locale=emails.current_locale())
+    new_reader = first_signup.sign_up_new(session, address, name, newsletters, now, _source_row(source), mail,
+                                          suppression_key)
     if new_reader is not None:
         outbox.note_enqueued(session)
         return SignupResult(reader=new_reader, newsletters=newsletters, confirmation_queued=True)
@@ -254,7 +254,7 @@ def sign_up(
     resend_due = reader.confirmation_sent_at is None or now - reader.confirmation_sent_at >= interval
     if not pending or not (not_yet_named or resend_due):
         return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
-    if not emails.enqueue_confirmation(session, reader, pending, config):
+    if not emails.queue_confirmation(session, reader, pending, config):
         return SignupResult(reader=reader, newsletters=newsletters, confirmation_queued=False)
     reader.confirmation_sent_at = now
     for newsletter in pending:
@@ -330,10 +330,10 @@ def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, 
             source: Source, config: Mapping[str, Any]) -> ConfirmResult:
     """Confirm the pending subscriptions a confirmation link was issued for.
 
-    The link names the reader and the newsletters, which is enough to render the welcome emails
-    before reading anything; confirmation_writes then reads and writes the rest, on PostgreSQL in a
-    single statement. If something changed the subscriptions as it ran (the link pressed twice at
-    once, an unsubscribe), the result says how things stand after it.
+    The link names the reader and the newsletters, which is enough to know which welcome emails to
+    queue before reading anything; confirmation_writes then reads and writes the rest, on PostgreSQL
+    in a single statement. If something changed the subscriptions as it ran (the link pressed twice
+    at once, an unsubscribe), the result says how things stand after it.
     """
     newsletter_ids = list(newsletter_ids)
     newsletters = newsletter_cache.active_by_id(session, newsletter_ids)
@@ -341,25 +341,22 @@ def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, 
         newsletters = list(session.scalars(select(Newsletter).where(Newsletter.id.in_(newsletter_ids))))
     newsletters.sort(key=lambda newsletter: newsletter.name)
     active = [newsletter for newsletter in newsletters if newsletter.is_active]
-    welcomes = {}
-    for newsletter in active:
-        if newsletter.send_welcome:
-            arguments, unnamed = emails.welcome_for_any_name(reader_id, newsletter, config)
-            welcomes[newsletter.id] = confirmation_writes.Welcome(outbox.message_row(**arguments), unnamed)
+    welcomes = [newsletter.id for newsletter in active if newsletter.send_welcome]
 
     with statement_at_a_time(session) as connection:
         written = confirmation_writes.record(connection, reader_id, [n.id for n in active], issued_at, utcnow(),
-                                             _source_row(source), welcomes)
+                                             _source_row(source), welcomes, emails.current_locale())
         if written is None:
             raise UnknownReader(reader_id)
         reader = snapshot(Reader, {"id": reader_id, "email": written.reader[0], "name": written.reader[1]})
-        queued = [welcomes[newsletter_id].row["message_id"] for newsletter_id in written.confirmed & welcomes.keys()]
-        if queued and suppressions.stopping_reason(connection, suppressions.normalized_key(config, reader.email)):
+        welcomed = written.confirmed.intersection(welcomes)
+        if welcomed and suppressions.stopping_reason(connection, suppressions.normalized_key(config, reader.email)):
             # The address is known only now, from the statement that queued the welcomes: take them back
             # before any worker sends them (a worker that claimed one first meets the outbox's own guard).
-            connection.execute(delete(OutboxMessage).where(OutboxMessage.message_id.in_(queued),
-                                                           OutboxMessage.status == "pending"))
-            welcomes = {}
+            connection.execute(delete(OutboxMessage).where(
+                OutboxMessage.reader_id == reader_id, OutboxMessage.kind == emails.WELCOME,
+                OutboxMessage.status == "pending", OutboxMessage.attempts == 0))
+            welcomed = set()
         result = _sort_for_confirmation(reader, [(n, *written.before.get(n.id, (None, None))) for n in newsletters],
                                         issued_at)
         if {newsletter.id for newsletter in result.confirmed} != written.confirmed:
@@ -375,7 +372,7 @@ def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, 
                     result.already_confirmed.append(newsletter)
                 else:
                     result.lapsed.append(newsletter)
-    if written.confirmed & welcomes.keys():
+    if welcomed:
         outbox.note_enqueued(session)
     return result
 
@@ -445,7 +442,7 @@ def resend_confirmation(session: Session, reader_id: int, *, source: Source, con
     if not pending:
         raise ActionRefused("This reader has no pending subscription to confirm.")
     now = utcnow()
-    if not emails.enqueue_confirmation(session, reader, pending, config):
+    if not emails.queue_confirmation(session, reader, pending, config):
         raise ActionRefused("This address is on the suppression list: it gets no email. Lift its entry first.")
     # This email names every pending newsletter: an import's confirmation still waiting for its turn
     # would be a second one. (One already due may be in a worker's hands: that one is left.)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from newsletter import bounce_reports, create_app, outbox, suppressions
 from newsletter.extensions import db
-from newsletter.models import OutboxMessage
+from newsletter.models import OutboxMessage, Reader
 
 from .conftest import SECRET, query
 from .test_outbox import outbox_rows, sign_up
@@ -58,11 +58,16 @@ def bounce_mail(runner, raw: bytes):
 
 
 def we_sent(app, message_id: str, to_address: str) -> None:
-    """An outbox row as if we had sent `to_address` the message `message_id`."""
-    row = outbox.message_row(kind="confirmation", to_address=to_address, subject="Confirm", body_text="b",
-                             body_html="<p>b</p>", mail_from="newsletters@news.example.com")
-    row.update(message_id=message_id, status="sent")
+    """An outbox row as if we had sent `to_address` (a reader's address) the message `message_id`."""
     with app.app_context():
+        reader_id = db.session.scalar(sa.select(Reader.id).where(Reader.email == to_address))
+        if reader_id is None:
+            reader = Reader(email=to_address)
+            db.session.add(reader)
+            db.session.flush()
+            reader_id = reader.id
+        row = outbox.message_row(kind="confirmation", reader_id=reader_id, newsletter_ids=[1], locale="en")
+        row.update(message_id=message_id, status="sent")
         db.session.execute(sa.insert(OutboxMessage), [row])
         db.session.commit()
         db.session.remove()

@@ -1,11 +1,13 @@
-"""Emails are rendered once per language and newsletters, then filled in per reader: the result must be
-exactly what rendering the templates for that reader gives, whatever the reader's name holds; also
-when the database fills in the name, as a confirmation's welcome email has it."""
+"""Emails are queued as what to send and rendered when they are sent: once per language and newsletters,
+then filled in per reader. The result must be exactly what rendering the templates for that reader
+gives, whatever the reader's name holds; also for a welcome queued by a confirmation and sent by the
+outbox."""
 
 from __future__ import annotations
 
 import pytest
 from flask import render_template
+from flask_babel import force_locale
 from sqlalchemy import select
 
 from newsletter import emails, tokens
@@ -36,43 +38,49 @@ def fixed_tokens(monkeypatch):
 @pytest.mark.parametrize("chosen", [NEWSLETTERS[:1], NEWSLETTERS[1:], NEWSLETTERS])
 def test_confirmation_is_what_the_templates_give_for_this_reader(app, fixed_tokens, lang, name, chosen):
     reader = Reader(id=7, email="reader@example.org", name=name)
-    with app.test_request_context(headers={"Accept-Language": lang}):
+    with app.app_context():
         for _ in range(2):  # the second time from the cache
-            message = emails.confirmation(reader, chosen, app.config)
+            message = emails.render_for(emails.CONFIRMATION, reader, chosen, lang, app.config)
             link = external_url("public.confirm", token=f"confirm-7-{'-'.join(str(n.id) for n in chosen)}")
             context = {"reader": reader, "newsletters": chosen, "link": link, "days": 7}
-            assert message["body_text"] == render_template("email/confirm.txt", **context)
-            assert message["body_html"] == render_template("email/confirm.html", **context)
-    assert link in message["body_text"]
+            with force_locale(lang):
+                assert message.body_text == render_template("email/confirm.txt", **context)
+                assert message.body_html == render_template("email/confirm.html", **context)
+    assert (message.to_address, message.to_name) == ("reader@example.org", name)
+    assert link in message.body_text
     if name and "\ue000" not in name:
-        assert name in message["body_text"]
+        assert name in message.body_text
 
 
 @pytest.mark.parametrize("lang", ["en", "uk"])
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("newsletter", NEWSLETTERS)
-def test_welcome_is_what_the_templates_give_for_this_reader(app, fixed_tokens, monkeypatch, lang, name, newsletter):
+def test_welcome_is_what_the_templates_give_for_this_reader(app, fixed_tokens, lang, name, newsletter):
     reader = Reader(id=9, email="reader@example.org", name=name)
-    sent = []
-    monkeypatch.setattr(emails.outbox, "enqueue", lambda session, **message: sent.append(message))
-    with app.test_request_context(headers={"Accept-Language": lang}):
-        for _ in range(2):
-            emails.enqueue_welcome(db.session, reader, newsletter, app.config)
+    with app.app_context():
+        sent = [emails.render_for(emails.WELCOME, reader, [newsletter], lang, app.config) for _ in range(2)]
         context = {
             "reader": reader,
             "newsletter": newsletter,
             "unsubscribe_link": external_url("public.unsubscribe", token=f"unsubscribe-9-{newsletter.id}"),
             "preferences_link": external_url("public.preferences", token="preferences-9"),
         }
-        expected_text = render_template("email/welcome.txt", **context)
-        expected_html = render_template("email/welcome.html", **context)
-    assert [message["body_text"] for message in sent] == [expected_text] * 2
-    assert [message["body_html"] for message in sent] == [expected_html] * 2
+        with force_locale(lang):
+            expected_text = render_template("email/welcome.txt", **context)
+            expected_html = render_template("email/welcome.html", **context)
+    assert [message.body_text for message in sent] == [expected_text] * 2
+    assert [message.body_html for message in sent] == [expected_html] * 2
+    assert sent[0].headers["List-Unsubscribe"].startswith(f"<{context['unsubscribe_link']}>, <mailto:")
+
+
+def _body(message, subtype: str) -> str:
+    # As it arrived over SMTP: CRLF line ends.
+    return message.get_body((subtype,)).get_content().replace("\r\n", "\n")
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_welcome_written_by_a_confirmation_greets_the_reader_as_the_templates_do(app, client, monkeypatch, name):
-    # confirmation_writes has the database address the welcome email and put the name in it.
+def test_welcome_queued_by_a_confirmation_greets_the_reader_as_the_templates_do(app, client, drain, smtp,
+                                                                                monkeypatch, name):
     answer = client.post("/api/v1/subscriptions", headers={"Accept-Language": "uk"}, json={
         "email": "reader@example.org", "name": name, "newsletters": ["weekly-explainer"]})
     assert answer.status_code == 202, answer.text
@@ -85,17 +93,27 @@ def test_welcome_written_by_a_confirmation_greets_the_reader_as_the_templates_do
     monkeypatch.setattr(tokens, "preferences_token", lambda reader_id: f"preferences-{reader_id}")
 
     assert client.post(f"/confirm/{token}", headers={"Accept-Language": "uk"}).status_code == 200
+    # The queued row says what to send, nothing more.
+    assert query(app, "SELECT reader_id, locale, to_address, to_name, body_text, body_html, message_id "
+                      "FROM outbox_messages WHERE kind = 'welcome'") == [(reader.id, "uk", None, None, None, None,
+                                                                          None)]
+    drain()
 
-    [(to_address, to_name, text, html)] = query(
-        app, "SELECT to_address, to_name, body_text, body_html FROM outbox_messages WHERE kind = 'welcome'")
-    with app.test_request_context(headers={"Accept-Language": "uk"}):
+    [welcome] = [message for message in smtp.inbox.wait_for(2) if "List-Unsubscribe" in message]
+    with app.app_context(), force_locale("uk"):
         context = {
             "reader": reader,
             "newsletter": newsletter,
             "unsubscribe_link": external_url("public.unsubscribe", token=f"unsubscribe-{reader.id}-{newsletter.id}"),
             "preferences_link": external_url("public.preferences", token=f"preferences-{reader.id}"),
         }
-        assert (to_address, to_name) == ("reader@example.org", name)
-        assert text == render_template("email/welcome.txt", **context)
-        assert html == render_template("email/welcome.html", **context)
-    assert "Добрий день" in text  # in the language the link was opened in
+        expected_text = render_template("email/welcome.txt", **context)
+        expected_html = render_template("email/welcome.html", **context)
+    assert welcome["To"].addresses[0].addr_spec == "reader@example.org"
+    assert welcome["To"].addresses[0].display_name == (name or "")
+    assert _body(welcome, "plain").rstrip("\n") == expected_text.rstrip("\n")
+    assert _body(welcome, "html").rstrip("\n") == expected_html.rstrip("\n")
+    assert "Добрий день" in _body(welcome, "plain")  # in the language the link was opened in
+    # Sent, the row keeps its Message-ID (for bounces) and still no address or body.
+    assert query(app, "SELECT message_id, to_address, body_text FROM outbox_messages WHERE kind = 'welcome'") == [
+        (welcome["Message-ID"], None, None)]

@@ -22,7 +22,7 @@ MAILBOX_FULL = f"452 4.2.2 <{FULL}>: Recipient address rejected: Mailbox full"
 
 
 def rows_to(app, address: str):
-    return [row for row in outbox_rows(app) if row.to_address.lower() == address.lower()]
+    return [row for row in outbox_rows(app) if row.address.lower() == address.lower()]
 
 
 def suppression_of(app, address: str):

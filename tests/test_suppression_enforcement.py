@@ -461,9 +461,11 @@ def test_outbox_retry_leaves_messages_to_suppressed_addresses_failed_with_their_
     assert result.exit_code == 0, result.output
     assert "Skipped 1 message to addresses on the suppression list (1 hard bounce)" in result.output
     assert "Queued 1 failed message again." in result.output
-    assert query(app, "SELECT to_address, status, last_error FROM outbox_messages ORDER BY to_address") == [
+    assert query(app, "SELECT r.email, o.status, o.last_error FROM outbox_messages o JOIN readers r ON "
+                      "r.id = o.reader_id ORDER BY r.email") == [
         ("fine@example.org", "pending", None), ("gone@example.org", "failed", refusal)]
-    [(gone_id,)] = query(app, "SELECT id FROM outbox_messages WHERE to_address = 'gone@example.org'")
+    [(gone_id,)] = query(app, "SELECT o.id FROM outbox_messages o JOIN readers r ON r.id = o.reader_id "
+                              "WHERE r.email = 'gone@example.org'")
     alone = runner.invoke(args=["outbox", "retry", "--id", str(gone_id)])
     assert alone.exit_code != 0 and "on the suppression list" in alone.output
 

@@ -440,11 +440,14 @@ class Email(Closed):
 
     id: int
     kind: str = Field(description="confirmation, welcome …")
-    message_id: str
-    sender: str = Field(alias="from")
-    to_address: str
+    message_id: str | None = Field(description="Given when it is first sent.")
+    # Emails are rendered when they are sent, and what they said is not stored: only those queued
+    # before that change (migration 0011) have these.
+    sender: str | None = Field(alias="from", description="Only for emails queued before version 0011's upgrade.")
+    to_address: str | None = Field(description="Only for emails queued before version 0011's upgrade; the "
+                                               "others go to the reader's address when sent.")
     to_name: str | None
-    subject: str
+    subject: str | None = Field(description="Only for emails queued before version 0011's upgrade.")
     status: Literal["pending", "sent", "failed"]
     attempts: Count
     created_at: Moment
