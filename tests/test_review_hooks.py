@@ -1,0 +1,247 @@
+"""Adversarial review of the outgoing webhooks (issue 11, section 2): each test shows a defect; it fails now
+and passes once the defect is fixed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from newsletter import webhook_sender, webhooks
+from newsletter.extensions import db
+from newsletter.models import WebhookEndpoint, utcnow
+from newsletter.webhook_urls import WebhookClient
+
+from .conftest import query
+from .test_webhooks import add_endpoint, admin_token, confirm, deliver, local_app, receiver, sign_up  # noqa: F401
+from .webhook_receiver import Receiver
+
+
+def _set(app, statement: str, **params) -> None:
+    with app.app_context():
+        db.session.execute(sa.text(statement), params)
+        db.session.commit()
+        db.session.remove()
+
+
+# --- 1. "nothing lost, in order per reader" across a switch-off ------------------------------------------------
+
+
+def test_turning_a_switched_off_endpoint_on_again_sends_the_delivery_that_switched_it_off(local_app, client, receiver):
+    """The delivery whose retry period ran out is marked failed; turning the endpoint on again only resets
+    *pending* rows, so that event is never sent, and the reader's later events go without it (out of order)."""
+    app = local_app
+    receiver.behaviour.status = 503
+    endpoint_id, secret = add_endpoint(app, receiver.url)
+    ann = sign_up(app, client, "ann@example.org")
+    confirm(app, client, ann)
+    deliver(app)  # pending fails once; confirmed waits behind it
+    _set(app, "UPDATE outbox_messages SET created_at = :t, next_attempt_at = :t",
+         t=utcnow() - timedelta(days=3, minutes=1))
+    assert deliver(app).switched_off == 1
+
+    receiver.behaviour.status = 204
+    before = len(receiver.requests)
+    with app.app_context():
+        webhooks.update_endpoint(db.session, app.config, db.session.get(WebhookEndpoint, endpoint_id),
+                                 {"active": True})
+        db.session.commit()
+        db.session.remove()
+    deliver(app)
+    deliver(app)
+    got = [r.verify(secret)["type"] for r in receiver.requests[before:]]
+    assert got == ["subscription.pending", "subscription.confirmed"]
+
+
+# --- 2. rotation overlap ------------------------------------------------------------------------------------
+
+
+def test_a_second_rotation_does_not_cut_short_the_first_rotations_overlap(local_app, client, receiver):
+    """After a rotation the page says the previous secret signs until <overlap end>. Rotating again (a second
+    click, a refreshed POST, two admins) silently drops it at once: receivers still on it fail every delivery."""
+    app = local_app
+    endpoint_id, original = add_endpoint(app, receiver.url)
+    with app.app_context():
+        endpoint = db.session.get(WebhookEndpoint, endpoint_id)
+        webhooks.rotate_secret(db.session, app.config, endpoint)
+        db.session.commit()
+        webhooks.rotate_secret(db.session, app.config, endpoint)
+        db.session.commit()
+        db.session.remove()
+    sign_up(app, client, "ann@example.org")
+    deliver(app)
+    [request] = receiver.requests
+    assert request.verify(original)["type"] == "subscription.pending"
+
+
+# --- 3. timeouts: a receiver that drips its answer ----------------------------------------------------------
+
+
+def _drip_server(seconds: float) -> tuple[socket.socket, int, threading.Event]:
+    """Answers a status line at once, then one header byte every 0.3 s for `seconds`."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    done = threading.Event()
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and not done.is_set():
+                connection.sendall(b"a")
+                time.sleep(0.3)
+            connection.sendall(b"\r\nContent-Length: 0\r\n\r\n")
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1], done
+
+
+def test_a_receiver_dripping_its_answer_is_cut_off_at_the_timeout():
+    """urllib3's read timeout is per recv(): a receiver sending a byte every 0.3 s holds the (single-threaded)
+    sender as long as it likes, so one hostile endpoint stalls every other endpoint's deliveries."""
+    server, port, done = _drip_server(12)
+    client = WebhookClient(timeout=1, allow_private=True)
+    started = time.monotonic()
+    try:
+        try:
+            client.post(f"http://127.0.0.1:{port}/hook", b"{}", {"Content-Type": "application/json"})
+        except Exception:  # noqa: BLE001 (a timeout error is the wanted outcome)
+            pass
+        elapsed = time.monotonic() - started
+    finally:
+        done.set()
+        client.close()
+        server.close()
+    assert elapsed < 4, f"the request took {elapsed:.1f} s with a 1 s timeout"
+
+
+# --- 4. one slow endpoint holds up the others; stale signature timestamps -----------------------------------
+
+
+class _SlowReceiver(Receiver):
+    """A receiver that takes `delay` seconds to answer each request."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def start(self) -> _SlowReceiver:
+        super().start()
+        handler = self._server.RequestHandlerClass
+        original = handler.do_POST
+        delay = self.delay
+
+        def do_post(handler_self) -> None:
+            time.sleep(delay)
+            original(handler_self)
+
+        handler.do_POST = do_post
+        return self
+
+
+def test_one_slow_endpoint_does_not_hold_up_another(local_app, client, receiver):
+    """Deliveries of a batch are POSTed one after another in one thread: a receiver taking 1 s per answer
+    (well under the timeout) delays every other endpoint's deliveries by 1 s per delivery of its own."""
+    app = local_app
+    app.config["NEWSLETTER_WEBHOOK_TIMEOUT"] = 5
+    slow = _SlowReceiver(1.0).start()
+    try:
+        add_endpoint(app, slow.url)  # dispatched first: its rows come first in the batch
+        add_endpoint(app, receiver.url)
+        for number in range(6):
+            sign_up(app, client, f"reader{number}@example.org")
+        worker = threading.Thread(target=deliver, args=(app,), daemon=True)
+        started = time.monotonic()
+        worker.start()
+        receiver.wait_for(6, timeout=20)
+        took = time.monotonic() - started
+        worker.join(30)
+    finally:
+        slow.stop()
+    assert took < 3, f"the fast endpoint got its 6 events after {took:.1f} s"
+
+
+def test_the_webhook_timestamp_is_when_the_request_is_sent(local_app, client, receiver):
+    """Every delivery of a batch is signed when the batch is claimed, then sent one by one; behind a slow
+    receiver a signature's webhook-timestamp is older than the send by the whole batch's time (20 deliveries
+    x up to 2 x NEWSLETTER_WEBHOOK_TIMEOUT, or unbounded with a dripping receiver), past standardwebhooks'
+    5-minute tolerance: the receiver rejects valid deliveries as "Message timestamp too old"."""
+    app = local_app
+    app.config["NEWSLETTER_WEBHOOK_TIMEOUT"] = 5
+    slow = _SlowReceiver(1.0).start()
+    try:
+        add_endpoint(app, slow.url)  # dispatched first: its rows come first in the batch
+        add_endpoint(app, receiver.url)
+        for number in range(4):
+            sign_up(app, client, f"reader{number}@example.org")
+        deliver(app)
+    finally:
+        slow.stop()
+    # The fast receiver's requests left after the slow endpoint's 4 answers (>= 4 s after the first
+    # delivery was signed): their timestamps should say so (2 s of slack).
+    stamps = [int(r.headers["webhook-timestamp"]) for r in receiver.requests]
+    sent_after = min(int(r.headers["webhook-timestamp"]) for r in slow.requests) + 4
+    assert len(stamps) == 4
+    assert all(sent_after - stamp <= 2 for stamp in stamps), (stamps, sent_after)
+
+
+# --- 5. erasure between signing and sending -----------------------------------------------------------------
+
+
+class _ErasingClient(WebhookClient):
+    """Before its first POST, erases the reader of the batch's other delivery (an erasure committed while the
+    batch is being sent)."""
+
+    def __init__(self, app, emails: dict[str, int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.app, self.emails, self.erased = app, emails, None
+
+    def post(self, url, body, headers):
+        if self.erased is None:
+            other = next(email for email in self.emails if email.encode() not in body)
+            self.erased = other
+            reader_id = self.emails[other]
+
+            def erase() -> None:
+                answer = self.app.test_client().delete(f"/api/v1/readers/{reader_id}", headers=admin_token(self.app))
+                assert answer.status_code == 200, answer.get_data(as_text=True)
+
+            thread = threading.Thread(target=erase)
+            thread.start()
+            thread.join(30)
+        return super().post(url, body, headers)
+
+
+def test_no_request_sent_after_an_erasure_carries_the_address(local_app, client, receiver):
+    """A batch is rendered (address included) when it is claimed and POSTed afterwards: a reader erased in
+    between still has their address sent after the erasure committed."""
+    app = local_app
+    add_endpoint(app, receiver.url)
+    emails = {"ann@example.org": sign_up(app, client, "ann@example.org"),
+              "bob@example.org": sign_up(app, client, "bob@example.org")}
+    with app.app_context():
+        sender = webhook_sender.WebhookSender(app.config, client=_ErasingClient(
+            app, emails, timeout=2, allow_private=True))
+        try:
+            sender.drain(db.session)
+        finally:
+            sender.close()
+            db.session.remove()
+    erased = sender.client.erased
+    assert erased is not None
+    [(erased_at,)] = query(app, "SELECT erased_at FROM readers WHERE id = :id", id=emails[erased])
+    assert erased_at is not None
+    leaked = [r for r in receiver.requests if erased.encode() in r.body]
+    assert leaked == []
