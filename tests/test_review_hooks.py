@@ -245,3 +245,58 @@ def test_no_request_sent_after_an_erasure_carries_the_address(local_app, client,
     assert erased_at is not None
     leaked = [r for r in receiver.requests if erased.encode() in r.body]
     assert leaked == []
+
+
+# --- 6. request forgery: a deprecated site-local IPv6 range passes the guard ---------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://[fec0::1]/hook", "http://[fec0:0:0:1::5]:8080/hook"])
+def test_site_local_ipv6_addresses_are_refused(app, url):
+    """fec0::/10 (site-local, RFC 3879) is still routed inside some networks; Python 3.11's is_global says
+    True for it, and is_public checks neither is_site_local nor the range."""
+    with app.app_context():
+        with pytest.raises(webhooks.EndpointErrors):
+            webhooks.create_endpoint(db.session, app.config, url=url)
+        db.session.rollback()
+        db.session.remove()
+
+
+# --- 7. internationalized host names --------------------------------------------------------------------------
+
+
+def test_an_internationalized_host_name_is_sent_as_punycode_in_the_host_header(local_app, client, receiver,
+                                                                               monkeypatch):
+    """https://bücher.example/ is accepted, but the Host header goes out as raw Latin-1 bytes ("bücher.example"),
+    not "xn--bcher-kva.example": virtual hosts and TLS name checks never match, so every delivery fails for
+    3 days and the endpoint is switched off. Either refuse such URLs with a message or send the A-label."""
+    real = socket.getaddrinfo
+
+    def fake(host, port, *args, **kwargs):
+        if host in ("bücher.example", "xn--bcher-kva.example"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    app = local_app
+    add_endpoint(app, f"http://bücher.example:{receiver.port}/hook")
+    sign_up(app, client, "ann@example.org")
+    deliver(app)
+    [request] = receiver.requests
+    assert request.headers["Host"] == f"xn--bcher-kva.example:{receiver.port}"
+
+
+# --- 8. erasure and the delivery log -------------------------------------------------------------------------
+
+
+def test_erasure_leaves_no_copy_of_the_address_in_the_delivery_log(local_app, client, receiver):
+    """Receivers often quote what they got ("unknown list member ann@…"); the log keeps the start of every
+    answer, and erasure scrubs bounce diagnostics (the mail servers' words) but not these."""
+    app = local_app
+    receiver.behaviour.status, receiver.behaviour.body = 200, b'{"ok": true, "added": "ann@example.org"}'
+    add_endpoint(app, receiver.url)
+    ann = sign_up(app, client, "ann@example.org")
+    deliver(app)
+    assert client.delete(f"/api/v1/readers/{ann}", headers=admin_token(app)).status_code == 200
+    kept = query(app, "SELECT id FROM webhook_attempts WHERE response_start LIKE '%ann@example.org%' "
+                      "OR error LIKE '%ann@example.org%'")
+    assert kept == []
