@@ -300,3 +300,26 @@ def test_erasure_leaves_no_copy_of_the_address_in_the_delivery_log(local_app, cl
     kept = query(app, "SELECT id FROM webhook_attempts WHERE response_start LIKE '%ann@example.org%' "
                       "OR error LIKE '%ann@example.org%'")
     assert kept == []
+
+
+def test_deliveries_queued_before_an_erasure_are_still_delivered_without_the_address(local_app, client, receiver):
+    """erase_reader fails every *pending* outbox row of the reader, webhook rows included (meant for emails):
+    an event queued while the receiver was down is never delivered (at least once is broken, the receiver's
+    copy of the feed has a hole), and the endpoint shows it as failing for ever. Rendering at send time
+    already leaves the address out, so these rows need no cancelling."""
+    app = local_app
+    receiver.behaviour.status = 503
+    endpoint_id, secret = add_endpoint(app, receiver.url)
+    ann = sign_up(app, client, "ann@example.org")
+    deliver(app)  # subscription.pending: the receiver is down, it waits for a retry
+    headers = admin_token(app)
+    assert client.delete(f"/api/v1/readers/{ann}", headers=headers).status_code == 200
+    receiver.behaviour.status = 204
+    before = len(receiver.requests)
+    deliver(app)
+    deliver(app)
+    got = [r.verify(secret)["type"] for r in receiver.requests[before:]]
+    assert got == ["subscription.pending", "subscription.unsubscribed", "reader.erased"]
+    assert all(b"ann@example.org" not in r.body for r in receiver.requests[before:])
+    described = client.get(f"/api/v1/webhooks/{endpoint_id}", headers=headers).get_json()
+    assert described["failing_deliveries"] == 0
