@@ -323,3 +323,30 @@ def test_deliveries_queued_before_an_erasure_are_still_delivered_without_the_add
     assert all(b"ann@example.org" not in r.body for r in receiver.requests[before:])
     described = client.get(f"/api/v1/webhooks/{endpoint_id}", headers=headers).get_json()
     assert described["failing_deliveries"] == 0
+
+
+# --- 9. viewers and the receiver's key in the URL -------------------------------------------------------------
+
+
+def test_a_viewer_does_not_see_the_receivers_key_in_an_endpoint_url(app):
+    """The URL check tells admins to "put any key of the receiver's in the path or query" (and hook URLs of
+    Zapier, Make, Slack … are bearer secrets themselves); every viewer account then reads it in full on the
+    list, the endpoint page and the delivery log. Viewers should see it masked, e.g. https://crm.example/…"""
+    from newsletter import accounts
+
+    from .test_admin_auth import PASSWORD, log_in
+
+    key = "k3y-0f-th3-r3c31v3r-9f8e7d"
+    with app.app_context():
+        endpoint, _ = webhooks.create_endpoint(db.session, app.config,
+                                               url=f"https://crm.example.org/hooks/newsletter?key={key}")
+        endpoint_id = endpoint.id
+        accounts.create_admin(db.session, "looker@example.org", PASSWORD, "viewer")
+        db.session.commit()
+        db.session.remove()
+    viewer = app.test_client()
+    assert log_in(viewer, "looker@example.org", PASSWORD).status_code == 303
+    for path in ["/admin/webhooks", f"/admin/webhooks/{endpoint_id}", f"/admin/webhooks/{endpoint_id}/deliveries"]:
+        page = viewer.get(path)
+        assert page.status_code == 200
+        assert key not in page.get_data(as_text=True), path
