@@ -173,7 +173,7 @@ def test_one_slow_endpoint_does_not_hold_up_another(local_app, client, receiver)
     assert took < 3, f"the fast endpoint got its 6 events after {took:.1f} s"
 
 
-def test_the_webhook_timestamp_is_when_the_request_is_sent(local_app, client, receiver):
+def test_the_webhook_timestamp_is_when_the_request_is_sent(local_app, client):
     """Every delivery of a batch is signed when the batch is claimed, then sent one by one; behind a slow
     receiver a signature's webhook-timestamp is older than the send by the whole batch's time (20 deliveries
     x up to 2 x NEWSLETTER_WEBHOOK_TIMEOUT, or unbounded with a dripping receiver), past standardwebhooks'
@@ -182,19 +182,17 @@ def test_the_webhook_timestamp_is_when_the_request_is_sent(local_app, client, re
     app.config["NEWSLETTER_WEBHOOK_TIMEOUT"] = 5
     slow = _SlowReceiver(1.0).start()
     try:
-        add_endpoint(app, slow.url)  # dispatched first: its rows come first in the batch
-        add_endpoint(app, receiver.url)
+        add_endpoint(app, slow.url)
         for number in range(4):
             sign_up(app, client, f"reader{number}@example.org")
         deliver(app)
     finally:
         slow.stop()
-    # The fast receiver's requests left after the slow endpoint's 4 answers (>= 4 s after the first
-    # delivery was signed): their timestamps should say so (2 s of slack).
-    stamps = [int(r.headers["webhook-timestamp"]) for r in receiver.requests]
-    sent_after = min(int(r.headers["webhook-timestamp"]) for r in slow.requests) + 4
+    # The 4 requests arrived one after another, each 1 s after the one before (the receiver's delay):
+    # the last left >= 3 s after the first, and its timestamp should say so (1 s of slack).
+    stamps = [int(r.headers["webhook-timestamp"]) for r in slow.requests]
     assert len(stamps) == 4
-    assert all(sent_after - stamp <= 2 for stamp in stamps), (stamps, sent_after)
+    assert stamps[-1] - stamps[0] >= 2, stamps
 
 
 # --- 5. erasure between signing and sending -----------------------------------------------------------------
