@@ -7,8 +7,8 @@ number of workers share the work), renders the event when it sends it, signs it 
 Webhooks says and POSTs it through webhook_urls (no private addresses, no redirects, a timeout).
 A reader's deliveries to one endpoint leave in order: a row waits while an earlier one of the same
 endpoint and reader is pending. Failures are retried with exponential backoff for
-NEWSLETTER_WEBHOOK_RETRY_FOR from when the row was queued; then the row fails and its endpoint is
-switched off, with the reason, for an admin to look at.
+NEWSLETTER_WEBHOOK_RETRY_FOR from when the row was queued; then its endpoint is switched off, with
+the reason, for an admin to look at, and the row waits (nothing is lost) until the endpoint is on again.
 """
 
 from __future__ import annotations
@@ -340,8 +340,10 @@ def _record_one(session: Session, config: dict[str, Any], outcome: Outcome, row:
         row.status, row.next_attempt_at, row.last_error = "failed", now, error
         result.failed += 1
     elif now >= deadline:
-        row.status, row.next_attempt_at, row.last_error = "failed", now, error
-        result.failed += 1
+        # The row keeps waiting (first in its reader's order): turning the endpoint on sends it first,
+        # with a fresh retry period (webhooks.update_endpoint).
+        row.next_attempt_at, row.last_error = now, error
+        result.retrying += 1
         # Locked only here: every worker delivering to the endpoint reads it, none waits on it otherwise.
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True, populate_existing=True)
         if endpoint is not None and endpoint.active:
