@@ -10,14 +10,17 @@ point anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError
 
 MAX_URL_LENGTH = 2048
@@ -128,6 +131,93 @@ def resolve(host: str, port: int, *, allow_private: bool) -> IPAddress:
     return addresses[0]
 
 
+class DeadlinePassed(HTTPError):
+    """No complete answer came within the request's deadline: its connection was cut."""
+
+
+class _Deadline:
+    """The wall-clock limit of one request: when it passes, the connection in use is shut down.
+
+    urllib3's timeouts are per socket operation: a receiver sending a byte now and then holds the
+    sender for ever. Shutting the socket down wakes the blocked read at once, whatever it waits for.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = False
+        self._connections: list[_Watched] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def watch(self, connection: _Watched) -> None:
+        with self._lock:
+            self._connections.append(connection)
+            if self.passed:
+                connection.cut()
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.passed = True
+            for connection in self._connections:
+                connection.cut()
+
+    def __enter__(self) -> _Deadline:
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        _current.deadline = None
+
+
+_current = threading.local()
+
+
+class _Watched:
+    """A connection the running request's _Deadline can cut: it keeps a duplicate of its socket to shut down."""
+
+    _watch: socket.socket | None = None
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        self._forget()
+        # A duplicate of the descriptor, not the socket: TLS wrapping takes the socket object over.
+        self._watch = sock.dup()
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def cut(self) -> None:
+        if self._watch is not None:
+            with contextlib.suppress(OSError):
+                self._watch.shutdown(socket.SHUT_RDWR)
+
+    def _forget(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def close(self) -> None:
+        super().close()  # type: ignore[misc]
+        self._forget()
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
 @dataclass(frozen=True)
 class Answer:
     """What a receiver answered: its status, the start of its body, and where a redirect pointed."""
@@ -147,6 +237,8 @@ class WebhookClient:
 
     def __init__(self, *, timeout: float, allow_private: bool, max_pools: int = 32) -> None:
         self.timeout = timeout
+        # The whole request (connect, send, the answer's headers and start) within this, however slowly it drips.
+        self.deadline = 2 * timeout
         self.allow_private = allow_private
         self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._max_pools = max_pools
@@ -167,16 +259,25 @@ class WebhookClient:
         default_port = 443 if scheme == "https" else 80
         request_headers = {**headers, "Host": netloc_host if port == default_port else f"{netloc_host}:{port}"}
         started = time.perf_counter()
-        response = pool.urlopen("POST", target, body=body, headers=request_headers, redirect=False,
-                                retries=False, preload_content=False, assert_same_host=False)
-        try:
-            start = response.read(MAX_ANSWER_BYTES, decode_content=False)
-        finally:
-            # What is left unread is dropped with its connection: a receiver can't make us read megabytes.
-            if response.length_remaining:
-                response.close()
-            else:
-                response.release_conn()
+        with _Deadline(self.deadline) as deadline:
+            try:
+                response = pool.urlopen("POST", target, body=body, headers=request_headers, redirect=False,
+                                        retries=False, preload_content=False, assert_same_host=False)
+                try:
+                    start = response.read(MAX_ANSWER_BYTES, decode_content=False)
+                finally:
+                    # What is left unread is dropped with its connection: a receiver can't make us read megabytes.
+                    if response.length_remaining or deadline.passed:
+                        response.close()
+                    else:
+                        response.release_conn()
+            except Exception as error:
+                if deadline.passed:
+                    raise DeadlinePassed(f"No complete answer within {self.deadline:g} s; the connection was "
+                                         "closed.") from error
+                raise
+            if deadline.passed:
+                raise DeadlinePassed(f"No complete answer within {self.deadline:g} s; the connection was closed.")
         duration_ms = int((time.perf_counter() - started) * 1000)
         location = response.headers.get("Location") if 300 <= response.status < 400 else None
         return Answer(response.status, start.decode("utf-8", "replace"), duration_ms, location)
@@ -195,6 +296,7 @@ class WebhookClient:
                                                    cert_reqs="CERT_REQUIRED", **options)
             else:
                 pool = urllib3.HTTPConnectionPool(str(address), port, **options)
+            pool.ConnectionCls = _WatchedHTTPSConnection if scheme == "https" else _WatchedHTTPConnection
             self._pools[key] = pool
         return pool
 
@@ -204,5 +306,5 @@ class WebhookClient:
         self._pools.clear()
 
 
-__all__ = ["Answer", "BadWebhookUrl", "HTTPError", "RefusedAddress", "WebhookClient", "check_url", "is_public",
+__all__ = ["Answer", "BadWebhookUrl", "DeadlinePassed", "HTTPError", "RefusedAddress", "WebhookClient", "check_url", "is_public",
            "resolve"]
