@@ -242,6 +242,8 @@ class WebhookClient:
         self.allow_private = allow_private
         self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._max_pools = max_pools
+        # The sender posts to several endpoints at once, from threads of its own.
+        self._lock = threading.Lock()
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
         """POST `body` to `url`; RefusedAddress for an address not allowed, urllib3's HTTPError when no answer came."""
@@ -283,11 +285,15 @@ class WebhookClient:
         return Answer(response.status, start.decode("utf-8", "replace"), duration_ms, location)
 
     def _pool(self, scheme: str, address: IPAddress, port: int, host: str) -> urllib3.HTTPConnectionPool:
+        with self._lock:
+            return self._pool_locked(scheme, address, port, host)
+
+    def _pool_locked(self, scheme: str, address: IPAddress, port: int, host: str) -> urllib3.HTTPConnectionPool:
         key = (scheme, str(address), port, host)
         pool = self._pools.get(key)
         if pool is None:
             if len(self._pools) >= self._max_pools:
-                self.close()
+                self._close_pools()
             options: dict[str, Any] = {"timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout),
                                        "maxsize": 1, "retries": False}
             if scheme == "https":
@@ -301,6 +307,10 @@ class WebhookClient:
         return pool
 
     def close(self) -> None:
+        with self._lock:
+            self._close_pools()
+
+    def _close_pools(self) -> None:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
