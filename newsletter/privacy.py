@@ -232,9 +232,11 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
             event.wording = _without(event.wording, address)
 
     to_reader = or_(OutboxMessage.reader_id == reader.id, OutboxMessage.to_address == address)
-    # An unsent email would go to nobody: cancel it (a worker mid-send may still deliver that one).
+    # An unsent email would go to nobody: cancel it (a worker mid-send may still deliver that one). Not a
+    # webhook delivery (it has an endpoint): rendered when it is sent, it then carries no address.
     session.execute(
-        update(OutboxMessage).where(to_reader, OutboxMessage.status == "pending").values(status="failed")
+        update(OutboxMessage).where(to_reader, OutboxMessage.status == "pending", OutboxMessage.endpoint_id.is_(None))
+        .values(status="failed")
     )
     # A failure's text can quote the address (e.g. SMTPRecipientsRefused): keep only that it was erased.
     session.execute(
