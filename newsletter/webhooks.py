@@ -148,7 +148,16 @@ def delete_endpoint(session: Session, endpoint_id: int) -> WebhookEndpoint | Non
 
 
 def rotate_secret(session: Session, config: Mapping[str, Any], endpoint: WebhookEndpoint) -> str:
-    """A new secret for the endpoint (to show once); the current one signs too for NEWSLETTER_WEBHOOK_SECRET_OVERLAP."""
+    """A new secret for the endpoint (to show once); the current one signs too for NEWSLETTER_WEBHOOK_SECRET_OVERLAP.
+
+    EndpointErrors while a previous rotation's overlap runs: a second rotation would stop the secret
+    it keeps signing with at once, and receivers still on it would fail every delivery.
+    """
+    running = _aware(endpoint.previous_secret_expires_at) if endpoint.previous_secret_expires_at else None
+    if endpoint.previous_secret and running is not None and running > utcnow():
+        raise EndpointErrors({"secret": [
+            f"The secret was changed a short while ago: the previous one signs beside it until "
+            f"{running:%Y-%m-%d %H:%M} UTC, for receivers still switching over. Make a new secret after that."]})
     overlap = timedelta(seconds=config["NEWSLETTER_WEBHOOK_SECRET_OVERLAP"])
     secret = new_secret()
     if overlap:

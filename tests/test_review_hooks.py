@@ -69,9 +69,14 @@ def test_a_second_rotation_does_not_cut_short_the_first_rotations_overlap(local_
         endpoint = db.session.get(WebhookEndpoint, endpoint_id)
         webhooks.rotate_secret(db.session, app.config, endpoint)
         db.session.commit()
-        webhooks.rotate_secret(db.session, app.config, endpoint)
-        db.session.commit()
+        # Refused while the first overlap runs, saying until when.
+        with pytest.raises(webhooks.EndpointErrors, match="signs beside it until .* UTC"):
+            webhooks.rotate_secret(db.session, app.config, endpoint)
+        db.session.rollback()
         db.session.remove()
+    headers = admin_token(app)
+    again = client.post(f"/api/v1/webhooks/{endpoint_id}/rotate-secret", headers=headers)
+    assert again.status_code == 422 and "until" in again.get_json()["errors"]["secret"][0]
     sign_up(app, client, "ann@example.org")
     deliver(app)
     [request] = receiver.requests

@@ -90,6 +90,10 @@ def test_admin_adds_edits_rotates_and_deletes_an_endpoint(app, people, receiver)
     assert rotated.status_code == 200 and rotated.headers["Cache-Control"] == "no-store"
     new = secret_in(rotated.get_data(as_text=True))
     assert new != secret and "signs too until" in rotated.get_data(as_text=True)
+    # A second rotation during the overlap is refused, saying until when (it would end the overlap at once).
+    again = admin.post(f"/admin/webhooks/{endpoint_id}/rotate", data=form_of(admin, f"/admin/webhooks/{endpoint_id}"))
+    assert again.status_code == 303
+    assert "signs beside it until" in admin.get(again.headers["Location"]).get_data(as_text=True)
     assert query(app, "SELECT secret, previous_secret FROM webhook_endpoints")[0] == (new, secret)
 
     deleted = admin.post(f"/admin/webhooks/{endpoint_id}/delete", data=form_of(admin, f"/admin/webhooks/{endpoint_id}"))

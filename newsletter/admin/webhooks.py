@@ -152,7 +152,12 @@ def delete_webhook(endpoint_id: int) -> Response:
 def rotate_webhook_secret(endpoint_id: int) -> Response:
     ActionForm().validate_on_submit()
     endpoint = _endpoint(endpoint_id)
-    secret = webhooks.rotate_secret(db.session, current_app.config, endpoint)
+    try:
+        secret = webhooks.rotate_secret(db.session, current_app.config, endpoint)
+    except webhooks.EndpointErrors as error:
+        db.session.rollback()
+        flash(str(error))
+        return redirect(url_for("admin.webhook_page", endpoint_id=endpoint_id), code=303)
     return _secret_page(endpoint, secret, rotated=True, status=200)
 
 
