@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import addresses, suppressions
+from . import addresses, suppressions, webhooks
 from .models import (
     MAX_ID,
     ConsentEvent,
@@ -195,7 +195,8 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
 
     The address goes on the do-not-contact list as its keyed hash only (reason `erased`, beside any
     other entry of the address), so that no import or sync brings the person back; the suppression
-    list, the bounces (diagnostics, event ids), imports' refused rows and admins' notes keep no copy of it.
+    list, the bounces (diagnostics, event ids), imports' refused rows, admins' notes and the webhook delivery
+    log keep no copy of it.
     """
     reader = session.scalars(
         select(Reader).where(Reader.id == reader_id).with_for_update().execution_options(populate_existing=True)
@@ -246,6 +247,8 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
         update(OutboxMessage).where(to_reader)
         .values(reader_id=reader.id, to_address=placeholder, to_name=None, body_text="", body_html="", headers={})
     )
+
+    webhooks.forget_reader(session, reader.id, address)
 
     reader.email, reader.name = placeholder, None
     if reader.erased_at is None:
