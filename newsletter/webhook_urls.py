@@ -61,6 +61,9 @@ def is_public(address: IPAddress) -> bool:
         return False
     if address.is_multicast or address.is_unspecified or address.is_loopback or address.is_link_local:
         return False
+    # fec0::/10, deprecated (RFC 3879) but still routed inside some networks; is_global says True for it.
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return False
     if inner is not None:
         # A public IPv4 address in IPv6 clothing (::ffff:203.0.113.7 aside, which is reserved itself).
         return address not in NAT64_LOCAL
