@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import idna
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError
@@ -70,6 +71,17 @@ def is_public(address: IPAddress) -> bool:
     return address.is_global and not (address.is_private or address.is_reserved)
 
 
+def ascii_host(host: str) -> str:
+    """The host as DNS, the Host header and TLS take it: an internationalized name as its A-labels
+    ("bücher.example" -> "xn--bcher-kva.example"); ValueError if it is no valid name."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as error:
+        raise ValueError(str(error)) from None
+
+
 def literal_address(host: str) -> IPAddress | None:
     """The IP address a URL's host names literally (brackets stripped), or None for a name."""
     try:
@@ -106,6 +118,11 @@ def check_url(url: str, *, allow_private: bool) -> str:
                             "come from; put any key of the receiver's in the path or query.")
     if port == 0:
         raise BadWebhookUrl("The URL's port must be from 1 to 65535.")
+    try:
+        ascii_host(parts.hostname)
+    except ValueError as error:
+        raise BadWebhookUrl(f"The host name {parts.hostname!r} is not a valid internationalized name ({error}).") \
+            from None
     address = literal_address(parts.hostname)
     if address is not None and not allow_private and not is_public(address):
         raise BadWebhookUrl(f"{address} is a private, loopback, link-local or reserved address: webhooks are not "
@@ -253,7 +270,7 @@ class WebhookClient:
         check_url(url, allow_private=self.allow_private)
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        host = parts.hostname or ""
+        host = ascii_host(parts.hostname or "")
         port = parts.port or (443 if scheme == "https" else 80)
         address = resolve(host, port, allow_private=self.allow_private)
         pool = self._pool(scheme, address, port, host)

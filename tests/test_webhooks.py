@@ -574,3 +574,12 @@ def test_an_unreachable_endpoint_is_tried_once_per_batch_and_holds_up_no_other(l
     assert len(log) == 1 and "refused" in log[0][0].lower()
     tries = query(app, "SELECT attempts FROM outbox_messages WHERE endpoint_id = :e ORDER BY id", e=down_id)
     assert sorted(attempts for (attempts,) in tries) == [0, 0, 1]
+
+
+@pytest.mark.parametrize("url", ["https://☃.example/hook", "https://a\u200db.example/hook"])
+def test_a_host_name_that_is_no_valid_internationalized_name_is_refused_with_a_message(app, url):
+    with app.app_context():
+        with pytest.raises(webhooks.EndpointErrors, match="not a valid internationalized name"):
+            webhooks.create_endpoint(db.session, app.config, url=url)
+        db.session.rollback()
+        db.session.remove()
