@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import socket
 import threading
 import time
@@ -128,6 +129,31 @@ def check_url(url: str, *, allow_private: bool) -> str:
         raise BadWebhookUrl(f"{address} is a private, loopback, link-local or reserved address: webhooks are not "
                             "sent there unless NEWSLETTER_WEBHOOK_ALLOW_PRIVATE is on.")
     return url
+
+
+# A first path segment shown to viewers: a plain word ("hooks", "services", "api"), not a key.
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z][A-Za-z._-]{0,23}")
+
+
+def masked_url(url: str) -> str:
+    """`url` as viewers see it: scheme, host and port, and at most a first path segment that is a plain
+    word, the rest as "…" (a receiver's key is often in the path or the query, and many hook URLs are
+    bearer secrets themselves: https://hooks.slack.com/services/…)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "…"
+    host = parts.hostname or ""
+    shown = f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{f':{port}' if port else ''}"
+    segments = parts.path.split("/")[1:]
+    if segments and _PLAIN_SEGMENT.fullmatch(segments[0]):
+        shown += "/" + segments[0]
+        if len(segments) > 1 or parts.query:
+            shown += "/…" if len(segments) > 1 else "?…"
+    elif any(segments) or parts.query:
+        shown += "/…"
+    return shown
 
 
 def resolve(host: str, port: int, *, allow_private: bool) -> IPAddress:
@@ -336,5 +362,5 @@ class WebhookClient:
         self._pools.clear()
 
 
-__all__ = ["Answer", "BadWebhookUrl", "DeadlinePassed", "HTTPError", "RefusedAddress", "WebhookClient", "check_url", "is_public",
+__all__ = ["Answer", "BadWebhookUrl", "DeadlinePassed", "HTTPError", "RefusedAddress", "WebhookClient", "check_url", "is_public", "masked_url",
            "resolve"]

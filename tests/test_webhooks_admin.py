@@ -256,3 +256,16 @@ def test_webhook_pages_are_accessible(app, people, client, receiver):
         if page.tables:
             assert all(cell.get("scope") in ("col", "row") for cell in page.header_cells), name
         assert page.buttons_without_text == 0, name
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://hooks.slack.com/services/T000/B000/XXXXSECRET", "https://hooks.slack.com/services/…"),
+    ("https://crm.example.org/k3y-0f-th3-r3c31v3r", "https://crm.example.org/…"),
+    ("https://crm.example.org/hook?token=abc", "https://crm.example.org/hook?…"),
+    ("https://crm.example.org:8443/?token=abc", "https://crm.example.org:8443/…"),
+    ("https://crm.example.org/hook", "https://crm.example.org/hook"),
+])
+def test_viewers_see_an_endpoint_url_without_what_may_be_the_receivers_key(url, shown):
+    from newsletter.webhook_urls import masked_url
+
+    assert masked_url(url) == shown

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
 from flask_wtf import FlaskForm
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response
@@ -19,7 +20,7 @@ from ..webhook_sender import span
 from ..authz import admin_view
 from ..extensions import db
 from ..models import WebhookEndpoint, utcnow
-from ..webhook_urls import MAX_URL_LENGTH
+from ..webhook_urls import MAX_URL_LENGTH, masked_url
 from . import blueprint
 from .forms import ActionForm
 
@@ -67,6 +68,13 @@ def _apply_errors(form: EndpointForm, error: webhooks.EndpointErrors) -> None:
         field = getattr(form, name, None)
         if field is not None:
             field.errors = list(messages)
+
+
+@blueprint.app_template_global()
+def endpoint_url(endpoint: WebhookEndpoint) -> str:
+    """The endpoint's URL as the signed-in account may see it: in full for admins, masked for viewers (a
+    receiver's key is often in it)."""
+    return endpoint.url if current_user.can_change else masked_url(endpoint.url)
 
 
 def _secret_page(endpoint: WebhookEndpoint, secret: str, rotated: bool, status: int) -> Response:
