@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from werkzeug.exceptions import NotFound
@@ -77,12 +77,30 @@ def endpoint_url(endpoint: WebhookEndpoint) -> str:
     return endpoint.url if current_user.can_change else masked_url(endpoint.url)
 
 
-def _secret_page(endpoint: WebhookEndpoint, secret: str, rotated: bool, status: int) -> Response:
-    page = render_template("admin/webhook_secret.html", endpoint=endpoint, secret=secret, rotated=rotated,
-                           overlap_until=endpoint.previous_secret_expires_at if rotated else None)
+# The endpoint whose secret the next GET of its secret page shows, once: a refresh of the POST's answer
+# is that GET, never a second endpoint or rotation. Only the id is in the session cookie, not the secret.
+SHOW_SECRET = "webhook_secret_for"
+
+
+def _show_secret_once(endpoint: WebhookEndpoint, rotated: bool) -> Response:
     db.session.commit()
-    # The secret is in this one answer and nowhere else: no caching, no redirect carrying it.
-    response = Response(page, status=status, mimetype="text/html")
+    session[SHOW_SECRET] = {"id": endpoint.id, "rotated": rotated}
+    return redirect(url_for("admin.webhook_secret", endpoint_id=endpoint.id), code=303)
+
+
+@blueprint.get("/webhooks/<id:endpoint_id>/secret")
+@admin_view(change=True)
+def webhook_secret(endpoint_id: int) -> Response:
+    endpoint = _endpoint(endpoint_id)
+    shown = session.pop(SHOW_SECRET, None)
+    if not isinstance(shown, dict) or shown.get("id") != endpoint.id:
+        flash("The secret is shown once, just after it is made. If it was lost, make a new one.")
+        return redirect(url_for("admin.webhook_page", endpoint_id=endpoint_id), code=303)
+    rotated = bool(shown.get("rotated"))
+    page = render_template("admin/webhook_secret.html", endpoint=endpoint, secret=endpoint.secret, rotated=rotated,
+                           overlap_until=endpoint.previous_secret_expires_at if rotated else None)
+    # The secret is in this one answer and nowhere else: no caching.
+    response = Response(page, status=200, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -100,12 +118,12 @@ def create_webhook() -> Response | tuple[str, int]:
     if not form.validate_on_submit():
         return _list_page(form), 422
     try:
-        endpoint, secret = webhooks.create_endpoint(db.session, current_app.config, **form.fields_given())
+        endpoint, _ = webhooks.create_endpoint(db.session, current_app.config, **form.fields_given())
     except webhooks.EndpointErrors as error:
         db.session.rollback()
         _apply_errors(form, error)
         return _list_page(form), 422
-    return _secret_page(endpoint, secret, rotated=False, status=201)
+    return _show_secret_once(endpoint, rotated=False)
 
 
 def _edit_page(endpoint: WebhookEndpoint, form: EndpointForm) -> str:
@@ -161,12 +179,12 @@ def rotate_webhook_secret(endpoint_id: int) -> Response:
     ActionForm().validate_on_submit()
     endpoint = _endpoint(endpoint_id)
     try:
-        secret = webhooks.rotate_secret(db.session, current_app.config, endpoint)
+        webhooks.rotate_secret(db.session, current_app.config, endpoint)
     except webhooks.EndpointErrors as error:
         db.session.rollback()
         flash(str(error))
         return redirect(url_for("admin.webhook_page", endpoint_id=endpoint_id), code=303)
-    return _secret_page(endpoint, secret, rotated=True, status=200)
+    return _show_secret_once(endpoint, rotated=True)
 
 
 @blueprint.get("/webhooks/<id:endpoint_id>/deliveries")
