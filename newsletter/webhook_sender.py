@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import delete, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
@@ -398,17 +398,50 @@ def span(duration: timedelta) -> str:
     return f"{seconds} s"
 
 
+PRUNE_BATCH = 500
+PRUNE_EVERY = timedelta(minutes=10)
+
+
+def prune(session: Session, config: dict[str, Any], stop: threading.Event | None = None,
+          batch: int = PRUNE_BATCH) -> int:
+    """Delete delivery-log rows and sent webhook deliveries older than NEWSLETTER_WEBHOOK_LOG_DAYS; how many.
+
+    `batch` rows per transaction, so no long lock is held and other work goes on between them.
+    """
+    cutoff = utcnow() - timedelta(days=config["NEWSLETTER_WEBHOOK_LOG_DAYS"])
+    old_attempts = (select(WebhookAttempt.id).where(WebhookAttempt.attempted_at < cutoff)
+                    .order_by(WebhookAttempt.id).limit(batch))
+    old_sent = (select(OutboxMessage.id).where(OutboxMessage.kind == WEBHOOK_KIND, OutboxMessage.status == "sent",
+                                               OutboxMessage.sent_at < cutoff)
+                .order_by(OutboxMessage.id).limit(batch))
+    deleted = 0
+    for table, old in ((WebhookAttempt, old_attempts), (OutboxMessage, old_sent)):
+        while not (stop is not None and stop.is_set()):
+            ids = list(session.scalars(old))
+            if ids:
+                session.execute(delete(table).where(table.id.in_(ids)).execution_options(synchronize_session=False))
+            session.commit()
+            deleted += len(ids)
+            if len(ids) < batch:
+                break
+    return deleted
+
+
 def run(sender: WebhookSender, stop: threading.Event, *, poll_seconds: float, max_pause: float = 30.0) -> None:
     """Dispatch and deliver webhooks until `stop` is set, living through database outages. Needs an app context."""
     from .extensions import db
 
     backoff = Backoff(most=max_pause)
     trouble = False
+    pruned_at: datetime | None = None
     while not stop.is_set():
         problem = None
         result = DeliveryResult()
         try:
             result = sender.drain(db.session, stop=stop)
+            if pruned_at is None or utcnow() - pruned_at >= PRUNE_EVERY:
+                prune(db.session, sender.config, stop)
+                pruned_at = utcnow()
         except SQLAlchemyError as error:
             if outages.schema_missing(error):
                 problem = ("the database has no webhook tables yet; run `newsletter db upgrade` "

@@ -583,3 +583,36 @@ def test_a_host_name_that_is_no_valid_internationalized_name_is_refused_with_a_m
             webhooks.create_endpoint(db.session, app.config, url=url)
         db.session.rollback()
         db.session.remove()
+
+
+def test_sent_deliveries_and_their_log_are_pruned_after_the_log_days_in_small_batches(local_app, client, receiver):
+    app = local_app
+    receiver.behaviour.status = 503
+    add_endpoint(app, receiver.url)
+    for number in range(5):
+        sign_up(app, client, f"reader{number}@example.org")
+    deliver(app)  # 5 failed tries, logged
+    receiver.behaviour.status = 204
+    with app.app_context():
+        import sqlalchemy as sa
+
+        db.session.execute(sa.text("UPDATE outbox_messages SET next_attempt_at = :t"), {"t": utcnow()})
+        db.session.commit()
+        db.session.remove()
+    deliver(app)  # sent now
+    sign_up(app, client, "recent@example.org")
+    deliver(app)
+    long_ago = utcnow() - timedelta(days=31)
+    with app.app_context():
+        import sqlalchemy as sa
+
+        # Everything but the last reader's delivery (and its log) is 31 days old.
+        recent = db.session.execute(sa.text("SELECT max(id) FROM outbox_messages WHERE kind = 'webhook'")).scalar_one()
+        db.session.execute(sa.text("UPDATE outbox_messages SET sent_at = :t WHERE id <> :r"), {"t": long_ago, "r": recent})
+        db.session.execute(sa.text("UPDATE webhook_attempts SET attempted_at = :t WHERE outbox_message_id <> :r"),
+                           {"t": long_ago, "r": recent})
+        db.session.commit()
+        assert webhook_sender.prune(db.session, app.config, batch=2) == 10 + 5
+        db.session.remove()
+    assert query(app, "SELECT id, status FROM outbox_messages WHERE kind = 'webhook'") == [(recent, "sent")]
+    assert len(query(app, "SELECT id FROM webhook_attempts")) == 1
