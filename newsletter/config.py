@@ -345,6 +345,12 @@ def load(instance_path: Path, environ: Mapping[str, str] | None = None) -> dict[
             "NEWSLETTER_WEBHOOK_RETRY_MAX", get("WEBHOOK_RETRY_MAX"), 6 * 3600)),
         "NEWSLETTER_WEBHOOK_SECRET_OVERLAP": _duration("NEWSLETTER_WEBHOOK_SECRET_OVERLAP",
                                                        get("WEBHOOK_SECRET_OVERLAP"), DAY),
+        # How many endpoints are sent to at once (one thread each; a reader's deliveries stay in order).
+        "NEWSLETTER_WEBHOOK_CONCURRENCY": _positive("NEWSLETTER_WEBHOOK_CONCURRENCY", _integer(
+            "NEWSLETTER_WEBHOOK_CONCURRENCY", get("WEBHOOK_CONCURRENCY"), 4)),
+        # Sent webhook deliveries and the delivery log are deleted after this many days.
+        "NEWSLETTER_WEBHOOK_LOG_DAYS": _positive("NEWSLETTER_WEBHOOK_LOG_DAYS", _integer(
+            "NEWSLETTER_WEBHOOK_LOG_DAYS", get("WEBHOOK_LOG_DAYS"), 30)),
         "NEWSLETTER_METRICS_TOKEN": get("METRICS_TOKEN") or None,
         "NEWSLETTER_METRICS_ALLOW": _networks("NEWSLETTER_METRICS_ALLOW", get("METRICS_ALLOW")),
         "SESSION_COOKIE_HTTPONLY": True,

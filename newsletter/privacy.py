@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import addresses, suppressions
+from . import addresses, suppressions, webhooks
 from .models import (
     MAX_ID,
     OUTBOX_EMAIL_KINDS,
@@ -197,7 +197,8 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
 
     The address goes on the do-not-contact list as its keyed hash only (reason `erased`, beside any
     other entry of the address), so that no import or sync brings the person back; the suppression
-    list, the bounces (diagnostics, event ids), imports' refused rows and admins' notes keep no copy of it.
+    list, the bounces (diagnostics, event ids), imports' refused rows, admins' notes and the webhook delivery
+    log keep no copy of it.
     """
     reader = session.scalars(
         select(Reader).where(Reader.id == reader_id).with_for_update().execution_options(populate_existing=True)
@@ -234,9 +235,11 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
             event.wording = _without(event.wording, address)
 
     to_reader = or_(OutboxMessage.reader_id == reader.id, OutboxMessage.to_address == address)
-    # An unsent email would go to nobody: cancel it (a worker mid-send may still deliver that one).
+    # An unsent email would go to nobody: cancel it (a worker mid-send may still deliver that one). Not a
+    # webhook delivery (it has an endpoint): rendered when it is sent, it then carries no address.
     session.execute(
-        update(OutboxMessage).where(to_reader, OutboxMessage.status == "pending").values(status="failed")
+        update(OutboxMessage).where(to_reader, OutboxMessage.status == "pending", OutboxMessage.endpoint_id.is_(None))
+        .values(status="failed")
     )
     # A failure's text can quote the address (e.g. SMTPRecipientsRefused): keep only that it was erased.
     session.execute(
@@ -248,6 +251,8 @@ def erase_reader(session: Session, reader_id: int, *, source: Source, config: Ma
         update(OutboxMessage).where(to_reader, OutboxMessage.body_text.is_not(None))
         .values(reader_id=reader.id, to_address=placeholder, to_name=None, body_text="", body_html="", headers={})
     )
+
+    webhooks.forget_reader(session, reader.id, address)
 
     reader.email, reader.name = placeholder, None
     if reader.erased_at is None:

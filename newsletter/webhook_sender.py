@@ -7,8 +7,8 @@ number of workers share the work), renders the event when it sends it, signs it 
 Webhooks says and POSTs it through webhook_urls (no private addresses, no redirects, a timeout).
 A reader's deliveries to one endpoint leave in order: a row waits while an earlier one of the same
 endpoint and reader is pending. Failures are retried with exponential backoff for
-NEWSLETTER_WEBHOOK_RETRY_FOR from when the row was queued; then the row fails and its endpoint is
-switched off, with the reason, for an admin to look at.
+NEWSLETTER_WEBHOOK_RETRY_FOR from when the row was queued; then its endpoint is switched off, with
+the reason, for an admin to look at, and the row waits (nothing is lost) until the endpoint is on again.
 """
 
 from __future__ import annotations
@@ -18,18 +18,19 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import delete, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks import Webhook
 
 from . import changes, outages
-from .models import WEBHOOK_KIND, ConsentEvent, OutboxMessage, WebhookAttempt, WebhookEndpoint, utcnow
+from .models import WEBHOOK_KIND, OutboxMessage, WebhookAttempt, WebhookEndpoint, utcnow
 from .outbox import Backoff, describe_error
 from .webhook_urls import Answer, RefusedAddress, WebhookClient
 from .webhooks import signing_secrets
@@ -103,12 +104,13 @@ class Delivery:
     created_at: datetime
 
 
-# Deliveries claimed, rendered and recorded together: two commits per batch instead of two per delivery.
+# Deliveries claimed and recorded together: two commits per batch instead of two per delivery.
 DELIVERY_BATCH = 20
 
 
 def _lease(config: dict[str, Any], count: int = 1) -> timedelta:
-    # Longer than connect + read of every delivery of the batch: a crashed sender's deliveries are due again after it.
+    # Longer than every delivery of the batch sent one after another, each cut off at its deadline (twice the
+    # timeout; webhook_urls): a crashed sender's deliveries are due again after it.
     return timedelta(seconds=count * 2 * config["NEWSLETTER_WEBHOOK_TIMEOUT"] + 30)
 
 
@@ -174,38 +176,27 @@ def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: str) -> str
     return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
 
 
-def render(session: Session, deliveries: list[Delivery]) -> list[Signed | str]:
-    """The signed request of each delivery, rendered now; or why there is nothing to send (the event is gone)."""
-    endpoint_ids = {delivery.endpoint_id for delivery in deliveries}
-    endpoints = {endpoint.id: endpoint for endpoint in session.scalars(
-        select(WebhookEndpoint).where(WebhookEndpoint.id.in_(endpoint_ids)))}
-    event_ids = [delivery.event_id for delivery in deliveries if delivery.event_id is not None]
-    events = list(session.scalars(select(ConsentEvent).where(ConsentEvent.id.in_(event_ids)))) if event_ids else []
-    payloads = {event.id: payload for event, payload in zip(events, changes.event_payloads(session, events),
-                                                             strict=True)}
+def render(session: Session, delivery: Delivery) -> Signed | str:
+    """The signed request of a delivery, rendered and signed now (just before it is sent); or why there is
+    nothing to send (the endpoint or the event is gone). An erasure committed before this is honoured."""
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    if endpoint is None:
+        return "The endpoint was deleted."
+    payload = changes.event_payload(session, delivery.event_id) if delivery.event_id is not None else None
+    if payload is None:
+        return (f"The event {delivery.event_id} no longer exists (its never-confirmed reader was deleted): "
+                "there is nothing to send.")
     now = utcnow()
-    rendered: list[Signed | str] = []
-    for delivery in deliveries:
-        endpoint = endpoints.get(delivery.endpoint_id)
-        payload = payloads.get(delivery.event_id) if delivery.event_id is not None else None
-        if endpoint is None:
-            rendered.append("The endpoint was deleted.")
-            continue
-        if payload is None:
-            rendered.append(f"The event {delivery.event_id} no longer exists (its never-confirmed reader was "
-                            "deleted): there is nothing to send.")
-            continue
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-        msg_id = str(payload.get("id") or f"evt_{delivery.event_id}")
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": sign(signing_secrets(endpoint, now), msg_id, now, body),
-        }
-        rendered.append(Signed(endpoint.url, payload.get("type"), body.encode(), headers))
-    return rendered
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    msg_id = str(payload.get("id") or f"evt_{delivery.event_id}")
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": sign(signing_secrets(endpoint, now), msg_id, now, body),
+    }
+    return Signed(endpoint.url, payload.get("type"), body.encode(), headers)
 
 
 @dataclass(frozen=True)
@@ -218,6 +209,8 @@ class Outcome:
     error: str | None
     duration_ms: int
     permanent: bool
+    # False when it was not tried (its endpoint gave no answer just before): not an attempt.
+    tried: bool = True
 
 
 class WebhookSender:
@@ -227,32 +220,56 @@ class WebhookSender:
         self.config = config
         self.client = client or WebhookClient(timeout=config["NEWSLETTER_WEBHOOK_TIMEOUT"],
                                               allow_private=config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"])
+        self.concurrency = config.get("NEWSLETTER_WEBHOOK_CONCURRENCY", 4)
+        self._threads: ThreadPoolExecutor | None = None
 
     def deliver_due(self, session: Session, result: DeliveryResult, due_by: datetime | None = None,
                     limit: int = DELIVERY_BATCH) -> int:
-        """Claim up to `limit` deliveries due by `due_by` (now), send them and record what happened; how many."""
+        """Claim up to `limit` deliveries due by `due_by` (now), send them and record what happened; how many.
+
+        Each endpoint's deliveries are sent one after another, in the order claimed; different endpoints
+        at once (NEWSLETTER_WEBHOOK_CONCURRENCY threads), so a slow receiver holds up only its own.
+        """
         deliveries = claim_due(session, self.config, due_by, limit)
         if not deliveries:
             session.rollback()
             return 0
-        # Rendered in the claim's transaction (one commit less), still at send time.
-        requests = render(session, deliveries)
         session.commit()
-        outcomes: list[Outcome] = []
-        # An endpoint that gave no answer (refused, timed out) is not tried again in this batch: one
-        # unreachable receiver would otherwise hold up the whole batch for a timeout per delivery.
-        unreachable: dict[int, str] = {}
-        for delivery, signed in zip(deliveries, requests, strict=True):
-            if delivery.endpoint_id in unreachable and not isinstance(signed, str):
-                outcomes.append(Outcome(delivery, signed, None, f"Not tried: the endpoint gave no answer to the "
-                                        f"delivery just before ({unreachable[delivery.endpoint_id]})", 0, False))
-                continue
-            outcome = self._post(delivery, signed)
-            if outcome.answer is None and not outcome.permanent and outcome.error:
-                unreachable[delivery.endpoint_id] = outcome.error[:200]
-            outcomes.append(outcome)
+        groups: dict[int, list[Delivery]] = {}
+        for delivery in deliveries:
+            groups.setdefault(delivery.endpoint_id, []).append(delivery)
+        bind = session.get_bind()
+        if len(groups) == 1 or self.concurrency == 1:
+            outcomes = [outcome for group in groups.values() for outcome in self._send_group(bind, group)]
+        else:
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook-post")
+            futures = [self._threads.submit(self._send_group, bind, group) for group in groups.values()]
+            outcomes = [outcome for future in futures for outcome in future.result()]
         record(session, self.config, outcomes, result)
         return len(deliveries)
+
+    def _send_group(self, bind: Any, deliveries: list[Delivery]) -> list[Outcome]:
+        """Render, sign and POST one endpoint's deliveries in order, each just before it is sent."""
+        outcomes: list[Outcome] = []
+        # An endpoint that gave no answer (refused, timed out) is not tried again in this batch: one
+        # unreachable receiver would otherwise take a timeout per delivery.
+        unreachable: str | None = None
+        with Session(bind) as session:
+            for delivery in deliveries:
+                if unreachable is not None:
+                    outcomes.append(Outcome(delivery, None, None, f"Not tried: the endpoint gave no answer to the "
+                                            f"delivery just before ({unreachable})", 0, False, tried=False))
+                    continue
+                try:
+                    signed = render(session, delivery)
+                finally:
+                    session.rollback()  # no transaction (nor SQLite lock) stays open during the POST
+                outcome = self._post(delivery, signed)
+                if outcome.answer is None and not outcome.permanent and outcome.error:
+                    unreachable = outcome.error[:200]
+                outcomes.append(outcome)
+        return outcomes
 
     def _post(self, delivery: Delivery, signed: Signed | str) -> Outcome:
         if isinstance(signed, str):
@@ -284,6 +301,9 @@ class WebhookSender:
         return result
 
     def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
         self.client.close()
 
 
@@ -317,6 +337,13 @@ def record(session: Session, config: dict[str, Any], outcomes: list[Outcome], re
 def _record_one(session: Session, config: dict[str, Any], outcome: Outcome, row: OutboxMessage, now: datetime,
                 result: DeliveryResult) -> None:
     delivery, answer, error = outcome.delivery, outcome.answer, outcome.error
+    if not outcome.tried:
+        # Not an attempt: its try is given back, and it waits as long as a first retry would.
+        if row.status == "pending" and row.attempts == delivery.attempts:
+            row.attempts -= 1
+            row.next_attempt_at = now + _backoff(1, config)
+            result.retrying += 1
+        return
     delivered = answer is not None and 200 <= answer.status < 300
     if answer is not None and not delivered:
         error = _describe_answer(answer)
@@ -340,8 +367,10 @@ def _record_one(session: Session, config: dict[str, Any], outcome: Outcome, row:
         row.status, row.next_attempt_at, row.last_error = "failed", now, error
         result.failed += 1
     elif now >= deadline:
-        row.status, row.next_attempt_at, row.last_error = "failed", now, error
-        result.failed += 1
+        # The row keeps waiting (first in its reader's order): turning the endpoint on sends it first,
+        # with a fresh retry period (webhooks.update_endpoint).
+        row.next_attempt_at, row.last_error = now, error
+        result.retrying += 1
         # Locked only here: every worker delivering to the endpoint reads it, none waits on it otherwise.
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id, with_for_update=True, populate_existing=True)
         if endpoint is not None and endpoint.active:
@@ -369,17 +398,50 @@ def span(duration: timedelta) -> str:
     return f"{seconds} s"
 
 
+PRUNE_BATCH = 500
+PRUNE_EVERY = timedelta(minutes=10)
+
+
+def prune(session: Session, config: dict[str, Any], stop: threading.Event | None = None,
+          batch: int = PRUNE_BATCH) -> int:
+    """Delete delivery-log rows and sent webhook deliveries older than NEWSLETTER_WEBHOOK_LOG_DAYS; how many.
+
+    `batch` rows per transaction, so no long lock is held and other work goes on between them.
+    """
+    cutoff = utcnow() - timedelta(days=config["NEWSLETTER_WEBHOOK_LOG_DAYS"])
+    old_attempts = (select(WebhookAttempt.id).where(WebhookAttempt.attempted_at < cutoff)
+                    .order_by(WebhookAttempt.id).limit(batch))
+    old_sent = (select(OutboxMessage.id).where(OutboxMessage.kind == WEBHOOK_KIND, OutboxMessage.status == "sent",
+                                               OutboxMessage.sent_at < cutoff)
+                .order_by(OutboxMessage.id).limit(batch))
+    deleted = 0
+    for table, old in ((WebhookAttempt, old_attempts), (OutboxMessage, old_sent)):
+        while not (stop is not None and stop.is_set()):
+            ids = list(session.scalars(old))
+            if ids:
+                session.execute(delete(table).where(table.id.in_(ids)).execution_options(synchronize_session=False))
+            session.commit()
+            deleted += len(ids)
+            if len(ids) < batch:
+                break
+    return deleted
+
+
 def run(sender: WebhookSender, stop: threading.Event, *, poll_seconds: float, max_pause: float = 30.0) -> None:
     """Dispatch and deliver webhooks until `stop` is set, living through database outages. Needs an app context."""
     from .extensions import db
 
     backoff = Backoff(most=max_pause)
     trouble = False
+    pruned_at: datetime | None = None
     while not stop.is_set():
         problem = None
         result = DeliveryResult()
         try:
             result = sender.drain(db.session, stop=stop)
+            if pruned_at is None or utcnow() - pruned_at >= PRUNE_EVERY:
+                prune(db.session, sender.config, stop)
+                pruned_at = utcnow()
         except SQLAlchemyError as error:
             if outages.schema_missing(error):
                 problem = ("the database has no webhook tables yet; run `newsletter db upgrade` "

@@ -6,13 +6,15 @@ Deliveries themselves are made by the worker (webhook_sender.py), never here.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import changes
@@ -148,7 +150,16 @@ def delete_endpoint(session: Session, endpoint_id: int) -> WebhookEndpoint | Non
 
 
 def rotate_secret(session: Session, config: Mapping[str, Any], endpoint: WebhookEndpoint) -> str:
-    """A new secret for the endpoint (to show once); the current one signs too for NEWSLETTER_WEBHOOK_SECRET_OVERLAP."""
+    """A new secret for the endpoint (to show once); the current one signs too for NEWSLETTER_WEBHOOK_SECRET_OVERLAP.
+
+    EndpointErrors while a previous rotation's overlap runs: a second rotation would stop the secret
+    it keeps signing with at once, and receivers still on it would fail every delivery.
+    """
+    running = _aware(endpoint.previous_secret_expires_at) if endpoint.previous_secret_expires_at else None
+    if endpoint.previous_secret and running is not None and running > utcnow():
+        raise EndpointErrors({"secret": [
+            f"The secret was changed a short while ago: the previous one signs beside it until "
+            f"{running:%Y-%m-%d %H:%M} UTC, for receivers still switching over. Make a new secret after that."]})
     overlap = timedelta(seconds=config["NEWSLETTER_WEBHOOK_SECRET_OVERLAP"])
     secret = new_secret()
     if overlap:
@@ -247,3 +258,21 @@ def send_again(session: Session, endpoint_id: int, attempt_id: int) -> int | Non
         kind=WEBHOOK_KIND, endpoint_id=endpoint_id, event_id=attempt.event_id, reader_id=reader_id,
         status="pending", attempts=0, created_at=now, next_attempt_at=now,
     ).returning(OutboxMessage.id)).scalar_one()
+
+
+def forget_reader(session: Session, reader_id: int, address: str) -> None:
+    """Erasure: the delivery log of the reader's events keeps no copy of their address. The caller commits.
+
+    Receivers' answers often quote what they got ("unknown member ann@…"): the start of each answer
+    goes, as bounce diagnostics do; the error (our words, a redirect's target in them) loses the address.
+    """
+    of_reader = or_(
+        WebhookAttempt.event_id.in_(select(ConsentEvent.id).where(ConsentEvent.reader_id == reader_id)),
+        WebhookAttempt.outbox_message_id.in_(select(OutboxMessage.id).where(OutboxMessage.reader_id == reader_id)))
+    session.execute(update(WebhookAttempt).where(of_reader, WebhookAttempt.response_start.is_not(None))
+                    .values(response_start=None).execution_options(synchronize_session=False))
+    mentions = re.compile("|".join(re.escape(form) for form in dict.fromkeys((address, quote(address, safe="")))),
+                          re.IGNORECASE)
+    for attempt in session.scalars(select(WebhookAttempt).where(of_reader, WebhookAttempt.error.is_not(None))):
+        if attempt.error and mentions.search(attempt.error):
+            attempt.error = mentions.sub("[erased]", attempt.error)

@@ -266,9 +266,10 @@ def test_an_endpoint_failing_past_the_retry_period_is_switched_off_and_the_admin
         db.session.commit()
         db.session.remove()
     result = deliver(app)
-    assert result.failed == 1 and result.switched_off == 1
+    assert result.failed == 0 and result.switched_off == 1
     [row] = rows(app)
-    assert row["status"] == "failed" and "HTTP 503" in row["last_error"]
+    # It waits for the endpoint to be on again, nothing lost.
+    assert row["status"] == "pending" and "HTTP 503" in row["last_error"]
     state = endpoint_state(app, endpoint_id)
     assert not state["active"] and state["disabled_at"] is not None
     assert "3 days" in state["disabled_reason"] and "HTTP 503" in state["disabled_reason"]
@@ -568,6 +569,50 @@ def test_an_unreachable_endpoint_is_tried_once_per_batch_and_holds_up_no_other(l
     result = deliver(app)
     assert result.sent == 3 and result.retrying == 3
     assert len(receiver.requests) == 3
+    # The deliveries not tried after the refusal are no attempts: neither logged nor counted.
     log = query(app, "SELECT error FROM webhook_attempts WHERE endpoint_id = :e ORDER BY id", e=down_id)
-    assert len(log) == 3 and "refused" in log[0][0].lower()
-    assert all(error.startswith("Not tried: the endpoint gave no answer") for (error,) in log[1:])
+    assert len(log) == 1 and "refused" in log[0][0].lower()
+    tries = query(app, "SELECT attempts FROM outbox_messages WHERE endpoint_id = :e ORDER BY id", e=down_id)
+    assert sorted(attempts for (attempts,) in tries) == [0, 0, 1]
+
+
+@pytest.mark.parametrize("url", ["https://☃.example/hook", "https://a\u200db.example/hook"])
+def test_a_host_name_that_is_no_valid_internationalized_name_is_refused_with_a_message(app, url):
+    with app.app_context():
+        with pytest.raises(webhooks.EndpointErrors, match="not a valid internationalized name"):
+            webhooks.create_endpoint(db.session, app.config, url=url)
+        db.session.rollback()
+        db.session.remove()
+
+
+def test_sent_deliveries_and_their_log_are_pruned_after_the_log_days_in_small_batches(local_app, client, receiver):
+    app = local_app
+    receiver.behaviour.status = 503
+    add_endpoint(app, receiver.url)
+    for number in range(5):
+        sign_up(app, client, f"reader{number}@example.org")
+    deliver(app)  # 5 failed tries, logged
+    receiver.behaviour.status = 204
+    with app.app_context():
+        import sqlalchemy as sa
+
+        db.session.execute(sa.text("UPDATE outbox_messages SET next_attempt_at = :t"), {"t": utcnow()})
+        db.session.commit()
+        db.session.remove()
+    deliver(app)  # sent now
+    sign_up(app, client, "recent@example.org")
+    deliver(app)
+    long_ago = utcnow() - timedelta(days=31)
+    with app.app_context():
+        import sqlalchemy as sa
+
+        # Everything but the last reader's delivery (and its log) is 31 days old.
+        recent = db.session.execute(sa.text("SELECT max(id) FROM outbox_messages WHERE kind = 'webhook'")).scalar_one()
+        db.session.execute(sa.text("UPDATE outbox_messages SET sent_at = :t WHERE id <> :r"), {"t": long_ago, "r": recent})
+        db.session.execute(sa.text("UPDATE webhook_attempts SET attempted_at = :t WHERE outbox_message_id <> :r"),
+                           {"t": long_ago, "r": recent})
+        db.session.commit()
+        assert webhook_sender.prune(db.session, app.config, batch=2) == 10 + 5
+        db.session.remove()
+    assert query(app, "SELECT id, status FROM outbox_messages WHERE kind = 'webhook'") == [(recent, "sent")]
+    assert len(query(app, "SELECT id FROM webhook_attempts")) == 1

@@ -66,8 +66,14 @@ def test_admin_adds_edits_rotates_and_deletes_an_endpoint(app, people, receiver)
     created = admin.post("/admin/webhooks", data={**form_of(admin, "/admin/webhooks"), "url": receiver.url,
                                                   "description": "CRM", "event_types": ["subscription.confirmed"],
                                                   "active": "y"})
-    assert created.status_code == 201 and created.headers["Cache-Control"] == "no-store"
-    secret = secret_in(created.get_data(as_text=True))
+    # POST, redirect, GET: the secret is shown once, and a refresh adds no second endpoint.
+    assert created.status_code == 303
+    shown = admin.get(created.headers["Location"])
+    assert shown.status_code == 200 and shown.headers["Cache-Control"] == "no-store"
+    secret = secret_in(shown.get_data(as_text=True))
+    refreshed = admin.get(created.headers["Location"])
+    assert refreshed.status_code == 303 and secret not in refreshed.get_data(as_text=True)
+    assert "shown once" in admin.get(refreshed.headers["Location"]).get_data(as_text=True)
     [(endpoint_id, stored, types)] = query(app, "SELECT id, secret, event_types FROM webhook_endpoints")
     assert stored == secret
     listing = admin.get("/admin/webhooks").get_data(as_text=True)
@@ -87,9 +93,16 @@ def test_admin_adds_edits_rotates_and_deletes_an_endpoint(app, people, receiver)
     assert query(app, "SELECT url FROM webhook_endpoints")[0][0].endswith("?v=2")
 
     rotated = admin.post(f"/admin/webhooks/{endpoint_id}/rotate", data=form_of(admin, f"/admin/webhooks/{endpoint_id}"))
+    assert rotated.status_code == 303
+    rotated = admin.get(rotated.headers["Location"])
     assert rotated.status_code == 200 and rotated.headers["Cache-Control"] == "no-store"
     new = secret_in(rotated.get_data(as_text=True))
     assert new != secret and "signs too until" in rotated.get_data(as_text=True)
+    assert admin.get(f"/admin/webhooks/{endpoint_id}/secret").status_code == 303  # a refresh shows it no more
+    # A second rotation during the overlap is refused, saying until when (it would end the overlap at once).
+    again = admin.post(f"/admin/webhooks/{endpoint_id}/rotate", data=form_of(admin, f"/admin/webhooks/{endpoint_id}"))
+    assert again.status_code == 303
+    assert "signs beside it until" in admin.get(again.headers["Location"]).get_data(as_text=True)
     assert query(app, "SELECT secret, previous_secret FROM webhook_endpoints")[0] == (new, secret)
 
     deleted = admin.post(f"/admin/webhooks/{endpoint_id}/delete", data=form_of(admin, f"/admin/webhooks/{endpoint_id}"))
@@ -143,6 +156,7 @@ def test_a_viewer_can_look_but_not_manage_endpoints(app, people, receiver):
                        (f"/admin/webhooks/{endpoint_id}/deliveries/1/send-again", {})]:
         assert viewer.post(path, data={**csrf, **data}).status_code == 403, path
     assert query(app, "SELECT id, url, secret, active FROM webhook_endpoints") == before
+    assert viewer.get(f"/admin/webhooks/{endpoint_id}/secret").status_code == 403
 
 
 # --- the API ---------------------------------------------------------------------------------------------------
@@ -252,3 +266,16 @@ def test_webhook_pages_are_accessible(app, people, client, receiver):
         if page.tables:
             assert all(cell.get("scope") in ("col", "row") for cell in page.header_cells), name
         assert page.buttons_without_text == 0, name
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://hooks.slack.com/services/T000/B000/XXXXSECRET", "https://hooks.slack.com/services/…"),
+    ("https://crm.example.org/k3y-0f-th3-r3c31v3r", "https://crm.example.org/…"),
+    ("https://crm.example.org/hook?token=abc", "https://crm.example.org/hook?…"),
+    ("https://crm.example.org:8443/?token=abc", "https://crm.example.org:8443/…"),
+    ("https://crm.example.org/hook", "https://crm.example.org/hook"),
+])
+def test_viewers_see_an_endpoint_url_without_what_may_be_the_receivers_key(url, shown):
+    from newsletter.webhook_urls import masked_url
+
+    assert masked_url(url) == shown

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user
 from flask_wtf import FlaskForm
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response
@@ -19,7 +20,7 @@ from ..webhook_sender import span
 from ..authz import admin_view
 from ..extensions import db
 from ..models import WebhookEndpoint, utcnow
-from ..webhook_urls import MAX_URL_LENGTH
+from ..webhook_urls import MAX_URL_LENGTH, masked_url
 from . import blueprint
 from .forms import ActionForm
 
@@ -69,12 +70,37 @@ def _apply_errors(form: EndpointForm, error: webhooks.EndpointErrors) -> None:
             field.errors = list(messages)
 
 
-def _secret_page(endpoint: WebhookEndpoint, secret: str, rotated: bool, status: int) -> Response:
-    page = render_template("admin/webhook_secret.html", endpoint=endpoint, secret=secret, rotated=rotated,
-                           overlap_until=endpoint.previous_secret_expires_at if rotated else None)
+@blueprint.app_template_global()
+def endpoint_url(endpoint: WebhookEndpoint) -> str:
+    """The endpoint's URL as the signed-in account may see it: in full for admins, masked for viewers (a
+    receiver's key is often in it)."""
+    return endpoint.url if current_user.can_change else masked_url(endpoint.url)
+
+
+# The endpoint whose secret the next GET of its secret page shows, once: a refresh of the POST's answer
+# is that GET, never a second endpoint or rotation. Only the id is in the session cookie, not the secret.
+SHOW_SECRET = "webhook_secret_for"
+
+
+def _show_secret_once(endpoint: WebhookEndpoint, rotated: bool) -> Response:
     db.session.commit()
-    # The secret is in this one answer and nowhere else: no caching, no redirect carrying it.
-    response = Response(page, status=status, mimetype="text/html")
+    session[SHOW_SECRET] = {"id": endpoint.id, "rotated": rotated}
+    return redirect(url_for("admin.webhook_secret", endpoint_id=endpoint.id), code=303)
+
+
+@blueprint.get("/webhooks/<id:endpoint_id>/secret")
+@admin_view(change=True)
+def webhook_secret(endpoint_id: int) -> Response:
+    endpoint = _endpoint(endpoint_id)
+    shown = session.pop(SHOW_SECRET, None)
+    if not isinstance(shown, dict) or shown.get("id") != endpoint.id:
+        flash("The secret is shown once, just after it is made. If it was lost, make a new one.")
+        return redirect(url_for("admin.webhook_page", endpoint_id=endpoint_id), code=303)
+    rotated = bool(shown.get("rotated"))
+    page = render_template("admin/webhook_secret.html", endpoint=endpoint, secret=endpoint.secret, rotated=rotated,
+                           overlap_until=endpoint.previous_secret_expires_at if rotated else None)
+    # The secret is in this one answer and nowhere else: no caching.
+    response = Response(page, status=200, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -92,12 +118,12 @@ def create_webhook() -> Response | tuple[str, int]:
     if not form.validate_on_submit():
         return _list_page(form), 422
     try:
-        endpoint, secret = webhooks.create_endpoint(db.session, current_app.config, **form.fields_given())
+        endpoint, _ = webhooks.create_endpoint(db.session, current_app.config, **form.fields_given())
     except webhooks.EndpointErrors as error:
         db.session.rollback()
         _apply_errors(form, error)
         return _list_page(form), 422
-    return _secret_page(endpoint, secret, rotated=False, status=201)
+    return _show_secret_once(endpoint, rotated=False)
 
 
 def _edit_page(endpoint: WebhookEndpoint, form: EndpointForm) -> str:
@@ -152,8 +178,13 @@ def delete_webhook(endpoint_id: int) -> Response:
 def rotate_webhook_secret(endpoint_id: int) -> Response:
     ActionForm().validate_on_submit()
     endpoint = _endpoint(endpoint_id)
-    secret = webhooks.rotate_secret(db.session, current_app.config, endpoint)
-    return _secret_page(endpoint, secret, rotated=True, status=200)
+    try:
+        webhooks.rotate_secret(db.session, current_app.config, endpoint)
+    except webhooks.EndpointErrors as error:
+        db.session.rollback()
+        flash(str(error))
+        return redirect(url_for("admin.webhook_page", endpoint_id=endpoint_id), code=303)
+    return _show_secret_once(endpoint, rotated=True)
 
 
 @blueprint.get("/webhooks/<id:endpoint_id>/deliveries")

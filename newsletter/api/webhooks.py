@@ -130,11 +130,15 @@ def delete_webhook(endpoint_id: int) -> Response:
 @blueprint.post("/webhooks/<id:endpoint_id>/rotate-secret")
 @described(tag="Webhook endpoints", access="change", answers={
     200: (EndpointWithSecret, "The new secret (shown once); the old one signs too for a while."),
-    404: "No endpoint has this id."})
+    404: "No endpoint has this id.",
+    422: "A previous rotation's overlap is still running (the message says until when)."})
 @token_required(change=True)
 def rotate_webhook_secret(endpoint_id: int) -> tuple[Response, int]:
     endpoint = _endpoint(endpoint_id)
-    secret = webhooks.rotate_secret(db.session, current_app.config, endpoint)
+    try:
+        secret = webhooks.rotate_secret(db.session, current_app.config, endpoint)
+    except webhooks.EndpointErrors as error:
+        raise FieldErrors(error.errors) from None
     db.session.commit()
     return _with_secret(endpoint, secret, 200)
 
