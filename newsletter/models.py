@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.orm import Mapped, configure_mappers, mapped_column, relationship
@@ -107,6 +108,11 @@ class Reader(db.Model):
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     subscriptions: Mapped[list[Subscription]] = relationship(back_populates="reader")
+
+    __table_args__ = (
+        # Bounce reports and suppressions quote an address in any case (suppressions.record_suppressed).
+        Index("ix_readers_lower_email", func.lower(email)),
+    )
 
     def __repr__(self) -> str:
         return f"<Reader {self.id}>"

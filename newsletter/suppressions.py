@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import ColumnElement, Connection, String, bindparam, exists, func, insert, select
+from sqlalchemy import ColumnElement, Connection, Select, String, bindparam, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -256,18 +256,25 @@ def suppress(session: Session, config: Mapping[str, Any], address: str | None, *
 
 
 def _reader_forms(address: str) -> set[str]:
-    """The forms a reader's email (email-validator's normalized form) of `address` can have.
+    """The lowercased forms a reader's email (email-validator's normalized form) of `address` can have.
 
-    A reader is keyed by the normalized form, whose local part keeps its case: reports quote the
-    address as we sent it, or lowercased. (Matching every case would need lower(email) over all readers.)
+    A reader is keyed by the normalized form, whose local part keeps its case as the reader typed
+    it, while reports quote the address in any case (most lowercase it): readers are found by
+    lower(email), which ix_readers_lower_email indexes.
     """
     text = address.strip().strip("<>").strip()
-    forms = {text, text.lower()}
+    forms = {text.lower()}
     try:
         normalized = validate_email(text, check_deliverability=False, allow_display_name=False).normalized
     except EmailNotValidError:
         return forms
-    return forms | {normalized, normalized.lower()}
+    return forms | {normalized.lower()}
+
+
+def readers_by_lowered_email(dialect: str) -> Select[tuple[int, str]]:
+    """SQL: (id, lower(email)) of the readers not erased whose lower(email) is in the bound list `emails`."""
+    lowered = func.lower(Reader.email)
+    return select(Reader.id, lowered).where(in_list(lowered, "emails", String(), dialect), Reader.erased_at.is_(None))
 
 
 def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, datetime]]) -> int:
@@ -275,6 +282,9 @@ def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, d
 
     `entries` are (address, reason, source, when) of new mail-stopping entries, each once: the
     caller records an entry's event when it puts the entry in force, not when it finds it there.
+    A reader matches whatever the case of the address, as its suppression key does (readers who
+    differ only in case are each told). SQLite's lower() folds ASCII letters only: there, a reader
+    whose local part has non-ASCII capitals matches only a report quoting it in the same case.
     """
     wanted: dict[str, tuple[str, str, datetime]] = {}
     for address, reason, source, when in entries:
@@ -285,12 +295,11 @@ def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, d
     dialect = session.get_bind().dialect.name
     step = (len(wanted) or 1) if dialect == "postgresql" else 5000
     forms = list(wanted)
-    query = select(Reader.id, Reader.email).where(in_list(Reader.email, "emails", String(), dialect),
-                                                  Reader.erased_at.is_(None))
+    query = readers_by_lowered_email(dialect)
     events = []
     for start in range(0, len(forms), step):
-        for reader_id, email in session.execute(query, {"emails": forms[start:start + step]}):
-            reason, source, when = wanted[email]
+        for reader_id, form in session.execute(query, {"emails": forms[start:start + step]}):
+            reason, source, when = wanted[form]
             events.append({"reader_id": reader_id, "newsletter_id": None, "action": "suppressed",
                            "occurred_at": when, "source": source[:32], "wording": reason})
     if events:

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from newsletter import accounts, changes, privacy
+from newsletter import accounts, changes, privacy, suppressions
 from newsletter.api.change_schemas import ChangesPage
 from newsletter.extensions import db
 from newsletter.models import ConsentEvent, Reader, Subscription, utcnow
@@ -206,6 +206,51 @@ def test_an_import_that_brings_a_cleaned_address_tells_its_reader(app, client, v
     # The same file again suppresses nothing new, so tells nothing new.
     run_import(app, listing)
     assert [e["type"] for e in whole_feed(client, viewer)[0]].count("reader.suppressed") == 1
+
+
+@pytest.mark.parametrize("reported", ["john.doe@example.org", "JOHN.DOE@EXAMPLE.ORG", "john.DOE@Example.ORG"])
+def test_a_bounce_quoting_the_address_in_another_case_is_told_as_reader_suppressed(app, client, viewer, reported):
+    """The reader signed up as John.Doe@example.org; providers report the address in any case (most
+    lowercase it). The suppression key is case-blind, so mail stops: the feed must say so too."""
+    admin = bearer(make_token(app, "admin"))
+    assert client.post("/api/v1/subscriptions", json={"email": "John.Doe@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    # Another reader whose address differs only in case is the same mailbox for the suppression list.
+    assert client.post("/api/v1/subscriptions", json={"email": "JOHN.doe@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    client.post("/api/v1/subscriptions", json={"email": "john.doe2@example.org", "newsletters": ["daily-briefing"]})
+    ids = dict(query(app, "SELECT email, id FROM readers"))
+    answer = client.post("/api/v1/events/generic", headers=admin,
+                         json={"events": [{"type": "hard_bounce", "email": reported}]})
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    with app.app_context():
+        assert suppressions.stopping_reason(
+            db.session, suppressions.normalized_key(app.config, "John.Doe@example.org")) == "hard_bounce"
+        db.session.remove()
+    events, _ = whole_feed(client, viewer)
+    suppressed = sorted(e["data"]["reader"]["id"] for e in events if e["type"] == "reader.suppressed")
+    assert suppressed == sorted([ids["John.Doe@example.org"], ids["JOHN.doe@example.org"]])
+
+
+def test_postgresql_finds_the_readers_of_a_suppressed_address_through_the_lower_email_index(app):
+    """record_suppressed looks readers up by lower(email): with many readers, PostgreSQL's planner must
+    use ix_readers_lower_email, not read every reader."""
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("the query plan is PostgreSQL's")
+        db.session.execute(sa.text(
+            "INSERT INTO readers (email, created_at) "
+            "SELECT 'Reader.' || n || '@example.org', now() FROM generate_series(1, 20000) AS n"))
+        db.session.execute(sa.text("ANALYZE readers"))
+        statement = suppressions.readers_by_lowered_email("postgresql")
+        compiled = statement.compile(dialect=db.engine.dialect)
+        plan = "\n".join(row[0] for row in db.session.connection().exec_driver_sql(
+            f"EXPLAIN {compiled}", {"emails": ["reader.17@example.org", "reader.4242@example.org"]}))
+        found = db.session.execute(statement, {"emails": ["reader.17@example.org", "reader.4242@example.org"]}).all()
+        db.session.rollback()
+        db.session.remove()
+    assert "ix_readers_lower_email" in plan and "Seq Scan" not in plan, plan
+    assert sorted(email for _, email in found) == ["reader.17@example.org", "reader.4242@example.org"]
 
 
 # --- the API: tokens and bad input ---------------------------------------------------------------------------

@@ -8,35 +8,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from newsletter import suppressions
-from newsletter.extensions import db
-
-from .conftest import query
 from .test_api_v1 import bearer, make_token
 from .test_changes import load_example, page_of, whole_feed
-
-
-# --- 1. a suppression quoted in another case is never told -----------------------------------------------------
-
-def test_review_a_bounce_quoting_the_address_in_lower_case_is_told_as_reader_suppressed(app, client):
-    """The reader signed up as John.Doe@example.org; the provider reports john.doe@example.org (most
-    lowercase what they report). The address IS suppressed (the suppression key is case-blind, mail
-    stops), but the feed never says reader.suppressed: a sync client keeps mailing the address."""
-    viewer = bearer(make_token(app, "viewer"))
-    admin = bearer(make_token(app, "admin"))
-    assert client.post("/api/v1/subscriptions", json={"email": "John.Doe@example.org",
-                                                      "newsletters": ["daily-briefing"]}).status_code == 202
-    [(reader_id, stored)] = query(app, "SELECT id, email FROM readers")
-    assert stored == "John.Doe@example.org"
-    answer = client.post("/api/v1/events/generic", headers=admin,
-                         json={"events": [{"type": "hard_bounce", "email": "john.doe@example.org"}]})
-    assert answer.status_code == 200, answer.get_data(as_text=True)
-    with app.app_context():  # the service itself now treats the reader as suppressed
-        assert suppressions.stopping_reason(db.session, suppressions.normalized_key(app.config, stored)) is not None
-        db.session.remove()
-    events, _ = whole_feed(client, viewer)
-    assert [(e["type"], e["data"]["reader"]["id"]) for e in events] == [
-        ("subscription.pending", reader_id), ("reader.suppressed", reader_id)]
 
 
 # --- 2. a cursor beyond the feed's end is taken silently, and the changes after it are skipped ---------------------
