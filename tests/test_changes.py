@@ -3,8 +3,11 @@ commit order with two really overlapping transactions (PostgreSQL), paging, eras
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
@@ -303,7 +306,27 @@ def test_both_bad_are_named_and_empty_values_mean_the_defaults(app, client, view
     assert answer.status_code == 422 and set(errors_of(answer)) == {"after", "limit"}
     assert client.get("/api/v1/changes?after=&limit=", headers=viewer).status_code == 200
     big = client.get(f"/api/v1/changes?after={2**63 - 1}&limit=1000", headers=viewer)
-    assert big.get_json() == {"changes": [], "next": str(2**63 - 1), "has_more": False}
+    assert big.status_code == 422 and list(errors_of(big)) == ["after"]
+
+
+def test_a_cursor_past_the_end_of_the_feed_is_a_422_so_no_later_change_is_skipped(app, client, viewer):
+    """A cursor the feed never gave (a typo, another instance's, one kept from before the database was
+    restored from a backup) would make the client skip every change until the positions reach it: refused."""
+    client.post("/api/v1/subscriptions", json={"email": "one@example.org", "newsletters": ["daily-briefing"]})
+    assert page_of(client, viewer)["next"] == "1"
+    for beyond in ("2", "1000000", str(2**63 - 1)):
+        answer = client.get("/api/v1/changes", query_string={"after": beyond}, headers=viewer)
+        assert answer.status_code == 422, answer.get_data(as_text=True)
+        assert errors_of(answer) == {"after": [
+            f"The after cursor {beyond} is past the end of the feed (the last change is at 1): start again from 0 "
+            "or from a cursor this server gave; a cursor from another instance, or kept from before a database "
+            "was restored from a backup, is not this feed's."]}
+    # The last position itself is the end of the feed, not past it; and the feed goes on from it.
+    assert page_of(client, viewer, after=1) == {"changes": [], "next": "1", "has_more": False}
+    client.post("/api/v1/subscriptions", json={"email": "two@example.org", "newsletters": ["daily-briefing"]})
+    assert client.get("/api/v1/changes?after=2", headers=viewer).status_code == 200
+    later = page_of(client, viewer, after=1)
+    assert [e["data"]["reader"]["email"] for e in later["changes"]] == ["two@example.org"]
 
 
 # --- paging --------------------------------------------------------------------------------------------------
@@ -602,6 +625,78 @@ def test_the_example_receiver_applies_webhooks_once_and_fills_gaps_from_the_feed
         feed.stopped.set()
         feed.wanted.set()
         server.shutdown()
+
+
+FEED_EVENT = {"id": "evt_1", "type": "subscription.confirmed", "timestamp": "2026-12-01T00:00:00+00:00",
+              "cursor": "1", "data": {"reader": {"id": 1, "email": "ada@example.org", "name": None},
+                                      "newsletter": {"slug": "daily-briefing"}, "channel": "api",
+                                      "source": {"page_url": None, "form_id": None}}}
+
+
+class BadAnswersFirst(BaseHTTPRequestHandler):
+    """A changes feed whose first answers are bad, each as a proxy or a restarting service gives them, then good."""
+
+    bad: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.bad:
+            kind = self.bad.pop(0)
+            if kind == "html":  # a proxy's maintenance page, 200 and all
+                self._send(200, "text/html", b"<html>upstream restarting</html>")
+            elif kind == "cut":  # the service restarted half-way through the body: IncompleteRead
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "500")
+                self.end_headers()
+                self.wfile.write(b'{"changes": [')
+            elif kind == "shape":  # JSON, but not a page of changes: KeyError
+                self._send(200, "application/json", b'{"detail": "not found"}')
+            elif kind == "refused":  # an HTTP error with the API's errors
+                self._send(422, "application/json", b'{"errors": {"after": ["past the end of the feed"]}}')
+            return
+        after = int(self.path.split("after=")[1].split("&")[0])
+        page = {"changes": [FEED_EVENT] if after < 1 else [], "next": "1", "has_more": False}
+        self._send(200, "application/json", json.dumps(page).encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_example_receiver_keeps_reading_the_feed_after_bad_answers(tmp_path, caplog):
+    """A bad answer (not JSON, cut off, not a page, an error) is logged and the feed is read again later:
+    the feed thread never dies, or the receiver would silently stop filling gaps."""
+    example = load_example()
+    BadAnswersFirst.bad = ["html", "cut", "shape", "refused"]
+    service = ThreadingHTTPServer(("127.0.0.1", 0), BadAnswersFirst)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    synced = example.SyncedList(str(tmp_path / "sync.sqlite3"))
+    feed = example.Feed(f"http://127.0.0.1:{service.server_address[1]}", "nlt_x", synced, poll_seconds=0.05)
+    runner = threading.Thread(target=feed.run, daemon=True)
+    with caplog.at_level("INFO", logger="sync-receiver"):
+        runner.start()
+        try:
+            for _ in range(100):
+                if synced.cursor == 1:
+                    break
+                time.sleep(0.1)
+            assert runner.is_alive(), "the feed reader thread died on a bad answer"
+            assert synced.cursor == 1 and synced.subscribers("daily-briefing") == [("ada@example.org", None)]
+        finally:
+            feed.stopped.set()
+            feed.wanted.set()
+            runner.join(10)
+            service.shutdown()
+    assert BadAnswersFirst.bad == []
+    failures = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(failures) == 4, [record.getMessage() for record in failures]
+    assert "past the end of the feed" in failures[-1].getMessage()
 
 
 def test_a_signup_leaves_numbering_to_the_feed_and_the_worker(app, client, viewer):

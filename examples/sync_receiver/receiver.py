@@ -26,6 +26,7 @@ import logging
 import os
 import sqlite3
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +46,8 @@ CREATE TABLE IF NOT EXISTS memberships (
     reader_id INTEGER, newsletter TEXT, status TEXT, cursor INTEGER NOT NULL, PRIMARY KEY (reader_id, newsletter));
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT);
 """
+# The first pause after a failed read of the feed; it doubles while failures last, up to POLL_SECONDS.
+FIRST_RETRY_SECONDS = 5.0
 STATUS_OF = {"subscription.pending": "pending", "subscription.confirmed": "confirmed",
              "subscription.unsubscribed": "unsubscribed"}
 
@@ -137,16 +140,40 @@ class Feed:
                     return new
 
     def run(self) -> None:
-        """Catch up on start, then whenever asked (a webhook past the cursor) or every poll_seconds."""
+        """Catch up on start, then whenever asked (a webhook past the cursor) or every poll_seconds.
+
+        A failed read never ends the loop: the service down, a proxy's HTML page while it restarts, an
+        answer cut off half-way, a page not as expected. It is logged and tried again after a pause
+        that doubles from FIRST_RETRY_SECONDS up to poll_seconds while the failures last.
+        """
+        retry = FIRST_RETRY_SECONDS
         while not self.stopped.is_set():
+            wait = self.poll_seconds
             try:
                 count = self.catch_up()
                 if count:
                     log.info("caught up: %d events from the feed", count)
-            except OSError as error:  # the service is down or unreachable: try again later
-                log.warning("could not read the changes feed: %s", error)
-            self.wanted.wait(self.poll_seconds)
+                retry = FIRST_RETRY_SECONDS
+            except urllib.error.HTTPError as error:
+                log.error("the changes feed answered %s: %s", error.code, _said(error))
+                wait, retry = min(retry, self.poll_seconds), retry * 2
+            except Exception:  # noqa: BLE001 (whatever went wrong, the feed must be read again later)
+                log.exception("could not read the changes feed; trying again")
+                wait, retry = min(retry, self.poll_seconds), retry * 2
+            self.wanted.wait(wait)
             self.wanted.clear()
+
+
+def _said(error: urllib.error.HTTPError) -> str:
+    """What an error answer says: the API's {"errors": …} or {"error": …} as JSON text, else its first bytes.
+
+    A 422 naming `after` means the stored cursor is not this feed's (the service's database was
+    restored from a backup, or the URL is another instance's): a person must decide how to resync.
+    """
+    try:
+        return error.read(2000).decode("utf-8", "replace") or error.reason
+    except Exception:  # noqa: BLE001
+        return str(error.reason)
 
 
 def handler_for(webhook: Webhook, synced: SyncedList, feed: Feed) -> type[BaseHTTPRequestHandler]:
