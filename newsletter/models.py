@@ -158,7 +158,7 @@ class ConsentEvent(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     reader_id: Mapped[int] = mapped_column(ForeignKey("readers.id", ondelete="CASCADE"), index=True)
     newsletter_id: Mapped[int | None] = mapped_column(ForeignKey("newsletters.id", ondelete="RESTRICT"))
-    # signup_requested, confirmed, unsubscribed, confirmation_resent, blocked, unblocked
+    # signup_requested, confirmed, unsubscribed, confirmation_resent, blocked, unblocked, suppressed, unsuppressed, erased
     action: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # hosted-form, embed-form, embed-iframe, embed-script, api, email-link, one-click, preferences …

@@ -12,6 +12,8 @@ entry: an erasure's do-not-import record is never lifted nor replaced by a bounc
 A new mail-stopping entry is also a change of each reader with that address: it records a
 `suppressed` ConsentEvent for them in the same transaction (the reason in its `wording`, the
 entry's source as its channel), which the changes feed and the webhooks tell as `reader.suppressed`.
+Lifting it, when no other mail-stopping entry is left, records `unsuppressed` the same way
+(`reader.unsuppressed`): a system kept in sync may mail the reader again.
 
 Rules (record_event): a hard bounce or a complaint suppresses the address at once; soft bounces
 suppress it once NEWSLETTER_SOFT_BOUNCE_LIMIT of them arrive within NEWSLETTER_SOFT_BOUNCE_WINDOW.
@@ -286,6 +288,11 @@ def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, d
     differ only in case are each told). SQLite's lower() folds ASCII letters only: there, a reader
     whose local part has non-ASCII capitals matches only a report quoting it in the same case.
     """
+    return _record_for_readers(session, "suppressed", entries)
+
+
+def _record_for_readers(session: Session, action: str, entries: Iterable[tuple[str, str, str, datetime]]) -> int:
+    """Record an `action` ConsentEvent (reason as its wording) for each reader of each (address, reason, source, when)."""
     wanted: dict[str, tuple[str, str, datetime]] = {}
     for address, reason, source, when in entries:
         for form in _reader_forms(address):
@@ -300,17 +307,21 @@ def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, d
     for start in range(0, len(forms), step):
         for reader_id, form in session.execute(query, {"emails": forms[start:start + step]}):
             reason, source, when = wanted[form]
-            events.append({"reader_id": reader_id, "newsletter_id": None, "action": "suppressed",
+            events.append({"reader_id": reader_id, "newsletter_id": None, "action": action,
                            "occurred_at": when, "source": source[:32], "wording": reason})
     if events:
         session.execute(insert(ConsentEvent), events)
     return len(events)
 
 
-def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: str | None = None) -> Suppression:
+def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: str | None = None,
+         source: str = "admin") -> Suppression:
     """End the entry in force with this id; it stays, as the record of who lifted it, when and why.
 
     An `erased` entry cannot be lifted (ErasedEntry): the person can sign up again themselves.
+    When no mail-stopping entry is left for the address, each of its readers gets an `unsuppressed`
+    ConsentEvent (the lifted entry's reason as its wording, `source` as its channel), which the
+    changes feed and the webhooks tell as `reader.unsuppressed`.
     """
     entry = session.scalars(
         select(Suppression).where(Suppression.id == suppression_id, Suppression.lifted_at.is_(None))
@@ -321,6 +332,11 @@ def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: s
     if entry.reason == "erased":
         raise ErasedEntry(suppression_id)
     entry.lifted_at, entry.lifted_by_id, entry.lift_note = utcnow(), admin_id, _cut(note)
+    session.flush()
+    if entry.email is not None and stopping_reason(session, entry.address_key) is None:
+        # Mail may go to the address again: each of its readers is told (an entry that kept no
+        # address, its reader erased or made from a key alone, names none we could tell).
+        _record_for_readers(session, "unsuppressed", [(entry.email, entry.reason, source, entry.lifted_at)])
     return entry
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from newsletter import accounts, changes, privacy, suppressions
 from newsletter.api.change_schemas import ChangesPage
 from newsletter.extensions import db
-from newsletter.models import ConsentEvent, Reader, Subscription, utcnow
+from newsletter.models import ConsentEvent, Reader, Subscription, Suppression, utcnow
 
 from .conftest import hidden_fields, link_in, query
 from .import_files import member, write_members
@@ -233,6 +233,66 @@ def test_a_bounce_quoting_the_address_in_another_case_is_told_as_reader_suppress
     events, _ = whole_feed(client, viewer)
     suppressed = sorted(e["data"]["reader"]["id"] for e in events if e["type"] == "reader.suppressed")
     assert suppressed == sorted([ids["John.Doe@example.org"], ids["JOHN.doe@example.org"]])
+
+
+def test_lifting_a_suppression_is_told_as_reader_unsuppressed_and_shown_in_the_readers_history(app, client, viewer):
+    """Once an entry is lifted the address is mailed again: a system kept in sync must learn it too, for each
+    reader of the address whatever its case, and only when no other entry stops mail to it."""
+    admin = bearer(make_token(app, "admin"))
+    with app.app_context():
+        accounts.create_admin(db.session, "editor@example.org", PASSWORD, "admin")
+        db.session.commit()
+    for email in ("John.Doe@example.org", "blocked@example.org"):
+        client.post("/api/v1/subscriptions", json={"email": email, "newsletters": ["daily-briefing"]})
+    ids = dict(query(app, "SELECT email, id FROM readers"))
+    john, blocked = ids["John.Doe@example.org"], ids["blocked@example.org"]
+    client.post("/api/v1/events/generic", headers=admin,
+                json={"events": [{"type": "complaint", "email": "john.doe@example.org"},
+                                 # Nobody's address: lifting its entry tells no reader.
+                                 {"type": "hard_bounce", "email": "stranger@example.org"}]})
+    log_in(client, "editor@example.org", PASSWORD)
+    entries = dict(query(app, "SELECT email, id FROM suppressions"))
+    for address in ("john.doe@example.org", "stranger@example.org"):
+        url = f"/admin/suppressions/{entries[address]}"
+        page = client.get(url)
+        lifted = client.post(f"{url}/lift", data={**hidden_fields(page.get_data(as_text=True)),
+                                                  "note": "Wrote to us: it was a slip."})
+        assert lifted.status_code == 303, lifted.get_data(as_text=True)
+    # A block and an unblock: suppressed, then unsuppressed, each once.
+    page = client.get(f"/admin/readers/{blocked}")
+    client.post(f"/admin/readers/{blocked}/block", data=hidden_fields(page.get_data(as_text=True)))
+    page = client.get(f"/admin/readers/{blocked}")
+    assert client.post(f"/admin/readers/{blocked}/unblock",
+                       data=hidden_fields(page.get_data(as_text=True))).status_code in (200, 303)
+
+    events, _ = whole_feed(client, viewer)
+    told = [(e["type"], e["data"]["reader"]["id"], e["data"]["channel"], e["data"].get("reason"))
+            for e in events if e["type"].startswith("reader.")]
+    assert told == [
+        ("reader.suppressed", john, "generic", "complaint"), ("reader.unsuppressed", john, "admin", "complaint"),
+        ("reader.suppressed", blocked, "admin", "blocked"), ("reader.unsuppressed", blocked, "admin", "blocked")]
+    for event in events:
+        ChangesPage.model_validate({"changes": [event], "next": "1", "has_more": False})
+    history = client.get(f"/admin/readers/{john}").get_data(as_text=True)
+    assert "unsuppressed (complaint)" in history and "suppressed (complaint)" in history
+
+
+def test_a_lift_is_not_told_while_another_entry_still_stops_mail(app):
+    """An address has one mail-stopping entry in force at most; should another be there anyway (a race, or
+    a database edited by hand), lifting one must not tell the reader that mail may go to them again."""
+    with app.app_context():
+        db.session.add(Reader(email="Twice@example.org"))
+        db.session.flush()
+        first = suppressions.suppress(db.session, app.config, "twice@example.org", reason="complaint", source="ses")
+        key = first.address_key
+        db.session.execute(sa.text("DROP INDEX uq_suppressions_active_key"))  # rolled back below
+        db.session.execute(sa.insert(Suppression).values(
+            address_key=key, email="twice@example.org", reason="manual", source="admin", created_at=utcnow()))
+        suppressions.lift(db.session, first.id, admin_id=None, note="one of two")
+        actions = list(db.session.scalars(sa.select(ConsentEvent.action).order_by(ConsentEvent.id)))
+        db.session.rollback()
+        db.session.remove()
+    assert actions == ["suppressed"]
 
 
 def test_postgresql_finds_the_readers_of_a_suppressed_address_through_the_lower_email_index(app):
@@ -631,6 +691,27 @@ FEED_EVENT = {"id": "evt_1", "type": "subscription.confirmed", "timestamp": "202
               "cursor": "1", "data": {"reader": {"id": 1, "email": "ada@example.org", "name": None},
                                       "newsletter": {"slug": "daily-briefing"}, "channel": "api",
                                       "source": {"page_url": None, "form_id": None}}}
+
+
+def test_the_example_receiver_mails_a_reader_again_once_unsuppressed_whatever_the_order(tmp_path):
+    example = load_example()
+    synced = example.SyncedList(str(tmp_path / "sync.sqlite3"))
+
+    def event(number: int, kind: str, reason: str | None = None) -> dict:
+        data = {**FEED_EVENT["data"], "newsletter": None, "channel": "admin", "reason": reason}
+        return {**FEED_EVENT, "id": f"evt_{number}", "type": kind, "cursor": str(number), "data": data}
+
+    synced.apply(FEED_EVENT)
+    synced.apply(event(2, "reader.suppressed", "hard_bounce"))
+    assert synced.subscribers("daily-briefing") == []
+    synced.apply(event(3, "reader.unsuppressed", "hard_bounce"))
+    assert synced.subscribers("daily-briefing") == [("ada@example.org", None)]
+    # A suppression told late (the feed filling a gap after the webhook of the lift) changes nothing.
+    synced.apply(event(2, "reader.suppressed", "hard_bounce") | {"id": "evt_2b"})
+    assert synced.subscribers("daily-briefing") == [("ada@example.org", None)]
+    synced.apply(event(5, "reader.suppressed", "complaint"))
+    synced.apply(event(4, "reader.unsuppressed", "hard_bounce"))
+    assert synced.subscribers("daily-briefing") == []
 
 
 class BadAnswersFirst(BaseHTTPRequestHandler):

@@ -12,7 +12,8 @@ contacts and their subscriptions, as a sending platform or CRM would, and:
 
 Events may come twice and, across readers, in any order; for one reader and newsletter the latest
 change wins: each row keeps the feed cursor of the event that set it, and an older event changes
-nothing. An erased reader's address and name are removed here too.
+nothing (so does a contact's suppression, set by reader.suppressed and cleared by reader.unsuppressed).
+An erased reader's address and name are removed here too.
 
 Settings (environment): NEWSLETTER_URL (e.g. https://news.example.com), NEWSLETTER_TOKEN (a viewer
 API token), WEBHOOK_SECRET (the endpoint's whsec_… secret), LISTEN (default 127.0.0.1:8765),
@@ -41,7 +42,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS contacts (
     reader_id INTEGER PRIMARY KEY, email TEXT, name TEXT, suppressed TEXT, erased INTEGER NOT NULL DEFAULT 0,
-    cursor INTEGER NOT NULL DEFAULT 0);
+    cursor INTEGER NOT NULL DEFAULT 0, suppressed_cursor INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS memberships (
     reader_id INTEGER, newsletter TEXT, status TEXT, cursor INTEGER NOT NULL, PRIMARY KEY (reader_id, newsletter));
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT);
@@ -58,6 +59,9 @@ class SyncedList:
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(contacts)")}
+        if "suppressed_cursor" not in columns:  # a list made by an earlier version of this example
+            self._db.execute("ALTER TABLE contacts ADD COLUMN suppressed_cursor INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.Lock()
 
     @property
@@ -97,8 +101,12 @@ class SyncedList:
         # The address and name as of the latest event of the reader.
         self._db.execute("UPDATE contacts SET email = ?, name = ?, cursor = ? WHERE reader_id = ? AND cursor < ?",
                          (reader["email"], reader["name"], position, reader["id"], position))
-        if event["type"] == "reader.suppressed":
-            self._db.execute("UPDATE contacts SET suppressed = ? WHERE reader_id = ?", (data.get("reason"), reader["id"]))
+        if event["type"] in ("reader.suppressed", "reader.unsuppressed"):
+            # Suppressed (with the reason) or not any more, as of the latest of these events.
+            suppressed = (data.get("reason") or "suppressed") if event["type"] == "reader.suppressed" else None
+            self._db.execute("UPDATE contacts SET suppressed = ?, suppressed_cursor = ? "
+                             "WHERE reader_id = ? AND suppressed_cursor < ?",
+                             (suppressed, position, reader["id"], position))
         elif event["type"] in STATUS_OF and data["newsletter"]:
             self._db.execute(
                 "INSERT INTO memberships VALUES (?, ?, ?, ?) ON CONFLICT (reader_id, newsletter) DO UPDATE "
