@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column
@@ -36,18 +37,17 @@ def test_migrations_build_the_schema_the_models_describe(app):
 
 
 def test_migrations_build_the_expression_indexes_the_models_describe_on_sqlite_too(app):
-    """What compare_metadata cannot see on SQLite: each expression index, on the same expression."""
+    """What compare_metadata cannot see on SQLite: each expression index, on the same expression.
+
+    (On PostgreSQL compare_metadata reflects and compares them, in the test above.)
+    """
     with app.app_context(), db.engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            pytest.skip("PostgreSQL's expression indexes are compared by compare_metadata")
         wanted = _expression_indexes()
-        if connection.dialect.name == "sqlite":
-            rows = connection.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index'").all()
-            built = {name: re.sub(r"\s+", "", sql.split(" ON ", 1)[1]).lower() for name, sql in rows if sql}
-            for name, expression in wanted.items():
-                assert name in built, f"the migrations build no index {name}"
-                assert re.sub(r"\s+", "", expression).lower() in built[name], (name, built[name])
-        else:
-            rows = connection.exec_driver_sql("SELECT indexname, indexdef FROM pg_indexes").all()
-            built = {name: definition.lower() for name, definition in rows}
-            for name, expression in wanted.items():
-                assert name in built and expression.lower() in built[name], (name, built.get(name))
+        rows = connection.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index'").all()
+    built = {name: re.sub(r"\s+", "", sql.split(" ON ", 1)[1]).lower() for name, sql in rows if sql}
     assert "ix_readers_lower_email" in wanted
+    for name, expression in wanted.items():
+        assert name in built, f"the migrations build no index {name}"
+        assert re.sub(r"\s+", "", expression).lower() in built[name], (name, built[name])
