@@ -55,6 +55,7 @@ EVENT_TYPES: dict[str, str] = {
     "unsubscribed": "subscription.unsubscribed",
     "erased": "reader.erased",
     "suppressed": "reader.suppressed",
+    "unsuppressed": "reader.unsuppressed",
 }
 ACTIONS_OF_TYPE: dict[str, str] = {event_type: action for action, event_type in EVENT_TYPES.items()}
 # The key of the PostgreSQL advisory lock under which positions are given ("nlfeed" in ASCII).
@@ -181,8 +182,8 @@ def event_payloads(session: Session, events: Sequence[ConsentEvent]) -> list[dic
             "channel": event.source,
             "source": {"page_url": event.page_url, "form_id": event.form_id},
         }
-        if event.action == "suppressed":
-            data["reason"] = event.wording
+        if event.action in ("suppressed", "unsuppressed"):
+            data["reason"] = event.wording  # the reason of the entry put in force, or lifted
         payloads.append({
             "id": f"evt_{event.id}",
             "type": EVENT_TYPES.get(event.action, event.action),

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.orm import Mapped, configure_mappers, mapped_column, relationship
@@ -108,6 +109,11 @@ class Reader(db.Model):
 
     subscriptions: Mapped[list[Subscription]] = relationship(back_populates="reader")
 
+    __table_args__ = (
+        # Bounce reports and suppressions quote an address in any case (suppressions.record_suppressed).
+        Index("ix_readers_lower_email", func.lower(email)),
+    )
+
     def __repr__(self) -> str:
         return f"<Reader {self.id}>"
 
@@ -152,7 +158,7 @@ class ConsentEvent(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     reader_id: Mapped[int] = mapped_column(ForeignKey("readers.id", ondelete="CASCADE"), index=True)
     newsletter_id: Mapped[int | None] = mapped_column(ForeignKey("newsletters.id", ondelete="RESTRICT"))
-    # signup_requested, confirmed, unsubscribed, confirmation_resent, blocked, unblocked
+    # signup_requested, confirmed, unsubscribed, confirmation_resent, blocked, unblocked, suppressed, unsuppressed, erased
     action: Mapped[str] = mapped_column(String(32))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # hosted-form, embed-form, embed-iframe, embed-script, api, email-link, one-click, preferences …

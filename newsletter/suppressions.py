@@ -12,6 +12,8 @@ entry: an erasure's do-not-import record is never lifted nor replaced by a bounc
 A new mail-stopping entry is also a change of each reader with that address: it records a
 `suppressed` ConsentEvent for them in the same transaction (the reason in its `wording`, the
 entry's source as its channel), which the changes feed and the webhooks tell as `reader.suppressed`.
+Lifting it, when no other mail-stopping entry is left, records `unsuppressed` the same way
+(`reader.unsuppressed`): a system kept in sync may mail the reader again.
 
 Rules (record_event): a hard bounce or a complaint suppresses the address at once; soft bounces
 suppress it once NEWSLETTER_SOFT_BOUNCE_LIMIT of them arrive within NEWSLETTER_SOFT_BOUNCE_WINDOW.
@@ -30,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import ColumnElement, Connection, String, bindparam, exists, func, insert, select
+from sqlalchemy import ColumnElement, Connection, Select, String, bindparam, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -256,18 +258,25 @@ def suppress(session: Session, config: Mapping[str, Any], address: str | None, *
 
 
 def _reader_forms(address: str) -> set[str]:
-    """The forms a reader's email (email-validator's normalized form) of `address` can have.
+    """The lowercased forms a reader's email (email-validator's normalized form) of `address` can have.
 
-    A reader is keyed by the normalized form, whose local part keeps its case: reports quote the
-    address as we sent it, or lowercased. (Matching every case would need lower(email) over all readers.)
+    A reader is keyed by the normalized form, whose local part keeps its case as the reader typed
+    it, while reports quote the address in any case (most lowercase it): readers are found by
+    lower(email), which ix_readers_lower_email indexes.
     """
     text = address.strip().strip("<>").strip()
-    forms = {text, text.lower()}
+    forms = {text.lower()}
     try:
         normalized = validate_email(text, check_deliverability=False, allow_display_name=False).normalized
     except EmailNotValidError:
         return forms
-    return forms | {normalized, normalized.lower()}
+    return forms | {normalized.lower()}
+
+
+def readers_by_lowered_email(dialect: str) -> Select[tuple[int, str]]:
+    """SQL: (id, lower(email)) of the readers not erased whose lower(email) is in the bound list `emails`."""
+    lowered = func.lower(Reader.email)
+    return select(Reader.id, lowered).where(in_list(lowered, "emails", String(), dialect), Reader.erased_at.is_(None))
 
 
 def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, datetime]]) -> int:
@@ -275,7 +284,15 @@ def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, d
 
     `entries` are (address, reason, source, when) of new mail-stopping entries, each once: the
     caller records an entry's event when it puts the entry in force, not when it finds it there.
+    A reader matches whatever the case of the address, as its suppression key does (readers who
+    differ only in case are each told). SQLite's lower() folds ASCII letters only: there, a reader
+    whose local part has non-ASCII capitals matches only a report quoting it in the same case.
     """
+    return _record_for_readers(session, "suppressed", entries)
+
+
+def _record_for_readers(session: Session, action: str, entries: Iterable[tuple[str, str, str, datetime]]) -> int:
+    """Record an `action` ConsentEvent (reason as its wording) for each reader of each (address, reason, source, when)."""
     wanted: dict[str, tuple[str, str, datetime]] = {}
     for address, reason, source, when in entries:
         for form in _reader_forms(address):
@@ -285,23 +302,26 @@ def record_suppressed(session: Session, entries: Iterable[tuple[str, str, str, d
     dialect = session.get_bind().dialect.name
     step = (len(wanted) or 1) if dialect == "postgresql" else 5000
     forms = list(wanted)
-    query = select(Reader.id, Reader.email).where(in_list(Reader.email, "emails", String(), dialect),
-                                                  Reader.erased_at.is_(None))
+    query = readers_by_lowered_email(dialect)
     events = []
     for start in range(0, len(forms), step):
-        for reader_id, email in session.execute(query, {"emails": forms[start:start + step]}):
-            reason, source, when = wanted[email]
-            events.append({"reader_id": reader_id, "newsletter_id": None, "action": "suppressed",
+        for reader_id, form in session.execute(query, {"emails": forms[start:start + step]}):
+            reason, source, when = wanted[form]
+            events.append({"reader_id": reader_id, "newsletter_id": None, "action": action,
                            "occurred_at": when, "source": source[:32], "wording": reason})
     if events:
         session.execute(insert(ConsentEvent), events)
     return len(events)
 
 
-def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: str | None = None) -> Suppression:
+def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: str | None = None,
+         source: str = "admin") -> Suppression:
     """End the entry in force with this id; it stays, as the record of who lifted it, when and why.
 
     An `erased` entry cannot be lifted (ErasedEntry): the person can sign up again themselves.
+    When no mail-stopping entry is left for the address, each of its readers gets an `unsuppressed`
+    ConsentEvent (the lifted entry's reason as its wording, `source` as its channel), which the
+    changes feed and the webhooks tell as `reader.unsuppressed`.
     """
     entry = session.scalars(
         select(Suppression).where(Suppression.id == suppression_id, Suppression.lifted_at.is_(None))
@@ -312,6 +332,11 @@ def lift(session: Session, suppression_id: int, *, admin_id: int | None, note: s
     if entry.reason == "erased":
         raise ErasedEntry(suppression_id)
     entry.lifted_at, entry.lifted_by_id, entry.lift_note = utcnow(), admin_id, _cut(note)
+    session.flush()
+    if entry.email is not None and stopping_reason(session, entry.address_key) is None:
+        # Mail may go to the address again: each of its readers is told (an entry that kept no
+        # address, its reader erased or made from a key alone, names none we could tell).
+        _record_for_readers(session, "unsuppressed", [(entry.email, entry.reason, source, entry.lifted_at)])
     return entry
 
 

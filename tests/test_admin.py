@@ -548,7 +548,10 @@ def test_blocked_address_signups_are_answered_but_store_and_send_nothing(app, cl
     unblocked = editor.post(f"/admin/readers/{reader_id}/unblock", data={"csrf_token": token})
     assert unblocked.status_code == 303
     state = reader_state(app, reader_id)
-    assert not state["blocked"] and state["events"][-1][:2] == ("unblocked", "admin")
+    # Its `blocked` entry is lifted with it: the changes feed's reader.unsuppressed (the reason as wording).
+    assert not state["blocked"] and [e[:2] for e in state["events"][-2:]] == [
+        ("unblocked", "admin"), ("unsuppressed", "admin")]
+    assert state["events"][-1][2] == "blocked"
     with app.app_context():  # the resend interval since the first signup has passed
         db.session.execute(sa.text("UPDATE readers SET confirmation_sent_at = NULL"))
         db.session.commit()

@@ -3,17 +3,20 @@ commit order with two really overlapping transactions (PostgreSQL), paging, eras
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from newsletter import accounts, changes, privacy
+from newsletter import accounts, changes, privacy, suppressions
 from newsletter.api.change_schemas import ChangesPage
 from newsletter.extensions import db
-from newsletter.models import ConsentEvent, Reader, Subscription, utcnow
+from newsletter.models import ConsentEvent, Reader, Subscription, Suppression, utcnow
 
 from .conftest import hidden_fields, link_in, query
 from .import_files import member, write_members
@@ -208,6 +211,111 @@ def test_an_import_that_brings_a_cleaned_address_tells_its_reader(app, client, v
     assert [e["type"] for e in whole_feed(client, viewer)[0]].count("reader.suppressed") == 1
 
 
+@pytest.mark.parametrize("reported", ["john.doe@example.org", "JOHN.DOE@EXAMPLE.ORG", "john.DOE@Example.ORG"])
+def test_a_bounce_quoting_the_address_in_another_case_is_told_as_reader_suppressed(app, client, viewer, reported):
+    """The reader signed up as John.Doe@example.org; providers report the address in any case (most
+    lowercase it). The suppression key is case-blind, so mail stops: the feed must say so too."""
+    admin = bearer(make_token(app, "admin"))
+    assert client.post("/api/v1/subscriptions", json={"email": "John.Doe@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    # Another reader whose address differs only in case is the same mailbox for the suppression list.
+    assert client.post("/api/v1/subscriptions", json={"email": "JOHN.doe@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    client.post("/api/v1/subscriptions", json={"email": "john.doe2@example.org", "newsletters": ["daily-briefing"]})
+    ids = dict(query(app, "SELECT email, id FROM readers"))
+    answer = client.post("/api/v1/events/generic", headers=admin,
+                         json={"events": [{"type": "hard_bounce", "email": reported}]})
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    with app.app_context():
+        assert suppressions.stopping_reason(
+            db.session, suppressions.normalized_key(app.config, "John.Doe@example.org")) == "hard_bounce"
+        db.session.remove()
+    events, _ = whole_feed(client, viewer)
+    suppressed = sorted(e["data"]["reader"]["id"] for e in events if e["type"] == "reader.suppressed")
+    assert suppressed == sorted([ids["John.Doe@example.org"], ids["JOHN.doe@example.org"]])
+
+
+def test_lifting_a_suppression_is_told_as_reader_unsuppressed_and_shown_in_the_readers_history(app, client, viewer):
+    """Once an entry is lifted the address is mailed again: a system kept in sync must learn it too, for each
+    reader of the address whatever its case, and only when no other entry stops mail to it."""
+    admin = bearer(make_token(app, "admin"))
+    with app.app_context():
+        accounts.create_admin(db.session, "editor@example.org", PASSWORD, "admin")
+        db.session.commit()
+    for email in ("John.Doe@example.org", "blocked@example.org"):
+        client.post("/api/v1/subscriptions", json={"email": email, "newsletters": ["daily-briefing"]})
+    ids = dict(query(app, "SELECT email, id FROM readers"))
+    john, blocked = ids["John.Doe@example.org"], ids["blocked@example.org"]
+    client.post("/api/v1/events/generic", headers=admin,
+                json={"events": [{"type": "complaint", "email": "john.doe@example.org"},
+                                 # Nobody's address: lifting its entry tells no reader.
+                                 {"type": "hard_bounce", "email": "stranger@example.org"}]})
+    log_in(client, "editor@example.org", PASSWORD)
+    entries = dict(query(app, "SELECT email, id FROM suppressions"))
+    for address in ("john.doe@example.org", "stranger@example.org"):
+        url = f"/admin/suppressions/{entries[address]}"
+        page = client.get(url)
+        lifted = client.post(f"{url}/lift", data={**hidden_fields(page.get_data(as_text=True)),
+                                                  "note": "Wrote to us: it was a slip."})
+        assert lifted.status_code == 303, lifted.get_data(as_text=True)
+    # A block and an unblock: suppressed, then unsuppressed, each once.
+    page = client.get(f"/admin/readers/{blocked}")
+    client.post(f"/admin/readers/{blocked}/block", data=hidden_fields(page.get_data(as_text=True)))
+    page = client.get(f"/admin/readers/{blocked}")
+    assert client.post(f"/admin/readers/{blocked}/unblock",
+                       data=hidden_fields(page.get_data(as_text=True))).status_code in (200, 303)
+
+    events, _ = whole_feed(client, viewer)
+    told = [(e["type"], e["data"]["reader"]["id"], e["data"]["channel"], e["data"].get("reason"))
+            for e in events if e["type"].startswith("reader.")]
+    assert told == [
+        ("reader.suppressed", john, "generic", "complaint"), ("reader.unsuppressed", john, "admin", "complaint"),
+        ("reader.suppressed", blocked, "admin", "blocked"), ("reader.unsuppressed", blocked, "admin", "blocked")]
+    for event in events:
+        ChangesPage.model_validate({"changes": [event], "next": "1", "has_more": False})
+    history = client.get(f"/admin/readers/{john}").get_data(as_text=True)
+    assert "unsuppressed (complaint)" in history and "suppressed (complaint)" in history
+
+
+def test_a_lift_is_not_told_while_another_entry_still_stops_mail(app):
+    """An address has one mail-stopping entry in force at most; should another be there anyway (a race, or
+    a database edited by hand), lifting one must not tell the reader that mail may go to them again."""
+    with app.app_context():
+        db.session.add(Reader(email="Twice@example.org"))
+        db.session.flush()
+        first = suppressions.suppress(db.session, app.config, "twice@example.org", reason="complaint", source="ses")
+        key = first.address_key
+        db.session.execute(sa.text("DROP INDEX uq_suppressions_active_key"))  # rolled back below
+        db.session.execute(sa.insert(Suppression).values(
+            address_key=key, email="twice@example.org", reason="manual", source="admin", created_at=utcnow()))
+        suppressions.lift(db.session, first.id, admin_id=None, note="one of two")
+        actions = list(db.session.scalars(sa.select(ConsentEvent.action).order_by(ConsentEvent.id)))
+        db.session.rollback()
+        db.session.remove()
+    assert actions == ["suppressed"]
+
+
+def test_postgresql_finds_the_readers_of_a_suppressed_address_through_the_lower_email_index(app):
+    """record_suppressed looks readers up by lower(email): with many readers, PostgreSQL's planner must
+    use ix_readers_lower_email, not read every reader."""
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("the query plan is PostgreSQL's")
+        db.session.execute(sa.text(
+            "INSERT INTO readers (email, created_at) "
+            "SELECT 'Reader.' || n || '@example.org', now() FROM generate_series(1, 20000) AS n"))
+        db.session.execute(sa.text("ANALYZE readers"))
+        statement = suppressions.readers_by_lowered_email("postgresql")
+        compiled = statement.compile(dialect=db.engine.dialect)
+        plan = "\n".join(row[0] for row in db.session.connection().exec_driver_sql(
+            f"EXPLAIN {compiled}", {"emails": ["reader.17@example.org", "reader.4242@example.org"]}))
+        found = db.session.execute(statement, {"emails": ["reader.17@example.org", "reader.4242@example.org"]}).all()
+        db.session.rollback()
+        db.session.remove()
+    assert "ix_readers_lower_email" in plan and "Seq Scan" not in plan, plan
+    assert sorted(email for _, email in found) == ["reader.17@example.org", "reader.4242@example.org"]
+
+
 # --- the API: tokens and bad input ---------------------------------------------------------------------------
 
 def test_no_token_is_401_and_a_viewer_token_reads(app, client, viewer):
@@ -258,7 +366,27 @@ def test_both_bad_are_named_and_empty_values_mean_the_defaults(app, client, view
     assert answer.status_code == 422 and set(errors_of(answer)) == {"after", "limit"}
     assert client.get("/api/v1/changes?after=&limit=", headers=viewer).status_code == 200
     big = client.get(f"/api/v1/changes?after={2**63 - 1}&limit=1000", headers=viewer)
-    assert big.get_json() == {"changes": [], "next": str(2**63 - 1), "has_more": False}
+    assert big.status_code == 422 and list(errors_of(big)) == ["after"]
+
+
+def test_a_cursor_past_the_end_of_the_feed_is_a_422_so_no_later_change_is_skipped(app, client, viewer):
+    """A cursor the feed never gave (a typo, another instance's, one kept from before the database was
+    restored from a backup) would make the client skip every change until the positions reach it: refused."""
+    client.post("/api/v1/subscriptions", json={"email": "one@example.org", "newsletters": ["daily-briefing"]})
+    assert page_of(client, viewer)["next"] == "1"
+    for beyond in ("2", "1000000", str(2**63 - 1)):
+        answer = client.get("/api/v1/changes", query_string={"after": beyond}, headers=viewer)
+        assert answer.status_code == 422, answer.get_data(as_text=True)
+        assert errors_of(answer) == {"after": [
+            f"The after cursor {beyond} is past the end of the feed (the last change is at 1): start again from 0 "
+            "or from a cursor this server gave; a cursor from another instance, or kept from before a database "
+            "was restored from a backup, is not this feed's."]}
+    # The last position itself is the end of the feed, not past it; and the feed goes on from it.
+    assert page_of(client, viewer, after=1) == {"changes": [], "next": "1", "has_more": False}
+    client.post("/api/v1/subscriptions", json={"email": "two@example.org", "newsletters": ["daily-briefing"]})
+    assert client.get("/api/v1/changes?after=2", headers=viewer).status_code == 200
+    later = page_of(client, viewer, after=1)
+    assert [e["data"]["reader"]["email"] for e in later["changes"]] == ["two@example.org"]
 
 
 # --- paging --------------------------------------------------------------------------------------------------
@@ -557,6 +685,99 @@ def test_the_example_receiver_applies_webhooks_once_and_fills_gaps_from_the_feed
         feed.stopped.set()
         feed.wanted.set()
         server.shutdown()
+
+
+FEED_EVENT = {"id": "evt_1", "type": "subscription.confirmed", "timestamp": "2026-12-01T00:00:00+00:00",
+              "cursor": "1", "data": {"reader": {"id": 1, "email": "ada@example.org", "name": None},
+                                      "newsletter": {"slug": "daily-briefing"}, "channel": "api",
+                                      "source": {"page_url": None, "form_id": None}}}
+
+
+def test_the_example_receiver_mails_a_reader_again_once_unsuppressed_whatever_the_order(tmp_path):
+    example = load_example()
+    synced = example.SyncedList(str(tmp_path / "sync.sqlite3"))
+
+    def event(number: int, kind: str, reason: str | None = None) -> dict:
+        data = {**FEED_EVENT["data"], "newsletter": None, "channel": "admin", "reason": reason}
+        return {**FEED_EVENT, "id": f"evt_{number}", "type": kind, "cursor": str(number), "data": data}
+
+    synced.apply(FEED_EVENT)
+    synced.apply(event(2, "reader.suppressed", "hard_bounce"))
+    assert synced.subscribers("daily-briefing") == []
+    synced.apply(event(3, "reader.unsuppressed", "hard_bounce"))
+    assert synced.subscribers("daily-briefing") == [("ada@example.org", None)]
+    # A suppression told late (the feed filling a gap after the webhook of the lift) changes nothing.
+    synced.apply(event(2, "reader.suppressed", "hard_bounce") | {"id": "evt_2b"})
+    assert synced.subscribers("daily-briefing") == [("ada@example.org", None)]
+    synced.apply(event(5, "reader.suppressed", "complaint"))
+    synced.apply(event(4, "reader.unsuppressed", "hard_bounce"))
+    assert synced.subscribers("daily-briefing") == []
+
+
+class BadAnswersFirst(BaseHTTPRequestHandler):
+    """A changes feed whose first answers are bad, each as a proxy or a restarting service gives them, then good."""
+
+    bad: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.bad:
+            kind = self.bad.pop(0)
+            if kind == "html":  # a proxy's maintenance page, 200 and all
+                self._send(200, "text/html", b"<html>upstream restarting</html>")
+            elif kind == "cut":  # the service restarted half-way through the body: IncompleteRead
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "500")
+                self.end_headers()
+                self.wfile.write(b'{"changes": [')
+            elif kind == "shape":  # JSON, but not a page of changes: KeyError
+                self._send(200, "application/json", b'{"detail": "not found"}')
+            elif kind == "refused":  # an HTTP error with the API's errors
+                self._send(422, "application/json", b'{"errors": {"after": ["past the end of the feed"]}}')
+            return
+        after = int(self.path.split("after=")[1].split("&")[0])
+        page = {"changes": [FEED_EVENT] if after < 1 else [], "next": "1", "has_more": False}
+        self._send(200, "application/json", json.dumps(page).encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_example_receiver_keeps_reading_the_feed_after_bad_answers(tmp_path, caplog):
+    """A bad answer (not JSON, cut off, not a page, an error) is logged and the feed is read again later:
+    the feed thread never dies, or the receiver would silently stop filling gaps."""
+    example = load_example()
+    BadAnswersFirst.bad = ["html", "cut", "shape", "refused"]
+    service = ThreadingHTTPServer(("127.0.0.1", 0), BadAnswersFirst)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    synced = example.SyncedList(str(tmp_path / "sync.sqlite3"))
+    feed = example.Feed(f"http://127.0.0.1:{service.server_address[1]}", "nlt_x", synced, poll_seconds=0.05)
+    runner = threading.Thread(target=feed.run, daemon=True)
+    with caplog.at_level("INFO", logger="sync-receiver"):
+        runner.start()
+        try:
+            for _ in range(100):
+                if synced.cursor == 1:
+                    break
+                time.sleep(0.1)
+            assert runner.is_alive(), "the feed reader thread died on a bad answer"
+            assert synced.cursor == 1 and synced.subscribers("daily-briefing") == [("ada@example.org", None)]
+        finally:
+            feed.stopped.set()
+            feed.wanted.set()
+            runner.join(10)
+            service.shutdown()
+    assert BadAnswersFirst.bad == []
+    failures = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(failures) == 4, [record.getMessage() for record in failures]
+    assert "past the end of the feed" in failures[-1].getMessage()
 
 
 def test_a_signup_leaves_numbering_to_the_feed_and_the_worker(app, client, viewer):

@@ -12,7 +12,8 @@ contacts and their subscriptions, as a sending platform or CRM would, and:
 
 Events may come twice and, across readers, in any order; for one reader and newsletter the latest
 change wins: each row keeps the feed cursor of the event that set it, and an older event changes
-nothing. An erased reader's address and name are removed here too.
+nothing (so does a contact's suppression, set by reader.suppressed and cleared by reader.unsuppressed).
+An erased reader's address and name are removed here too.
 
 Settings (environment): NEWSLETTER_URL (e.g. https://news.example.com), NEWSLETTER_TOKEN (a viewer
 API token), WEBHOOK_SECRET (the endpoint's whsec_… secret), LISTEN (default 127.0.0.1:8765),
@@ -26,6 +27,7 @@ import logging
 import os
 import sqlite3
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,11 +42,13 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (event_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS contacts (
     reader_id INTEGER PRIMARY KEY, email TEXT, name TEXT, suppressed TEXT, erased INTEGER NOT NULL DEFAULT 0,
-    cursor INTEGER NOT NULL DEFAULT 0);
+    cursor INTEGER NOT NULL DEFAULT 0, suppressed_cursor INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS memberships (
     reader_id INTEGER, newsletter TEXT, status TEXT, cursor INTEGER NOT NULL, PRIMARY KEY (reader_id, newsletter));
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT);
 """
+# The first pause after a failed read of the feed; it doubles while failures last, up to POLL_SECONDS.
+FIRST_RETRY_SECONDS = 5.0
 STATUS_OF = {"subscription.pending": "pending", "subscription.confirmed": "confirmed",
              "subscription.unsubscribed": "unsubscribed"}
 
@@ -55,6 +59,9 @@ class SyncedList:
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(contacts)")}
+        if "suppressed_cursor" not in columns:  # a list made by an earlier version of this example
+            self._db.execute("ALTER TABLE contacts ADD COLUMN suppressed_cursor INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.Lock()
 
     @property
@@ -94,8 +101,12 @@ class SyncedList:
         # The address and name as of the latest event of the reader.
         self._db.execute("UPDATE contacts SET email = ?, name = ?, cursor = ? WHERE reader_id = ? AND cursor < ?",
                          (reader["email"], reader["name"], position, reader["id"], position))
-        if event["type"] == "reader.suppressed":
-            self._db.execute("UPDATE contacts SET suppressed = ? WHERE reader_id = ?", (data.get("reason"), reader["id"]))
+        if event["type"] in ("reader.suppressed", "reader.unsuppressed"):
+            # Suppressed (with the reason) or not any more, as of the latest of these events.
+            suppressed = (data.get("reason") or "suppressed") if event["type"] == "reader.suppressed" else None
+            self._db.execute("UPDATE contacts SET suppressed = ?, suppressed_cursor = ? "
+                             "WHERE reader_id = ? AND suppressed_cursor < ?",
+                             (suppressed, position, reader["id"], position))
         elif event["type"] in STATUS_OF and data["newsletter"]:
             self._db.execute(
                 "INSERT INTO memberships VALUES (?, ?, ?, ?) ON CONFLICT (reader_id, newsletter) DO UPDATE "
@@ -137,16 +148,40 @@ class Feed:
                     return new
 
     def run(self) -> None:
-        """Catch up on start, then whenever asked (a webhook past the cursor) or every poll_seconds."""
+        """Catch up on start, then whenever asked (a webhook past the cursor) or every poll_seconds.
+
+        A failed read never ends the loop: the service down, a proxy's HTML page while it restarts, an
+        answer cut off half-way, a page not as expected. It is logged and tried again after a pause
+        that doubles from FIRST_RETRY_SECONDS up to poll_seconds while the failures last.
+        """
+        retry = FIRST_RETRY_SECONDS
         while not self.stopped.is_set():
+            wait = self.poll_seconds
             try:
                 count = self.catch_up()
                 if count:
                     log.info("caught up: %d events from the feed", count)
-            except OSError as error:  # the service is down or unreachable: try again later
-                log.warning("could not read the changes feed: %s", error)
-            self.wanted.wait(self.poll_seconds)
+                retry = FIRST_RETRY_SECONDS
+            except urllib.error.HTTPError as error:
+                log.error("the changes feed answered %s: %s", error.code, _said(error))
+                wait, retry = min(retry, self.poll_seconds), retry * 2
+            except Exception:  # noqa: BLE001 (whatever went wrong, the feed must be read again later)
+                log.exception("could not read the changes feed; trying again")
+                wait, retry = min(retry, self.poll_seconds), retry * 2
+            self.wanted.wait(wait)
             self.wanted.clear()
+
+
+def _said(error: urllib.error.HTTPError) -> str:
+    """What an error answer says: the API's {"errors": …} or {"error": …} as JSON text, else its first bytes.
+
+    A 422 naming `after` means the stored cursor is not this feed's (the service's database was
+    restored from a backup, or the URL is another instance's): a person must decide how to resync.
+    """
+    try:
+        return error.read(2000).decode("utf-8", "replace") or error.reason
+    except Exception:  # noqa: BLE001
+        return str(error.reason)
 
 
 def handler_for(webhook: Webhook, synced: SyncedList, feed: Feed) -> type[BaseHTTPRequestHandler]:

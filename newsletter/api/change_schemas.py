@@ -19,7 +19,7 @@ MAX_LIMIT = 1000
 MAX_CURSOR = 2**63 - 1
 
 EventType = Literal["subscription.pending", "subscription.confirmed", "subscription.unsubscribed",
-                    "reader.erased", "reader.suppressed"]
+                    "reader.erased", "reader.suppressed", "reader.unsuppressed"]
 assert set(get_args(EventType)) == set(EVENT_TYPES.values())
 
 
@@ -53,13 +53,17 @@ class ChangeData(BaseModel):
 
     reader: ChangeReader
     newsletter: ChangeNewsletter | None = Field(
-        description="The newsletter of a subscription change; null for reader.erased and reader.suppressed.")
+        description="The newsletter of a subscription change; null for reader.erased, reader.suppressed and "
+                    "reader.unsuppressed.")
     channel: str = Field(description="How the change came: embed-form, hosted-form, api, email-link, one-click, "
                                      "preferences, admin, import, erasure, or for reader.suppressed the report's "
-                                     "source: smtp, mailbox, ses, postmark, sendgrid, mailgun, generic, admin, import.")
+                                     "source: smtp, mailbox, ses, postmark, sendgrid, mailgun, generic, admin, import; "
+                                     "admin for reader.unsuppressed.")
     source: ChangeSource
-    reason: str | None = Field(default=None, description="reader.suppressed only: hard_bounce, complaint, "
-                                                         "soft_bounces, blocked, manual or import.")
+    reason: str | None = Field(default=None, description="reader.suppressed: why the address went on the "
+                                                         "suppression list; reader.unsuppressed: the reason of "
+                                                         "the entry lifted. hard_bounce, complaint, soft_bounces, "
+                                                         "blocked, manual or import.")
 
 
 class ChangeEvent(BaseModel):

@@ -115,6 +115,7 @@ WEBHOOK_SUMMARIES = {
     "subscription.unsubscribed": "A reader left a newsletter: stop mailing them",
     "reader.erased": "A reader was erased: forget them (their address and name are null)",
     "reader.suppressed": "A reader's address stopped taking mail (a bounce, a complaint, a block)",
+    "reader.unsuppressed": "A reader's suppression was lifted (an admin lifted it, or unblocked them): mail may go again",
 }
 WEBHOOK_HEADERS = [
     {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string"}, "example": "evt_42",
