@@ -1,0 +1,79 @@
+"""Review of issue 11 section 1 (render when sent): what the sender does with a reader who changed meanwhile."""
+
+from __future__ import annotations
+
+from newsletter import subscriptions
+from newsletter.extensions import db
+
+from .conftest import link_in, query
+from .test_render_at_send import sign_up
+
+
+def _confirm_by_link(client, smtp, drain) -> None:
+    assert drain().sent == 1
+    [message] = smtp.inbox.wait_for(1)
+    link = link_in(message, "/confirm/")
+    assert client.post(link[link.index("/confirm/"):]).status_code == 200
+
+
+def test_a_welcome_is_not_sent_for_a_newsletter_the_reader_left_before_it_went_out(app, client, smtp, drain):
+    # The relay is down when the reader confirms; they unsubscribe (e.g. from the confirmation page's
+    # own link, or an admin removes them) before the welcome leaves. Rendered at send time, the
+    # sender knows they left: "Welcome to X" to someone who just left X should not go out.
+    sign_up(client, "left@example.org", name="Left")
+    _confirm_by_link(client, smtp, drain)
+    assert query(app, "SELECT kind, status FROM outbox_messages ORDER BY id") == [
+        ("confirmation", "sent"), ("welcome", "pending")]
+    [(reader_id,)] = query(app, "SELECT id FROM readers")
+    with app.app_context():
+        subscriptions.unsubscribe(db.session, reader_id, None, source=subscriptions.Source(channel="admin"))
+        db.session.commit()
+        db.session.remove()
+
+    drain()
+
+    assert [str(m["Subject"]) for m in smtp.inbox.messages[1:]] == []
+
+
+def test_a_confirmation_is_not_sent_when_nothing_it_names_is_pending_any_more(app, client, smtp, drain):
+    # Queued for a pending subscription; before it leaves the reader is unsubscribed (an admin, or
+    # erasure-less removal). The sender checks this for an import's confirmation, not for a
+    # signup's: a "please confirm" for something that can no longer be confirmed goes out.
+    sign_up(client, "gone-pending@example.org")
+    [(reader_id,)] = query(app, "SELECT id FROM readers")
+    with app.app_context():
+        subscriptions.unsubscribe(db.session, reader_id, None, source=subscriptions.Source(channel="admin"))
+        db.session.commit()
+        db.session.remove()
+    assert query(app, "SELECT status FROM subscriptions") == [("unsubscribed",)]
+
+    drain()
+
+    assert smtp.inbox.messages == []
+
+
+def test_an_import_confirmation_is_not_sent_for_a_newsletter_already_confirmed(app, client, smtp, drain):
+    # The still-pending check of an import's confirmation asks whether the reader has *any* pending
+    # subscription, though the row now names its newsletter: a reader who confirmed the imported
+    # newsletter meanwhile but has another one pending is still asked to confirm the first one.
+    from newsletter import outbox
+
+    sign_up(client, "imported@example.org", newsletters=("daily-briefing",))
+    _confirm_by_link(client, smtp, drain)
+    drain()  # the welcome
+    sign_up(client, "imported@example.org", newsletters=("weekly-explainer",))
+    drain()  # its confirmation (weekly-explainer)
+    sent_before = len(smtp.inbox.messages)
+    [(reader_id,)] = query(app, "SELECT id FROM readers")
+    ids = dict(query(app, "SELECT slug, id FROM newsletters"))
+    assert sorted(query(app, "SELECT newsletter_id, status FROM subscriptions")) == sorted(
+        [(ids["daily-briefing"], "confirmed"), (ids["weekly-explainer"], "pending")])
+    with app.app_context():
+        outbox.enqueue(db.session, kind=outbox.IMPORT_CONFIRMATION_KIND, reader_id=reader_id,
+                       newsletter_ids=[ids["daily-briefing"]], locale="en")
+        db.session.commit()
+        db.session.remove()
+
+    drain()
+
+    assert [str(m["Subject"]) for m in smtp.inbox.messages[sent_before:]] == []
