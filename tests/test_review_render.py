@@ -77,3 +77,19 @@ def test_an_import_confirmation_is_not_sent_for_a_newsletter_already_confirmed(a
     drain()
 
     assert [str(m["Subject"]) for m in smtp.inbox.messages[sent_before:]] == []
+
+
+def test_a_ukrainian_readers_welcome_is_in_ukrainian_whatever_browser_presses_the_link(app, client, smtp, drain):
+    # Signed up in Ukrainian, got the confirmation in Ukrainian; pressed its link in a browser that
+    # asks for English (a work computer, a mail app's web view). The link carries no language and
+    # the welcome is queued in the confirming request's language: it arrives in English.
+    sign_up(client, "olena@example.org", name="Олена", lang="uk")
+    assert drain().sent == 1
+    [message] = smtp.inbox.wait_for(1)
+    link = link_in(message, "/confirm/")
+    assert client.post(link[link.index("/confirm/"):], headers={"Accept-Language": "en"}).status_code == 200
+    assert drain().sent == 1
+    welcome = smtp.inbox.wait_for(2)[1]
+
+    assert str(welcome["Subject"]) != "Welcome to The Daily Briefing"
+    assert query(app, "SELECT locale FROM outbox_messages WHERE kind = 'welcome'") == [("uk",)]
