@@ -93,3 +93,32 @@ def test_a_ukrainian_readers_welcome_is_in_ukrainian_whatever_browser_presses_th
 
     assert str(welcome["Subject"]) != "Welcome to The Daily Briefing"
     assert query(app, "SELECT locale FROM outbox_messages WHERE kind = 'welcome'") == [("uk",)]
+
+
+def test_three_boxes_filled_before_the_sender_runs_give_one_email_naming_all_three(app, client, smtp, drain):
+    # A page with several signup boxes; the reader fills three of them while the relay is down (or
+    # faster than the sender). Each queues a confirmation naming the pending ones so far, and since the
+    # email is rendered only now, the sender could send one naming all three: it sends three, the
+    # first two naming only part of what the reader asked for.
+    for slug in ("daily-briefing", "weekly-explainer", "no-welcome"):
+        sign_up(client, "boxes@example.org", newsletters=(slug,))
+
+    drain()
+
+    subjects = [str(m["Subject"]) for m in smtp.inbox.messages]
+    assert len(subjects) == 1, subjects
+
+
+def test_the_readers_data_export_says_which_newsletters_an_email_was_about(app, client, smtp, drain):
+    # For rows queued since 0011 the export's email history has no sender, address or subject: only
+    # "a confirmation, sent". The row knows the newsletters and the language; the export drops them.
+    from newsletter import privacy
+
+    sign_up(client, "export@example.org", newsletters=("weekly-explainer",))
+    drain()
+    [(reader_id,)] = query(app, "SELECT id FROM readers")
+    with app.app_context():
+        [email] = privacy.export_reader(db.session, reader_id, for_reader=True)["emails"]
+        db.session.remove()
+
+    assert "weekly-explainer" in repr(email) or "The Weekly Explainer" in repr(email), email
