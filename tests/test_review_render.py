@@ -122,3 +122,19 @@ def test_the_readers_data_export_says_which_newsletters_an_email_was_about(app, 
         db.session.remove()
 
     assert "weekly-explainer" in repr(email) or "The Weekly Explainer" in repr(email), email
+
+
+def test_an_admins_resend_keeps_the_language_the_reader_signed_up_in(app, client, smtp, drain):
+    # A Ukrainian reader's confirmation is resent from the admin (an English-speaking admin's
+    # browser): the row takes the admin's request language, though the reader's first confirmation
+    # row says "uk". The reader gets an English email.
+    sign_up(client, "olena@example.org", name="Олена", lang="uk")
+    assert drain().sent == 1
+    [(reader_id,)] = query(app, "SELECT id FROM readers")
+    with app.test_request_context("/admin/readers", headers={"Accept-Language": "en"}):
+        subscriptions.resend_confirmation(db.session, reader_id, source=subscriptions.Source(channel="admin"),
+                                          config=app.config)
+        db.session.commit()
+        db.session.remove()
+
+    assert query(app, "SELECT locale FROM outbox_messages ORDER BY id") == [("uk",), ("uk",)]
