@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+
 from newsletter import subscriptions
 from newsletter.extensions import db
 
@@ -138,3 +140,21 @@ def test_an_admins_resend_keeps_the_language_the_reader_signed_up_in(app, client
         db.session.remove()
 
     assert query(app, "SELECT locale FROM outbox_messages ORDER BY id") == [("uk",), ("uk",)]
+
+
+def test_a_confirmation_does_not_ask_for_a_newsletter_archived_before_it_left(app, client, smtp, drain):
+    # Rendered at send time, "the newsletters as they are then": one archived since the signup is
+    # still named and its link can confirm nothing (confirm only takes active newsletters).
+    from newsletter import catalog
+    from newsletter.models import Newsletter
+
+    sign_up(client, "archived@example.org", newsletters=("weekly-explainer", "daily-briefing"))
+    with app.app_context():
+        catalog.archive(db.session.scalar(sa.select(Newsletter).where(Newsletter.slug == "weekly-explainer")))
+        db.session.commit()
+        db.session.remove()
+
+    drain()
+
+    [message] = smtp.inbox.wait_for(1)
+    assert str(message["Subject"]) == "Confirm your subscription to The Daily Briefing"
