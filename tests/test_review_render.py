@@ -158,3 +158,44 @@ def test_a_confirmation_does_not_ask_for_a_newsletter_archived_before_it_left(ap
 
     [message] = smtp.inbox.wait_for(1)
     assert str(message["Subject"]) == "Confirm your subscription to The Daily Briefing"
+
+
+def test_the_email_claim_does_not_read_every_due_webhook_row(app, client):
+    # Email and webhook rows share outbox_messages and its due index (status, next_attempt_at); the
+    # email claim now filters kind IN (emails) after walking that index. Webhook rows stay pending
+    # and due while they wait behind an earlier delivery of their reader, or when their endpoint was
+    # switched off: days of events. Every email claim then reads all of them before its email.
+    import json
+    from datetime import timedelta
+
+    import pytest
+
+    from newsletter.models import OUTBOX_EMAIL_KINDS, OutboxMessage
+    from newsletter.models import utcnow as now_
+
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("the plan is PostgreSQL's")
+    sign_up(client, "after-webhooks@example.org")
+    with app.app_context():
+        long_ago = now_() - timedelta(days=1)
+        db.session.execute(sa.insert(OutboxMessage), [
+            {"kind": "webhook", "reader_id": None, "event_id": i, "status": "pending", "attempts": 0,
+             "created_at": long_ago, "next_attempt_at": long_ago} for i in range(30000)])
+        db.session.commit()
+        db.session.execute(sa.text("ANALYZE outbox_messages"))
+        claim = (sa.select(OutboxMessage.id)
+                 .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now_(),
+                        OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS))
+                 .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(1)
+                 .with_for_update(skip_locked=True))
+        compiled = claim.compile(db.engine, compile_kwargs={"literal_binds": True})
+        [[plan]] = db.session.execute(sa.text(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}")).all()
+        db.session.rollback()
+        db.session.remove()
+
+    def removed(node):
+        return node.get("Rows Removed by Filter", 0) + sum(removed(child) for child in node.get("Plans", []))
+
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    assert removed(plan[0]["Plan"]) < 1000, json.dumps(plan[0]["Plan"], indent=1)[:2000]
