@@ -170,7 +170,8 @@ def test_the_email_claim_does_not_read_every_due_webhook_row(app, client):
 
     import pytest
 
-    from newsletter.models import OUTBOX_EMAIL_KINDS, OutboxMessage
+    from newsletter import outbox
+    from newsletter.models import OutboxMessage, WebhookEndpoint
     from newsletter.models import utcnow as now_
 
     with app.app_context():
@@ -178,17 +179,16 @@ def test_the_email_claim_does_not_read_every_due_webhook_row(app, client):
             pytest.skip("the plan is PostgreSQL's")
     sign_up(client, "after-webhooks@example.org")
     with app.app_context():
+        endpoint = WebhookEndpoint(url="https://hooks.example.org/in", secret="whsec_x", active=False)
+        db.session.add(endpoint)
+        db.session.flush()
         long_ago = now_() - timedelta(days=1)
         db.session.execute(sa.insert(OutboxMessage), [
-            {"kind": "webhook", "reader_id": None, "event_id": i, "status": "pending", "attempts": 0,
-             "created_at": long_ago, "next_attempt_at": long_ago} for i in range(30000)])
+            {"kind": "webhook", "reader_id": None, "endpoint_id": endpoint.id, "event_id": i, "status": "pending",
+             "attempts": 0, "created_at": long_ago, "next_attempt_at": long_ago} for i in range(30000)])
         db.session.commit()
         db.session.execute(sa.text("ANALYZE outbox_messages"))
-        claim = (sa.select(OutboxMessage.id)
-                 .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now_(),
-                        OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS))
-                 .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(1)
-                 .with_for_update(skip_locked=True))
+        claim = outbox.due_emails(now_()).limit(1).with_for_update(skip_locked=True)
         compiled = claim.compile(db.engine, compile_kwargs={"literal_binds": True})
         [[plan]] = db.session.execute(sa.text(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}")).all()
         db.session.rollback()
@@ -197,5 +197,9 @@ def test_the_email_claim_does_not_read_every_due_webhook_row(app, client):
     def removed(node):
         return node.get("Rows Removed by Filter", 0) + sum(removed(child) for child in node.get("Plans", []))
 
+    def indexes(node):
+        return {node.get("Index Name")} | set().union(*(indexes(child) for child in node.get("Plans", [])))
+
     plan = plan if isinstance(plan, list) else json.loads(plan)
     assert removed(plan[0]["Plan"]) < 1000, json.dumps(plan[0]["Plan"], indent=1)[:2000]
+    assert "ix_outbox_messages_email_due" in indexes(plan[0]["Plan"]), json.dumps(plan[0]["Plan"], indent=1)[:2000]
