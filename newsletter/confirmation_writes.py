@@ -55,7 +55,8 @@ def record(connection: Connection, reader_id: int, newsletter_ids: Sequence[int]
            locale: str | None) -> Written | None:
     """Confirm what a link issued at `issued_at` for `newsletter_ids` still confirms; None if the reader is gone.
 
-    A welcome email in `locale` is queued for each newsletter confirmed that is in `welcome_ids`;
+    A welcome email in `locale` (None: the reader's, found when it is sent) is queued for each newsletter
+    confirmed that is in `welcome_ids`;
     `event_source` has the ConsentEvent columns of CONSENT_SOURCE_COLUMNS.
     """
     parameters: dict[str, Any] = {

@@ -43,21 +43,26 @@ def current_locale() -> str:
 
 
 def queue_confirmation(session: Session, reader: Reader, newsletters: Sequence[Newsletter],
-                       config: Mapping[str, Any]) -> bool:
-    """Queue one email asking the reader to confirm every newsletter in `newsletters`; False if the address is suppressed."""
+                       config: Mapping[str, Any], locale: str | None = None) -> bool:
+    """Queue one email asking the reader to confirm every newsletter in `newsletters`; False if the address is suppressed.
+
+    In `locale`, by default the request's.
+    """
     if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
         return False
     outbox.enqueue(session, kind=CONFIRMATION, reader_id=reader.id, newsletter_ids=[n.id for n in newsletters],
-                   locale=current_locale())
+                   locale=locale or current_locale())
     return True
 
 
 def queue_welcome(session: Session, reader: Reader, newsletter: Newsletter, config: Mapping[str, Any]) -> bool:
-    """Queue the welcome email of one newsletter; False if the address is suppressed."""
+    """Queue the welcome email of one newsletter; False if the address is suppressed.
+
+    Queued without a language: the sender sends it in the reader's (outbox.reader_locale).
+    """
     if suppressions.stopping_reason(session, suppressions.normalized_key(config, reader.email)) is not None:
         return False
-    outbox.enqueue(session, kind=WELCOME, reader_id=reader.id, newsletter_ids=[newsletter.id],
-                   locale=current_locale())
+    outbox.enqueue(session, kind=WELCOME, reader_id=reader.id, newsletter_ids=[newsletter.id], locale=None)
     return True
 
 

@@ -247,6 +247,11 @@ class OutboxMessage(db.Model):
         # A webhook delivery waits for the earlier ones of its endpoint and reader: found by this.
         Index("ix_outbox_messages_endpoint_reader", "endpoint_id", "reader_id", "id",
               postgresql_where=text("endpoint_id IS NOT NULL"), sqlite_where=text("endpoint_id IS NOT NULL")),
+        # The email sender's claim (outbox.due_emails): only pending emails, never the webhook rows
+        # that stay pending and due for days behind an earlier delivery or a switched-off endpoint.
+        Index("ix_outbox_messages_email_due", "next_attempt_at", "id",
+              postgresql_where=text("status = 'pending' AND endpoint_id IS NULL"),
+              sqlite_where=text("status = 'pending' AND endpoint_id IS NULL")),
     )
 
 

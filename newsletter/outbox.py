@@ -176,8 +176,8 @@ class Claim:
     """A message leased for sending: its attempts count with this one (to give it back), and the email.
 
     `address` is the one it goes to (the reader's when it was claimed): a refusal of it is recorded
-    as that address's bounce. `suppressed` (the suppression's reason, NOT_PENDING_ANY_MORE for an
-    import's confirmation whose reader no longer waits to confirm, or READER_GONE) instead: the
+    as that address's bounce. `suppressed` (the suppression's reason, or why the reader no longer
+    wants it: NOT_PENDING_ANY_MORE, NOT_SUBSCRIBED_ANY_MORE, SUPERSEDED, READER_GONE) instead: the
     message may no longer be sent, and it was marked failed in the claiming transaction; there is
     nothing to send.
     """
@@ -209,20 +209,17 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
 
     The email is rendered here for the reader as they are now (emails.render): their current address
     and name, links signed now. A row queued before the upgrade holds its email and is sent as it is.
-    An erased (or deleted) reader's email is never sent. An import's confirmation is checked once
-    more: not sent when its reader no longer has a pending subscription, and held back (no attempt
-    spent) to keep NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR; the next due message is claimed then.
+    An erased (or deleted) reader's email is never sent. What the reader did meanwhile is checked
+    (_still_wanted): a confirmation names only the newsletters still pending and active, and none
+    is sent when none is left or a later confirmation names them all; a welcome only while its
+    subscription is confirmed. Those not sent are marked failed with a "Not sent: …" reason that
+    `outbox retry` leaves alone. An import's confirmation is held back (no attempt spent) to keep
+    NEWSLETTER_IMPORT_CONFIRMATIONS_PER_HOUR; the next due message is claimed then. A row without a
+    language (a welcome) takes the reader's (reader_locale) and keeps it.
     """
     while True:
         now = utcnow()
-        row = session.scalars(
-            select(OutboxMessage)
-            .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now,
-                   OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS))
-            .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).first()
+        row = session.scalars(due_emails(now).limit(1).with_for_update(skip_locked=True)).first()
         if row is None:
             session.rollback()
             return None
@@ -240,12 +237,12 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
             # The last line of defence: whatever queued it, no email goes to an address suppressed since.
             stopping = suppressions.mail_stopped(session, config, address)
             reason = stopping.reason if stopping is not None else None
-        if reason is None and row.kind == IMPORT_CONFIRMATION_KIND:
-            if not _still_pending(session, row):
-                reason = NOT_PENDING_ANY_MORE
-            elif _postpone_for_rate(session, config, row, now):
-                session.commit()
-                continue
+        newsletter_ids = list(row.newsletter_ids or [])
+        if reason is None and reader is not None:
+            newsletter_ids, reason = _still_wanted(session, row, now)
+        if reason is None and row.kind == IMPORT_CONFIRMATION_KIND and _postpone_for_rate(session, config, row, now):
+            session.commit()
+            continue
         if reason is not None:
             row.status, row.next_attempt_at = "failed", now
             row.last_error = not_sent_error(reason)
@@ -257,9 +254,12 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
     row.next_attempt_at = now + _lease(config)
     message: EmailMessage | None = None
     build_error: Exception | None = None
+    if reader is not None and row.locale is None:
+        # A welcome is queued without a language: it goes out in the one the reader was asked to confirm in.
+        row.locale = reader_locale(session, reader.id) or "en"
     try:
         rendered = legacy_email(row) if reader is None else emails.render(
-            session, row.kind, reader, row.newsletter_ids or [], row.locale, config)
+            session, row.kind, reader, newsletter_ids, row.locale, config)
         if row.message_id is None:
             row.message_id = new_message_id(rendered.mail_from)
         message = compose(rendered, row.message_id, now)
@@ -280,6 +280,11 @@ IMPORT_CONFIRMATION_KIND = "import_confirmation"
 NOT_PENDING_ANY_MORE = "not_pending_any_more"
 # The `suppressed` reason of an email whose reader was erased (or deleted) before it left.
 READER_GONE = "reader_gone"
+# The `suppressed` reason of a welcome whose reader left the newsletter (or it was archived) before it left.
+NOT_SUBSCRIBED_ANY_MORE = "not_subscribed_any_more"
+# The `suppressed` reason of a confirmation whose newsletters a later confirmation of the reader names.
+SUPERSEDED = "superseded"
+WELCOME_KIND = "welcome"  # emails.WELCOME
 
 
 def not_sent_error(reason: str) -> str:
@@ -289,7 +294,78 @@ def not_sent_error(reason: str) -> str:
         return "Not sent: the reader no longer waits to confirm (unsubscribed, confirmed or erased meanwhile)"
     if reason == READER_GONE:
         return "Not sent: the reader was erased"
+    if reason == NOT_SUBSCRIBED_ANY_MORE:
+        return "Not sent: the reader is no longer subscribed (unsubscribed, or the newsletter archived, meanwhile)"
+    if reason == SUPERSEDED:
+        return "Not sent: a later confirmation names the same newsletters"
     return f"{SUPPRESSED_PREFIX} ({reason.replace('_', ' ')})"
+
+
+def due_emails(now: datetime) -> Select[tuple[OutboxMessage]]:
+    """The pending emails due at `now`, the next first: what the sender claims.
+
+    `endpoint_id IS NULL` keeps to ix_outbox_messages_email_due, which holds no webhook row: those
+    stay pending and due for days (behind an earlier delivery, or with their endpoint switched off)
+    and the claim would otherwise read them all before each email.
+    """
+    return (select(OutboxMessage)
+            .where(OutboxMessage.status == "pending", OutboxMessage.endpoint_id.is_(None),
+                   OutboxMessage.next_attempt_at <= now, OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS))
+            .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id))
+
+
+CONFIRMATION_KINDS = ("confirmation", IMPORT_CONFIRMATION_KIND)
+
+
+def reader_locale(session: Session, reader_id: int) -> str | None:
+    """The language of the reader's latest confirmation email (the signup's), None if they have none.
+
+    Not the language of the browser that presses its link or of an admin resending it: a reader
+    who signed up in Ukrainian gets their welcome in Ukrainian.
+    """
+    return session.scalar(
+        select(OutboxMessage.locale)
+        .where(OutboxMessage.reader_id == reader_id, OutboxMessage.locale.is_not(None),
+               OutboxMessage.kind.in_(CONFIRMATION_KINDS))
+        .order_by(OutboxMessage.id.desc()).limit(1))
+
+
+def _still_wanted(session: Session, row: OutboxMessage, now: datetime) -> tuple[list[int], str | None]:
+    """What the email of `row` may still name, read now; or the reason it is not sent at all.
+
+    A confirmation names only the newsletters still pending and active (a link for anything else
+    confirms nothing), and is not sent when a later confirmation of the reader, due or being sent,
+    names all of them: several signup boxes filled before the sender runs give one email. A welcome
+    is sent only while its subscription is confirmed and its newsletter active.
+    """
+    from .models import Newsletter, Subscription
+
+    ids = list(row.newsletter_ids or [])
+    if row.kind == WELCOME_KIND:
+        welcomed = session.scalar(select(exists().where(
+            Subscription.reader_id == row.reader_id, Subscription.newsletter_id.in_(ids),
+            Subscription.status == "confirmed", Newsletter.id == Subscription.newsletter_id,
+            Newsletter.archived_at.is_(None))))
+        return ids, None if welcomed else NOT_SUBSCRIBED_ANY_MORE
+    if row.kind not in CONFIRMATION_KINDS:
+        return ids, None
+    pending = set(session.scalars(
+        select(Subscription.newsletter_id)
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(Subscription.reader_id == row.reader_id, Subscription.newsletter_id.in_(ids),
+               Subscription.status == "pending", Newsletter.archived_at.is_(None))))
+    if not pending:
+        return [], NOT_PENDING_ANY_MORE
+    later = session.scalars(
+        select(OutboxMessage.newsletter_ids)
+        .where(OutboxMessage.reader_id == row.reader_id, OutboxMessage.id > row.id,
+               OutboxMessage.status == "pending", OutboxMessage.kind.in_(CONFIRMATION_KINDS),
+               OutboxMessage.body_text.is_(None),
+               # Due, or claimed by a sender right now; not one an import spaced for days later.
+               or_(OutboxMessage.next_attempt_at <= now, OutboxMessage.attempts > 0)))
+    if any(pending <= set(named or []) for named in later):
+        return [], SUPERSEDED
+    return [newsletter_id for newsletter_id in ids if newsletter_id in pending], None
 
 
 def import_confirmations_waiting(session: Session) -> int:
@@ -297,20 +373,6 @@ def import_confirmations_waiting(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(OutboxMessage).where(
         OutboxMessage.status == "pending", OutboxMessage.kind == IMPORT_CONFIRMATION_KIND,
         OutboxMessage.attempts == 0)) or 0
-
-
-def _still_pending(session: Session, row: OutboxMessage) -> bool:
-    """Whether an import's confirmation still has a subscription waiting for it.
-
-    `ask` spaces its confirmations over hours or days: a reader who unsubscribed, confirmed some
-    other way or was erased meanwhile is not asked any more.
-    """
-    from .models import Subscription
-
-    if row.reader_id is None:
-        return False
-    return bool(session.scalar(select(exists().where(Subscription.reader_id == row.reader_id,
-                                                     Subscription.status == "pending"))))
 
 
 def _postpone_for_rate(session: Session, config: dict[str, Any], row: OutboxMessage, now: datetime) -> bool:

@@ -120,15 +120,23 @@ def consent_history(session: Session, reader_id: int) -> list[dict[str, Any]]:
 
 def email_history(session: Session, reader: Reader) -> list[dict[str, Any]]:
     """The emails sent (or to be sent) to the reader: who, what, when and how it went; no bodies."""
-    rows = session.scalars(
+    rows = list(session.scalars(
         select(OutboxMessage)
         .where(or_(OutboxMessage.reader_id == reader.id, OutboxMessage.to_address == reader.email),
                OutboxMessage.kind.in_(OUTBOX_EMAIL_KINDS))  # not the webhook deliveries telling of the reader
         .order_by(OutboxMessage.id)
-    )
+    ))
+    # An email rendered when sent keeps no subject: its newsletters and language say what it was about.
+    wanted = {newsletter_id for message in rows for newsletter_id in message.newsletter_ids or []}
+    slugs = {newsletter_id: slug for newsletter_id, slug in session.execute(
+        select(Newsletter.id, Newsletter.slug).where(Newsletter.id.in_(wanted)))} if wanted else {}
     return [{
         "id": message.id,
         "kind": message.kind,
+        # A newsletter deleted since is left out.
+        "newsletters": [slugs[newsletter_id] for newsletter_id in message.newsletter_ids or []
+                        if newsletter_id in slugs],
+        "locale": message.locale,
         "message_id": message.message_id,
         "from": message.mail_from,
         "to_address": message.to_address,

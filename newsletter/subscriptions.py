@@ -345,7 +345,7 @@ def confirm(session: Session, reader_id: int, newsletter_ids: Iterable[int], *, 
 
     with statement_at_a_time(session) as connection:
         written = confirmation_writes.record(connection, reader_id, [n.id for n in active], issued_at, utcnow(),
-                                             _source_row(source), welcomes, emails.current_locale())
+                                             _source_row(source), welcomes, None)
         if written is None:
             raise UnknownReader(reader_id)
         reader = snapshot(Reader, {"id": reader_id, "email": written.reader[0], "name": written.reader[1]})
@@ -442,7 +442,9 @@ def resend_confirmation(session: Session, reader_id: int, *, source: Source, con
     if not pending:
         raise ActionRefused("This reader has no pending subscription to confirm.")
     now = utcnow()
-    if not emails.queue_confirmation(session, reader, pending, config):
+    # In the reader's language, not the admin's.
+    locale = outbox.reader_locale(session, reader.id)
+    if not emails.queue_confirmation(session, reader, pending, config, locale=locale):
         raise ActionRefused("This address is on the suppression list: it gets no email. Lift its entry first.")
     # This email names every pending newsletter: an import's confirmation still waiting for its turn
     # would be a second one. (One already due may be in a worker's hands: that one is left.)

@@ -589,6 +589,7 @@ def test_after_an_outage_import_confirmations_keep_to_their_hourly_rate(app, tmp
         db.session.add(reader)
         db.session.flush()
         daily = db.session.scalar(sa.select(Newsletter.id).where(Newsletter.slug == "daily-briefing"))
+        db.session.add(Subscription(reader_id=reader.id, newsletter_id=daily, status="confirmed"))
         outbox.enqueue(db.session, kind="welcome", reader_id=reader.id, newsletter_ids=[daily], locale="en")
         db.session.commit()
         db.session.remove()

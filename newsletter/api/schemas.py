@@ -440,6 +440,13 @@ class Email(Closed):
 
     id: int
     kind: str = Field(description="confirmation, welcome …")
+    newsletters: list[str] = Field(description="The slugs of the newsletters the email is about (a confirmation "
+                                               "asks for them, a welcome greets one); none for a link to the "
+                                               "preferences, and none for emails queued before version 0011's "
+                                               "upgrade.")
+    locale: str | None = Field(description="The language it is (or was) written in; none for a welcome not sent yet "
+                                           "(it goes in the reader's language) and for emails queued before version "
+                                           "0011's upgrade.")
     message_id: str | None = Field(description="Given when it is first sent.")
     # Emails are rendered when they are sent, and what they said is not stored: only those queued
     # before that change (migration 0011) have these.
