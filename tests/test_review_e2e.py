@@ -84,3 +84,54 @@ def test_access_logs_keep_no_reader_address_from_the_api_paths():
                  '"POST /api/v1/readers/a7%40example.org/unsubscribe HTTP/1.1"',
                  '"GET /api/v1/readers/Ann@Example.org/export HTTP/1.1"'):
         assert "@" not in redact(line) and "example.org" not in redact(line).lower(), redact(line)
+
+
+def test_deliveries_leased_when_the_database_goes_away_are_sent_once_it_is_back(app, monkeypatch):
+    """Medium. Seen live: PostgreSQL restarted while two `newsletter worker`s ran; a webhook thread had just
+    committed the lease of 40 deliveries (two batches of 20) when the connection was cut, so rendering them
+    failed ("webhooks: the database is unavailable (AdminShutdown …)"). The worker waited the outage out
+    and went on, but those 40 deliveries, and every later event of those 40 readers (in order per reader),
+    stayed leased for the whole lease, 20 × 2 × NEWSLETTER_WEBHOOK_TIMEOUT + 30 s = 430 s by default, and
+    arrived seven minutes late, each with an attempt spent. The email sender, by contrast, holds the
+    outcome and sends again at once. Fix: when deliver_due fails before sending (the database went away
+    while rendering or recording), release the unsent leases (attempts back, due now) as soon as the
+    database answers again, like the "not tried" outcome does.
+    """
+    import sqlalchemy.exc
+
+    from newsletter import webhook_sender
+
+    from .test_webhooks import add_endpoint, sign_up
+    from .webhook_receiver import Receiver
+
+    app.config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"] = True
+    receiver = Receiver().start()
+    try:
+        _, secret = add_endpoint(app, receiver.url)
+        sign_up(app, app.test_client(), "blip@example.org")
+        real_render = webhook_sender.render
+        calls = {"n": 0}
+
+        def render_once_cut_off(session, delivery):
+            calls["n"] += 1
+            if calls["n"] == 1:  # the database restarts between the lease's commit and the rendering
+                raise sqlalchemy.exc.OperationalError("SELECT …", {}, Exception("terminating connection due to "
+                                                                                "administrator command"))
+            return real_render(session, delivery)
+
+        monkeypatch.setattr(webhook_sender, "render", render_once_cut_off)
+        with app.app_context():
+            sender = webhook_sender.WebhookSender(app.config)
+            try:
+                try:
+                    sender.drain(db.session)
+                except sqlalchemy.exc.OperationalError:
+                    db.session.rollback()  # the worker's loop: "the database is unavailable", pause, try again
+                # The database is back (a second or two later): the delivery goes now, not in 430 s.
+                sender.drain(db.session)
+            finally:
+                sender.close()
+                db.session.remove()
+        assert [r.verify(secret)["data"]["reader"]["email"] for r in receiver.requests] == ["blip@example.org"]
+    finally:
+        receiver.stop()
