@@ -135,3 +135,54 @@ def test_deliveries_leased_when_the_database_goes_away_are_sent_once_it_is_back(
         assert [r.verify(secret)["data"]["reader"]["email"] for r in receiver.requests] == ["blip@example.org"]
     finally:
         receiver.stop()
+
+
+def test_a_black_holed_endpoint_does_not_hold_up_the_other_endpoints(app):
+    """High. Seen live (two workers, three endpoints): one endpoint's host accepts connections and never
+    answers (a firewall drop, a hung receiver). Its backlog of ~1,400 readers' deliveries is due; every
+    claim takes the 20 oldest due rows, which are all its own, tries the first (10 s read timeout), puts
+    the other 19 off as "not tried", and claims again: the healthy endpoints' deliveries, due later,
+    are not claimed at all. A signup's webhook to the two healthy receivers was still pending 35 s after
+    it was due (and minutes more: about backlog / 20 × timeout / workers), while the README says "a slow
+    receiver holds up only its own deliveries" (NEWSLETTER_WEBHOOK_CONCURRENCY). Fix: claim fairly per
+    endpoint (e.g. at most a few due rows per endpoint per batch, or rows of endpoints not already
+    failing first), so a batch always carries the other endpoints' due deliveries.
+    """
+    import socket
+    import time
+
+    from newsletter import webhook_sender
+
+    from .test_outbox import wait_until
+    from .test_webhooks import add_endpoint
+    from .webhook_receiver import Receiver
+
+    app.config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"] = True
+    app.config["NEWSLETTER_WEBHOOK_TIMEOUT"] = 1
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(1024)  # accepts (the kernel does) and never answers
+    receiver = Receiver().start()
+    sender = None
+    try:
+        add_endpoint(app, f"http://127.0.0.1:{hole.getsockname()[1]}/hook")
+        client = app.test_client()
+        for number in range(200):  # the black-holed endpoint's backlog: 200 readers' events
+            assert client.post("/api/v1/subscriptions", json={"email": f"backlog{number}@example.org",
+                                                              "newsletters": ["daily-briefing"]}).status_code == 202
+        with app.app_context():
+            webhook_sender.dispatch(db.session)
+            db.session.remove()
+        _, secret = add_endpoint(app, receiver.url)
+        assert client.post("/api/v1/subscriptions", json={"email": "fresh@example.org",
+                                                          "newsletters": ["daily-briefing"]}).status_code == 202
+        sender = webhook_sender.InProcessWebhookSender(app, poll_seconds=0.2, max_pause=1)
+        webhook_sender.attach(app, sender.start())
+        started = time.monotonic()
+        wait_until(lambda: receiver.requests, "the healthy endpoint's delivery", timeout=30)
+        took = time.monotonic() - started
+        assert [r.verify(secret)["data"]["reader"]["email"] for r in receiver.requests] == ["fresh@example.org"]
+        assert took < 5, f"the healthy endpoint waited {took:.1f} s behind the black-holed one"
+    finally:
+        receiver.stop()
+        hole.close()
