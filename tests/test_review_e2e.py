@@ -1,0 +1,188 @@
+"""Second-round end-to-end review of issue 11 (reviewer e2e): defects found running the service for real.
+
+Each test fails on integ a8c987d and passes once the defect is fixed.
+"""
+
+from __future__ import annotations
+
+from newsletter import accounts
+from newsletter.extensions import db
+
+from .conftest import hidden_fields, link_in, query
+from .test_admin_auth import PASSWORD, log_in
+from .test_api_v1 import bearer, make_token
+from .test_changes import load_example, whole_feed
+
+
+def _confirmed_reader(client, drain, smtp, email: str) -> int:
+    assert client.post("/api/v1/subscriptions", json={"email": email, "newsletters": ["daily-briefing"]}).status_code == 202
+    drain()
+    confirm = link_in(smtp.inbox.wait_for(1)[0], "/confirm/")
+    assert client.post("/" + confirm.split("://", 1)[1].split("/", 1)[1]).status_code == 200
+    [(reader_id,)] = query(app_of(client), "SELECT id FROM readers WHERE email = :e", e=email)
+    return reader_id
+
+
+def app_of(client):
+    return client.application
+
+
+def test_lifting_a_suppression_is_told_to_the_feed_so_a_synced_list_mails_the_reader_again(app, client, drain, smtp):
+    """A confirmed reader is put on the suppression list by an admin (by mistake), then the entry is lifted.
+
+    The service mails the reader again (the entry no longer stops mail; the subscription stayed
+    confirmed throughout), but neither the feed nor the webhooks say anything about the lift: the
+    last word a sync client ever gets is `reader.suppressed`. The example receiver (examples/
+    sync_receiver), fed the whole feed, keeps the contact suppressed for good, so its list no longer
+    equals the service's subscribers. Fix: record the lift (and an unblock) as a consent event and
+    publish it (e.g. `reader.unsuppressed`), and have the example receiver clear `suppressed` on it.
+    """
+    with app.app_context():
+        accounts.create_admin(db.session, "editor@example.org", PASSWORD, "admin")
+        db.session.commit()
+        db.session.remove()
+    reader_id = _confirmed_reader(client, drain, smtp, "mistake@example.org")
+    log_in(client, "editor@example.org", PASSWORD)
+    page = client.get("/admin/suppressions")
+    added = client.post("/admin/suppressions", data={**hidden_fields(page.get_data(as_text=True)),
+                                                     "address": "mistake@example.org", "note": "wrong address typed"})
+    assert added.status_code in (200, 303), added.get_data(as_text=True)
+    [(entry_id,)] = query(app, "SELECT id FROM suppressions WHERE lifted_at IS NULL")
+    entry_page = client.get(f"/admin/suppressions/{entry_id}")
+    lifted = client.post(f"/admin/suppressions/{entry_id}/lift",
+                         data={**hidden_fields(entry_page.get_data(as_text=True)), "note": "was a mistake"})
+    assert lifted.status_code in (200, 303), lifted.get_data(as_text=True)
+    assert query(app, "SELECT count(*) FROM suppressions WHERE lifted_at IS NULL") == [(0,)]
+    assert query(app, "SELECT status FROM subscriptions WHERE reader_id = :r", r=reader_id) == [("confirmed",)]
+
+    viewer = bearer(make_token(app, "viewer", "sync job"))
+    events, _ = whole_feed(client, viewer)
+    mine = [e["type"] for e in events if e["data"]["reader"]["id"] == reader_id]
+    assert mine[:3] == ["subscription.pending", "subscription.confirmed", "reader.suppressed"]
+    # The lift is a change of whom the sending platform may mail: the feed must say so.
+    assert len(mine) > 3, f"the feed tells of the suppression but never of its lift: {mine}"
+
+    # And the example receiver, having applied the whole feed, must mail the reader again.
+    example = load_example()
+    synced = example.SyncedList(":memory:")
+    for event in events:
+        synced.apply(event)
+    assert synced.subscribers("daily-briefing") == [("mistake@example.org", None)]
+
+
+def test_access_logs_keep_no_reader_address_from_the_api_paths():
+    """Low (pre-existing, seen in this run's logs): `/api/v1/readers/<id or email>` puts the address in the
+    URL, and gunicorn's access log (with -c python:newsletter.gunicorn_conf) and `newsletter serve`'s keep it:
+    `"DELETE /api/v1/readers/b16@example.org HTTP/1.1" 200` stays in the log after that very erasure, and
+    every `…/unsubscribe` through the API logs whom. The redaction (newsletter/signed_paths.redact) takes
+    out signed links only. Fix: redact the segment after /api/v1/readers/ when it is not a number (or the
+    whole path segment holding an `@`), in the same function both loggers use.
+    """
+    from newsletter.signed_paths import redact
+
+    for line in ('"DELETE /api/v1/readers/b16@example.org HTTP/1.1"',
+                 '"POST /api/v1/readers/a7%40example.org/unsubscribe HTTP/1.1"',
+                 '"GET /api/v1/readers/Ann@Example.org/export HTTP/1.1"'):
+        assert "@" not in redact(line) and "example.org" not in redact(line).lower(), redact(line)
+
+
+def test_deliveries_leased_when_the_database_goes_away_are_sent_once_it_is_back(app, monkeypatch):
+    """Medium. Seen live: PostgreSQL restarted while two `newsletter worker`s ran; a webhook thread had just
+    committed the lease of 40 deliveries (two batches of 20) when the connection was cut, so rendering them
+    failed ("webhooks: the database is unavailable (AdminShutdown …)"). The worker waited the outage out
+    and went on, but those 40 deliveries, and every later event of those 40 readers (in order per reader),
+    stayed leased for the whole lease, 20 × 2 × NEWSLETTER_WEBHOOK_TIMEOUT + 30 s = 430 s by default, and
+    arrived seven minutes late, each with an attempt spent. The email sender, by contrast, holds the
+    outcome and sends again at once. Fix: when deliver_due fails before sending (the database went away
+    while rendering or recording), release the unsent leases (attempts back, due now) as soon as the
+    database answers again, like the "not tried" outcome does.
+    """
+    import sqlalchemy.exc
+
+    from newsletter import webhook_sender
+
+    from .test_webhooks import add_endpoint, sign_up
+    from .webhook_receiver import Receiver
+
+    app.config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"] = True
+    receiver = Receiver().start()
+    try:
+        _, secret = add_endpoint(app, receiver.url)
+        sign_up(app, app.test_client(), "blip@example.org")
+        real_render = webhook_sender.render
+        calls = {"n": 0}
+
+        def render_once_cut_off(session, delivery):
+            calls["n"] += 1
+            if calls["n"] == 1:  # the database restarts between the lease's commit and the rendering
+                raise sqlalchemy.exc.OperationalError("SELECT …", {}, Exception("terminating connection due to "
+                                                                                "administrator command"))
+            return real_render(session, delivery)
+
+        monkeypatch.setattr(webhook_sender, "render", render_once_cut_off)
+        with app.app_context():
+            sender = webhook_sender.WebhookSender(app.config)
+            try:
+                try:
+                    sender.drain(db.session)
+                except sqlalchemy.exc.OperationalError:
+                    db.session.rollback()  # the worker's loop: "the database is unavailable", pause, try again
+                # The database is back (a second or two later): the delivery goes now, not in 430 s.
+                sender.drain(db.session)
+            finally:
+                sender.close()
+                db.session.remove()
+        assert [r.verify(secret)["data"]["reader"]["email"] for r in receiver.requests] == ["blip@example.org"]
+    finally:
+        receiver.stop()
+
+
+def test_a_black_holed_endpoint_does_not_hold_up_the_other_endpoints(app):
+    """High. Seen live (two workers, three endpoints): one endpoint's host accepts connections and never
+    answers (a firewall drop, a hung receiver). Its backlog of ~1,400 readers' deliveries is due; every
+    claim takes the 20 oldest due rows, which are all its own, tries the first (10 s read timeout), puts
+    the other 19 off as "not tried", and claims again: the healthy endpoints' deliveries, due later,
+    are not claimed at all. A signup's webhook to the two healthy receivers was still pending 35 s after
+    it was due (and minutes more: about backlog / 20 × timeout / workers), while the README says "a slow
+    receiver holds up only its own deliveries" (NEWSLETTER_WEBHOOK_CONCURRENCY). Fix: claim fairly per
+    endpoint (e.g. at most a few due rows per endpoint per batch, or rows of endpoints not already
+    failing first), so a batch always carries the other endpoints' due deliveries.
+    """
+    import socket
+    import time
+
+    from newsletter import webhook_sender
+
+    from .test_outbox import wait_until
+    from .test_webhooks import add_endpoint
+    from .webhook_receiver import Receiver
+
+    app.config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"] = True
+    app.config["NEWSLETTER_WEBHOOK_TIMEOUT"] = 1
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(1024)  # accepts (the kernel does) and never answers
+    receiver = Receiver().start()
+    sender = None
+    try:
+        add_endpoint(app, f"http://127.0.0.1:{hole.getsockname()[1]}/hook")
+        client = app.test_client()
+        for number in range(200):  # the black-holed endpoint's backlog: 200 readers' events
+            assert client.post("/api/v1/subscriptions", json={"email": f"backlog{number}@example.org",
+                                                              "newsletters": ["daily-briefing"]}).status_code == 202
+        with app.app_context():
+            webhook_sender.dispatch(db.session)
+            db.session.remove()
+        _, secret = add_endpoint(app, receiver.url)
+        assert client.post("/api/v1/subscriptions", json={"email": "fresh@example.org",
+                                                          "newsletters": ["daily-briefing"]}).status_code == 202
+        sender = webhook_sender.InProcessWebhookSender(app, poll_seconds=0.2, max_pause=1)
+        webhook_sender.attach(app, sender.start())
+        started = time.monotonic()
+        wait_until(lambda: receiver.requests, "the healthy endpoint's delivery", timeout=30)
+        took = time.monotonic() - started
+        assert [r.verify(secret)["data"]["reader"]["email"] for r in receiver.requests] == ["fresh@example.org"]
+        assert took < 5, f"the healthy endpoint waited {took:.1f} s behind the black-holed one"
+    finally:
+        receiver.stop()
+        hole.close()
