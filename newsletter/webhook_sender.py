@@ -115,34 +115,50 @@ def _lease(config: dict[str, Any], count: int = 1) -> timedelta:
 
 
 def claim_due(session: Session, config: dict[str, Any], due_by: datetime | None = None,
-              limit: int = DELIVERY_BATCH) -> list[Delivery]:
-    """Lease up to `limit` webhook rows of active endpoints due by `due_by` (default now), oldest due first.
+              limit: int = DELIVERY_BATCH, start_after: int = 0) -> list[Delivery]:
+    """Lease up to `limit` webhook rows of active endpoints due by `due_by` (default now).
 
-    A row waits while an earlier row of the same endpoint and reader is pending (in order per
-    reader), so no two rows of one reader are leased together. The caller commits the lease before
-    it sends: no transaction stays open during the POSTs.
+    Fair between endpoints: the endpoints with due rows share the batch, each leasing its oldest due
+    rows up to an equal share (at least one), taken in turn from the first whose id is above
+    `start_after` (round robin when there are more of them than `limit`), so one endpoint's backlog
+    (a receiver that never answers) never keeps the others' due rows out of a batch. A row waits while
+    an earlier row of the same endpoint and reader is pending (in order per reader), so no two rows of
+    one reader are leased together. The caller commits the lease before it sends: no transaction stays
+    open during the POSTs.
     """
     now = utcnow()
     due_by = due_by or now
+    due = (select(OutboxMessage.id)
+           .where(OutboxMessage.endpoint_id == WebhookEndpoint.id, OutboxMessage.status == "pending",
+                  OutboxMessage.next_attempt_at <= due_by, OutboxMessage.kind == WEBHOOK_KIND)
+           .exists())
+    endpoint_ids = list(session.scalars(select(WebhookEndpoint.id).where(WebhookEndpoint.active.is_(True), due)
+                                        .order_by(WebhookEndpoint.id)))
+    share = max(1, limit // len(endpoint_ids)) if endpoint_ids else 0
+    turn = [endpoint_id for endpoint_id in endpoint_ids if endpoint_id > start_after]
+    turn += [endpoint_id for endpoint_id in endpoint_ids if endpoint_id <= start_after]
     earlier = aliased(OutboxMessage)
     # A scalar subquery, not NOT EXISTS: PostgreSQL then walks the due index in order and probes
-    # ix_outbox_messages_endpoint_reader per row, stopping after `limit`; an anti join would read
+    # ix_outbox_messages_endpoint_reader per row, stopping after the limit; an anti join would read
     # every pending row for each claim. Order among due rows is by time only: the per-reader order
     # is this condition's job, and an id tie-break would sort a whole dispatch batch (one time).
     first_of_reader = (select(func.min(earlier.id))
                        .where(earlier.endpoint_id == OutboxMessage.endpoint_id,
                               earlier.reader_id == OutboxMessage.reader_id, earlier.status == "pending")
                        .scalar_subquery())
-    rows = session.scalars(
-        select(OutboxMessage)
-        .join(WebhookEndpoint, WebhookEndpoint.id == OutboxMessage.endpoint_id)
-        .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= due_by,
-               OutboxMessage.kind == WEBHOOK_KIND, WebhookEndpoint.active.is_(True),
-               or_(OutboxMessage.reader_id.is_(None), OutboxMessage.id == first_of_reader))
-        .order_by(OutboxMessage.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=OutboxMessage)
-    ).all()
+    rows: list[OutboxMessage] = []
+    for endpoint_id in turn:
+        if len(rows) >= limit:
+            break
+        rows += session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.endpoint_id == endpoint_id, OutboxMessage.status == "pending",
+                   OutboxMessage.next_attempt_at <= due_by, OutboxMessage.kind == WEBHOOK_KIND,
+                   or_(OutboxMessage.reader_id.is_(None), OutboxMessage.id == first_of_reader))
+            .order_by(OutboxMessage.next_attempt_at)
+            .limit(min(share, limit - len(rows)))
+            .with_for_update(skip_locked=True, of=OutboxMessage)
+        ).all()
     leased_until = now + _lease(config, len(rows))
     deliveries = []
     for row in rows:
@@ -222,6 +238,8 @@ class WebhookSender:
                                               allow_private=config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"])
         self.concurrency = config.get("NEWSLETTER_WEBHOOK_CONCURRENCY", 4)
         self._threads: ThreadPoolExecutor | None = None
+        # Round robin between endpoints: the next claim starts after the endpoint this one ended with.
+        self._last_endpoint = 0
 
     def deliver_due(self, session: Session, result: DeliveryResult, due_by: datetime | None = None,
                     limit: int = DELIVERY_BATCH) -> int:
@@ -230,11 +248,12 @@ class WebhookSender:
         Each endpoint's deliveries are sent one after another, in the order claimed; different endpoints
         at once (NEWSLETTER_WEBHOOK_CONCURRENCY threads), so a slow receiver holds up only its own.
         """
-        deliveries = claim_due(session, self.config, due_by, limit)
+        deliveries = claim_due(session, self.config, due_by, limit, start_after=self._last_endpoint)
         if not deliveries:
             session.rollback()
             return 0
         session.commit()
+        self._last_endpoint = deliveries[-1].endpoint_id
         groups: dict[int, list[Delivery]] = {}
         for delivery in deliveries:
             groups.setdefault(delivery.endpoint_id, []).append(delivery)
