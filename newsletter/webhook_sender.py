@@ -227,6 +227,9 @@ class Outcome:
     permanent: bool
     # False when it was not tried (its endpoint gave no answer just before): not an attempt.
     tried: bool = True
+    # Set when it was not sent because the database went away before it could be (rendering it): the
+    # error, raised once the outcomes are recorded; the delivery is due again at once.
+    cut_off: SQLAlchemyError | None = None
 
 
 class WebhookSender:
@@ -240,6 +243,9 @@ class WebhookSender:
         self._threads: ThreadPoolExecutor | None = None
         # Round robin between endpoints: the next claim starts after the endpoint this one ended with.
         self._last_endpoint = 0
+        # Outcomes the database was not there to record: recorded first on the next try, so what was
+        # sent is not sent again and what was not is released at once rather than when its lease ends.
+        self._unrecorded: list[Outcome] = []
 
     def deliver_due(self, session: Session, result: DeliveryResult, due_by: datetime | None = None,
                     limit: int = DELIVERY_BATCH) -> int:
@@ -247,7 +253,12 @@ class WebhookSender:
 
         Each endpoint's deliveries are sent one after another, in the order claimed; different endpoints
         at once (NEWSLETTER_WEBHOOK_CONCURRENCY threads), so a slow receiver holds up only its own.
+        When the database goes away meanwhile, the deliveries not sent yet are released (their tries
+        given back, due at once) when it answers again, and the error is raised for the caller to wait.
         """
+        if self._unrecorded:
+            record(session, self.config, self._unrecorded, result)
+            self._unrecorded = []
         deliveries = claim_due(session, self.config, due_by, limit, start_after=self._last_endpoint)
         if not deliveries:
             session.rollback()
@@ -265,7 +276,12 @@ class WebhookSender:
                 self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook-post")
             futures = [self._threads.submit(self._send_group, bind, group) for group in groups.values()]
             outcomes = [outcome for future in futures for outcome in future.result()]
+        self._unrecorded = outcomes
         record(session, self.config, outcomes, result)
+        self._unrecorded = []
+        cut_off = next((outcome.cut_off for outcome in outcomes if outcome.cut_off is not None), None)
+        if cut_off is not None:
+            raise cut_off
         return len(deliveries)
 
     def _send_group(self, bind: Any, deliveries: list[Delivery]) -> list[Outcome]:
@@ -274,16 +290,27 @@ class WebhookSender:
         # An endpoint that gave no answer (refused, timed out) is not tried again in this batch: one
         # unreachable receiver would otherwise take a timeout per delivery.
         unreachable: str | None = None
+        cut_off: SQLAlchemyError | None = None
         with Session(bind) as session:
             for delivery in deliveries:
+                if cut_off is not None:
+                    outcomes.append(Outcome(delivery, None, None, "Not sent: the database went away",
+                                            0, False, tried=False, cut_off=cut_off))
+                    continue
                 if unreachable is not None:
                     outcomes.append(Outcome(delivery, None, None, f"Not tried: the endpoint gave no answer to the "
                                             f"delivery just before ({unreachable})", 0, False, tried=False))
                     continue
                 try:
                     signed = render(session, delivery)
+                except SQLAlchemyError as error:
+                    cut_off = error
+                    outcomes.append(Outcome(delivery, None, None, "Not sent: the database went away",
+                                            0, False, tried=False, cut_off=cut_off))
+                    continue
                 finally:
-                    session.rollback()  # no transaction (nor SQLite lock) stays open during the POST
+                    with contextlib.suppress(SQLAlchemyError):
+                        session.rollback()  # no transaction (nor SQLite lock) stays open during the POST
                 outcome = self._post(delivery, signed)
                 if outcome.answer is None and not outcome.permanent and outcome.error:
                     unreachable = outcome.error[:200]
@@ -357,10 +384,11 @@ def _record_one(session: Session, config: dict[str, Any], outcome: Outcome, row:
                 result: DeliveryResult) -> None:
     delivery, answer, error = outcome.delivery, outcome.answer, outcome.error
     if not outcome.tried:
-        # Not an attempt: its try is given back, and it waits as long as a first retry would.
+        # Not an attempt: its try is given back, and it waits as long as a first retry would (its
+        # endpoint gave no answer), or not at all (the database went away before it was sent).
         if row.status == "pending" and row.attempts == delivery.attempts:
             row.attempts -= 1
-            row.next_attempt_at = now + _backoff(1, config)
+            row.next_attempt_at = now if outcome.cut_off is not None else now + _backoff(1, config)
             result.retrying += 1
         return
     delivered = answer is not None and 200 <= answer.status < 300
