@@ -2,9 +2,10 @@
 
 Dispatch turns the changes feed into outbox rows (kind "webhook"), one per endpoint and event, and
 moves the endpoint's feed_position on in the same transaction: a crash queues nothing twice and
-loses nothing. Delivery claims due rows a batch at a time, the endpoints with due rows sharing each batch
-(FOR UPDATE SKIP LOCKED on PostgreSQL, so any number of workers share the work), renders the event when it sends it, signs it as Standard
-Webhooks says and POSTs it through webhook_urls (no private addresses, no redirects, a timeout).
+loses nothing. Delivery claims due rows a batch at a time, shared between the endpoints with due
+rows (FOR UPDATE SKIP LOCKED on PostgreSQL, so any number of workers share the work), renders the
+event when it sends it, signs it as Standard Webhooks says and POSTs it through webhook_urls (no
+private addresses, no redirects, a timeout).
 A reader's deliveries to one endpoint leave in order: a row waits while an earlier one of the same
 endpoint and reader is pending. Failures are retried with exponential backoff for
 NEWSLETTER_WEBHOOK_RETRY_FOR from when the row was queued; then its endpoint is switched off, with
