@@ -265,6 +265,8 @@ def claim_next(session: Session, config: dict[str, Any]) -> Claim | None:
         message = compose(rendered, row.message_id, now)
     except ValueError as error:  # an address or name no email can carry, no newsletter left: never sendable
         build_error = error
+    except SQLAlchemyError:  # the database's trouble (a restart), not the message's: the run loop's to tell
+        raise
     except Exception as error:  # noqa: BLE001 (a bug in rendering: the attempt is spent, the sender goes on)
         log.exception("outbox message %s could not be rendered", row.id)
         build_error = error

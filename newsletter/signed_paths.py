@@ -1,4 +1,5 @@
-"""The paths whose segments are signed links, so that no log line, Referer or history passes the key on."""
+"""The paths whose segments are signed links or reader addresses, so that no log line, Referer or history
+passes the key (or whom) on."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ UNSIGNED = "new-link"
 _SIGNED_SEGMENT = re.compile(r"/+(%s)/+(?!%s(?:[/?#\s\"]|$))[^/\s?#\"]+" % ("|".join(SIGNED_PAGES), UNSIGNED),
                              re.IGNORECASE)
 
+# The API names a reader by id or by address (/api/v1/readers/<reader>/…): an address is whom, not for logs.
+# Still encoded once decoded (%2540) is kept out too.
+_READER_ADDRESS = re.compile(r"(/+api/+v1/+readers/+)[^/\s?#\"]*(?:@|%40)[^/\s?#\"]*", re.IGNORECASE)
+
 
 def holds_signed_link(path: str) -> bool:
     """Whether `path` (percent-encoded or not) is under a page whose URL carries a signed link."""
@@ -21,5 +26,6 @@ def holds_signed_link(path: str) -> bool:
 
 
 def redact(text: str) -> str:
-    """`text` (a path, a request line, a URL), percent-decoded, with every signed link replaced by `…`."""
-    return _SIGNED_SEGMENT.sub(r"/\1/…", unquote(text))
+    """`text` (a path, a request line, a URL), percent-decoded, with every signed link and every reader's
+    address in an API path replaced by `…`."""
+    return _READER_ADDRESS.sub(r"\1…", _SIGNED_SEGMENT.sub(r"/\1/…", unquote(text)))

@@ -2,9 +2,10 @@
 
 Dispatch turns the changes feed into outbox rows (kind "webhook"), one per endpoint and event, and
 moves the endpoint's feed_position on in the same transaction: a crash queues nothing twice and
-loses nothing. Delivery claims due rows a batch at a time (FOR UPDATE SKIP LOCKED on PostgreSQL, so any
-number of workers share the work), renders the event when it sends it, signs it as Standard
-Webhooks says and POSTs it through webhook_urls (no private addresses, no redirects, a timeout).
+loses nothing. Delivery claims due rows a batch at a time, shared between the endpoints with due
+rows (FOR UPDATE SKIP LOCKED on PostgreSQL, so any number of workers share the work), renders the
+event when it sends it, signs it as Standard Webhooks says and POSTs it through webhook_urls (no
+private addresses, no redirects, a timeout).
 A reader's deliveries to one endpoint leave in order: a row waits while an earlier one of the same
 endpoint and reader is pending. Failures are retried with exponential backoff for
 NEWSLETTER_WEBHOOK_RETRY_FOR from when the row was queued; then its endpoint is switched off, with
@@ -115,34 +116,50 @@ def _lease(config: dict[str, Any], count: int = 1) -> timedelta:
 
 
 def claim_due(session: Session, config: dict[str, Any], due_by: datetime | None = None,
-              limit: int = DELIVERY_BATCH) -> list[Delivery]:
-    """Lease up to `limit` webhook rows of active endpoints due by `due_by` (default now), oldest due first.
+              limit: int = DELIVERY_BATCH, start_after: int = 0) -> list[Delivery]:
+    """Lease up to `limit` webhook rows of active endpoints due by `due_by` (default now).
 
-    A row waits while an earlier row of the same endpoint and reader is pending (in order per
-    reader), so no two rows of one reader are leased together. The caller commits the lease before
-    it sends: no transaction stays open during the POSTs.
+    Fair between endpoints: the endpoints with due rows share the batch, each leasing its oldest due
+    rows up to an equal share (at least one), taken in turn from the first whose id is above
+    `start_after` (round robin when there are more of them than `limit`), so one endpoint's backlog
+    (a receiver that never answers) never keeps the others' due rows out of a batch. A row waits while
+    an earlier row of the same endpoint and reader is pending (in order per reader), so no two rows of
+    one reader are leased together. The caller commits the lease before it sends: no transaction stays
+    open during the POSTs.
     """
     now = utcnow()
     due_by = due_by or now
+    due = (select(OutboxMessage.id)
+           .where(OutboxMessage.endpoint_id == WebhookEndpoint.id, OutboxMessage.status == "pending",
+                  OutboxMessage.next_attempt_at <= due_by, OutboxMessage.kind == WEBHOOK_KIND)
+           .exists())
+    endpoint_ids = list(session.scalars(select(WebhookEndpoint.id).where(WebhookEndpoint.active.is_(True), due)
+                                        .order_by(WebhookEndpoint.id)))
+    share = max(1, limit // len(endpoint_ids)) if endpoint_ids else 0
+    turn = [endpoint_id for endpoint_id in endpoint_ids if endpoint_id > start_after]
+    turn += [endpoint_id for endpoint_id in endpoint_ids if endpoint_id <= start_after]
     earlier = aliased(OutboxMessage)
     # A scalar subquery, not NOT EXISTS: PostgreSQL then walks the due index in order and probes
-    # ix_outbox_messages_endpoint_reader per row, stopping after `limit`; an anti join would read
+    # ix_outbox_messages_endpoint_reader per row, stopping after the limit; an anti join would read
     # every pending row for each claim. Order among due rows is by time only: the per-reader order
     # is this condition's job, and an id tie-break would sort a whole dispatch batch (one time).
     first_of_reader = (select(func.min(earlier.id))
                        .where(earlier.endpoint_id == OutboxMessage.endpoint_id,
                               earlier.reader_id == OutboxMessage.reader_id, earlier.status == "pending")
                        .scalar_subquery())
-    rows = session.scalars(
-        select(OutboxMessage)
-        .join(WebhookEndpoint, WebhookEndpoint.id == OutboxMessage.endpoint_id)
-        .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= due_by,
-               OutboxMessage.kind == WEBHOOK_KIND, WebhookEndpoint.active.is_(True),
-               or_(OutboxMessage.reader_id.is_(None), OutboxMessage.id == first_of_reader))
-        .order_by(OutboxMessage.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=OutboxMessage)
-    ).all()
+    rows: list[OutboxMessage] = []
+    for endpoint_id in turn:
+        if len(rows) >= limit:
+            break
+        rows += session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.endpoint_id == endpoint_id, OutboxMessage.status == "pending",
+                   OutboxMessage.next_attempt_at <= due_by, OutboxMessage.kind == WEBHOOK_KIND,
+                   or_(OutboxMessage.reader_id.is_(None), OutboxMessage.id == first_of_reader))
+            .order_by(OutboxMessage.next_attempt_at)
+            .limit(min(share, limit - len(rows)))
+            .with_for_update(skip_locked=True, of=OutboxMessage)
+        ).all()
     leased_until = now + _lease(config, len(rows))
     deliveries = []
     for row in rows:
@@ -211,6 +228,9 @@ class Outcome:
     permanent: bool
     # False when it was not tried (its endpoint gave no answer just before): not an attempt.
     tried: bool = True
+    # Set when it was not sent because the database went away before it could be (rendering it): the
+    # error, raised once the outcomes are recorded; the delivery is due again at once.
+    cut_off: SQLAlchemyError | None = None
 
 
 class WebhookSender:
@@ -222,6 +242,11 @@ class WebhookSender:
                                               allow_private=config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"])
         self.concurrency = config.get("NEWSLETTER_WEBHOOK_CONCURRENCY", 4)
         self._threads: ThreadPoolExecutor | None = None
+        # Round robin between endpoints: the next claim starts after the endpoint this one ended with.
+        self._last_endpoint = 0
+        # Outcomes the database was not there to record: recorded first on the next try, so what was
+        # sent is not sent again and what was not is released at once rather than when its lease ends.
+        self._unrecorded: list[Outcome] = []
 
     def deliver_due(self, session: Session, result: DeliveryResult, due_by: datetime | None = None,
                     limit: int = DELIVERY_BATCH) -> int:
@@ -229,12 +254,18 @@ class WebhookSender:
 
         Each endpoint's deliveries are sent one after another, in the order claimed; different endpoints
         at once (NEWSLETTER_WEBHOOK_CONCURRENCY threads), so a slow receiver holds up only its own.
+        When the database goes away meanwhile, the deliveries not sent yet are released (their tries
+        given back, due at once) when it answers again, and the error is raised for the caller to wait.
         """
-        deliveries = claim_due(session, self.config, due_by, limit)
+        if self._unrecorded:
+            record(session, self.config, self._unrecorded, result)
+            self._unrecorded = []
+        deliveries = claim_due(session, self.config, due_by, limit, start_after=self._last_endpoint)
         if not deliveries:
             session.rollback()
             return 0
         session.commit()
+        self._last_endpoint = deliveries[-1].endpoint_id
         groups: dict[int, list[Delivery]] = {}
         for delivery in deliveries:
             groups.setdefault(delivery.endpoint_id, []).append(delivery)
@@ -246,7 +277,12 @@ class WebhookSender:
                 self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="webhook-post")
             futures = [self._threads.submit(self._send_group, bind, group) for group in groups.values()]
             outcomes = [outcome for future in futures for outcome in future.result()]
+        self._unrecorded = outcomes
         record(session, self.config, outcomes, result)
+        self._unrecorded = []
+        cut_off = next((outcome.cut_off for outcome in outcomes if outcome.cut_off is not None), None)
+        if cut_off is not None:
+            raise cut_off
         return len(deliveries)
 
     def _send_group(self, bind: Any, deliveries: list[Delivery]) -> list[Outcome]:
@@ -255,16 +291,27 @@ class WebhookSender:
         # An endpoint that gave no answer (refused, timed out) is not tried again in this batch: one
         # unreachable receiver would otherwise take a timeout per delivery.
         unreachable: str | None = None
+        cut_off: SQLAlchemyError | None = None
         with Session(bind) as session:
             for delivery in deliveries:
+                if cut_off is not None:
+                    outcomes.append(Outcome(delivery, None, None, "Not sent: the database went away",
+                                            0, False, tried=False, cut_off=cut_off))
+                    continue
                 if unreachable is not None:
                     outcomes.append(Outcome(delivery, None, None, f"Not tried: the endpoint gave no answer to the "
                                             f"delivery just before ({unreachable})", 0, False, tried=False))
                     continue
                 try:
                     signed = render(session, delivery)
+                except SQLAlchemyError as error:
+                    cut_off = error
+                    outcomes.append(Outcome(delivery, None, None, "Not sent: the database went away",
+                                            0, False, tried=False, cut_off=cut_off))
+                    continue
                 finally:
-                    session.rollback()  # no transaction (nor SQLite lock) stays open during the POST
+                    with contextlib.suppress(SQLAlchemyError):
+                        session.rollback()  # no transaction (nor SQLite lock) stays open during the POST
                 outcome = self._post(delivery, signed)
                 if outcome.answer is None and not outcome.permanent and outcome.error:
                     unreachable = outcome.error[:200]
@@ -338,10 +385,11 @@ def _record_one(session: Session, config: dict[str, Any], outcome: Outcome, row:
                 result: DeliveryResult) -> None:
     delivery, answer, error = outcome.delivery, outcome.answer, outcome.error
     if not outcome.tried:
-        # Not an attempt: its try is given back, and it waits as long as a first retry would.
+        # Not an attempt: its try is given back, and it waits as long as a first retry would (its
+        # endpoint gave no answer), or not at all (the database went away before it was sent).
         if row.status == "pending" and row.attempts == delivery.attempts:
             row.attempts -= 1
-            row.next_attempt_at = now + _backoff(1, config)
+            row.next_attempt_at = now if outcome.cut_off is not None else now + _backoff(1, config)
             result.retrying += 1
         return
     delivered = answer is not None and 200 <= answer.status < 300

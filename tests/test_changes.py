@@ -786,3 +786,41 @@ def test_a_signup_leaves_numbering_to_the_feed_and_the_worker(app, client, viewe
     assert query(app, "SELECT feed_position FROM consent_events") == [(None,)]
     assert [e["type"] for e in page_of(client, viewer)["changes"]] == ["subscription.pending"]
     assert query(app, "SELECT feed_position FROM consent_events") == [(1,)]
+
+
+def test_a_synced_list_fed_the_whole_feed_mails_a_reader_again_after_a_suppression_made_by_mistake_is_lifted(
+        app, client, drain, smtp):
+    """A confirmed reader is put on the suppression list by an admin by mistake, then the entry is lifted: the
+    feed tells `reader.unsuppressed` after `reader.suppressed`, and the example receiver, fed the whole feed,
+    has the reader among the subscribers again, as the service does."""
+    with app.app_context():
+        accounts.create_admin(db.session, "editor@example.org", PASSWORD, "admin")
+        db.session.commit()
+        db.session.remove()
+    assert client.post("/api/v1/subscriptions", json={"email": "mistake@example.org",
+                                                      "newsletters": ["daily-briefing"]}).status_code == 202
+    drain()
+    confirm = link_in(smtp.inbox.wait_for(1)[0], "/confirm/")
+    assert client.post(path_of(confirm)).status_code == 200
+    [(reader_id,)] = query(app, "SELECT id FROM readers WHERE email = 'mistake@example.org'")
+    log_in(client, "editor@example.org", PASSWORD)
+    page = client.get("/admin/suppressions")
+    added = client.post("/admin/suppressions", data={**hidden_fields(page.get_data(as_text=True)),
+                                                     "address": "mistake@example.org", "note": "wrong address typed"})
+    assert added.status_code in (200, 303), added.get_data(as_text=True)
+    [(entry_id,)] = query(app, "SELECT id FROM suppressions WHERE lifted_at IS NULL")
+    entry_page = client.get(f"/admin/suppressions/{entry_id}")
+    lifted = client.post(f"/admin/suppressions/{entry_id}/lift",
+                         data={**hidden_fields(entry_page.get_data(as_text=True)), "note": "was a mistake"})
+    assert lifted.status_code in (200, 303), lifted.get_data(as_text=True)
+    assert query(app, "SELECT count(*) FROM suppressions WHERE lifted_at IS NULL") == [(0,)]
+    assert query(app, "SELECT status FROM subscriptions WHERE reader_id = :r", r=reader_id) == [("confirmed",)]
+
+    events, _ = whole_feed(client, bearer(make_token(app, "viewer", "sync job")))
+    mine = [e["type"] for e in events if e["data"]["reader"]["id"] == reader_id]
+    assert mine == ["subscription.pending", "subscription.confirmed", "reader.suppressed", "reader.unsuppressed"]
+    synced = load_example().SyncedList(":memory:")
+    for event in events:
+        synced.apply(event)
+    assert synced.subscribers("daily-briefing") == [("mistake@example.org", None)]
+

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from newsletter import catalog, create_app, outbox, subscriptions, suppressions
+from newsletter import catalog, create_app, emails, outbox, subscriptions, suppressions
 from newsletter.extensions import db, limiter
 from newsletter.models import OutboxMessage, utcnow
 
@@ -558,6 +558,32 @@ def test_message_deleted_while_being_sent_does_not_stop_the_sender(app, client, 
     assert statuses(app) == {"kept@example.org": ("sent", 1)}
     assert len(smtp.inbox.wait_for(2)) == 2
     assert "was deleted while being sent" in caplog.text
+
+
+def test_the_database_going_away_while_a_message_is_rendered_is_an_outage_not_the_messages_fault(
+        app, client, smtp, drain, monkeypatch, caplog):
+    """A database error while rendering (PostgreSQL restarting) goes to the sender's loop, which logs one line
+    per try: the message is not called unrenderable, spends no attempt, and is sent once the database is back."""
+    caplog.set_level(logging.INFO, logger="newsletter.outbox")
+    sign_up(client, "steady@example.org")
+    real_render = emails.render
+    calls = {"n": 0}
+
+    def render_once_cut_off(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sa.exc.OperationalError("SELECT …", {}, Exception("terminating connection due to administrator "
+                                                                     "command"))
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(emails, "render", render_once_cut_off)
+    with pytest.raises(sa.exc.OperationalError):
+        drain()
+    assert "could not be rendered" not in caplog.text
+    assert statuses(app) == {"steady@example.org": ("pending", 0)}
+    assert drain().sent == 1
+    assert statuses(app) == {"steady@example.org": ("sent", 1)}
+    assert len(smtp.inbox.wait_for(1)) == 1
 
 
 def test_message_cancelled_by_erasure_while_being_sent_keeps_the_erasure(app, client, smtp, drain):

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from newsletter import create_app, tokens
 from newsletter.extensions import db
+from newsletter.signed_paths import redact
 
 from .conftest import SECRET, free_port
 
@@ -142,3 +143,16 @@ def test_serve_access_log_leaves_signed_links_out(app, tmp_path):
         server.terminate()
         logged = server.communicate(timeout=30)[0].decode()
     _assert_redacted(logged, paths)
+
+
+def test_access_logs_keep_no_reader_address_from_the_api_paths():
+    """`/api/v1/readers/<id or address>` names whom in its URL: the redaction both access logs use (gunicorn's
+    with our config, `newsletter serve`'s) leaves the address out, in any spelling, and keeps reader ids."""
+    for line in ('"DELETE /api/v1/readers/b16@example.org HTTP/1.1"',
+                 '"POST /api/v1/readers/a7%40example.org/unsubscribe HTTP/1.1"',
+                 '"GET /api/v1/readers/Ann@Example.org/export HTTP/1.1"',
+                 '"GET //API/v1//readers/x%2540example.org HTTP/1.1"'):
+        assert "@" not in redact(line) and "example.org" not in redact(line).lower(), redact(line)
+    assert redact('"POST /api/v1/readers/a7%40example.org/unsubscribe HTTP/1.1"') == \
+        '"POST /api/v1/readers/…/unsubscribe HTTP/1.1"'
+    assert redact('"GET /api/v1/readers/42/export HTTP/1.1"') == '"GET /api/v1/readers/42/export HTTP/1.1"'

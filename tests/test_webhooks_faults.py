@@ -6,8 +6,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from newsletter import webhook_sender
+import pytest
+import sqlalchemy.exc
 
+from newsletter import webhook_sender
+from newsletter.extensions import db
+
+from .conftest import query
 from .test_outbox import wait_until
 from .test_outbox_faults import faulty_app  # noqa: F401 (fixture)
 from .test_webhooks import add_endpoint, sign_up
@@ -38,5 +43,41 @@ def test_the_webhook_sender_lives_through_a_database_restart(faulty_app, pg_clus
         assert set(emails) == {"before0@example.org", "before1@example.org", "after0@example.org",
                                "after1@example.org"}
         assert "Traceback" not in caplog.text
+    finally:
+        receiver.stop()
+
+
+def test_deliveries_leased_when_the_database_goes_away_are_sent_once_it_is_back(app, monkeypatch):
+    """The database goes away between the lease's commit and the rendering: the sender gives the error to its
+    loop (which waits), and once the database answers the delivery goes at once, its try given back, not
+    after its whole lease."""
+    app.config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"] = True
+    receiver = Receiver().start()
+    try:
+        _, secret = add_endpoint(app, receiver.url)
+        sign_up(app, app.test_client(), "blip@example.org")
+        real_render = webhook_sender.render
+        calls = {"n": 0}
+
+        def render_once_cut_off(session, delivery):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise sqlalchemy.exc.OperationalError("SELECT …", {}, Exception("terminating connection due to "
+                                                                                "administrator command"))
+            return real_render(session, delivery)
+
+        monkeypatch.setattr(webhook_sender, "render", render_once_cut_off)
+        with app.app_context():
+            sender = webhook_sender.WebhookSender(app.config)
+            try:
+                with pytest.raises(sqlalchemy.exc.OperationalError):
+                    sender.drain(db.session)
+                db.session.rollback()  # the worker's loop: "the database is unavailable", pause, try again
+                sender.drain(db.session)
+            finally:
+                sender.close()
+                db.session.remove()
+        assert [r.verify(secret)["data"]["reader"]["email"] for r in receiver.requests] == ["blip@example.org"]
+        assert query(app, "SELECT status, attempts FROM outbox_messages WHERE kind = 'webhook'") == [("sent", 1)]
     finally:
         receiver.stop()

@@ -349,3 +349,43 @@ def test_a_viewer_does_not_see_the_receivers_key_in_an_endpoint_url(app):
         page = viewer.get(path)
         assert page.status_code == 200
         assert key not in page.get_data(as_text=True), path
+
+
+def test_a_black_holed_endpoint_does_not_hold_up_the_other_endpoints(app):
+    """One endpoint's host accepts connections and never answers, with a backlog of 200 readers' deliveries
+    due before anything else: the next batch still carries the healthy endpoint's delivery, sent in its own
+    thread (claims are fair between endpoints, a few rows of each per batch)."""
+    app.config["NEWSLETTER_WEBHOOK_ALLOW_PRIVATE"] = True
+    app.config["NEWSLETTER_WEBHOOK_TIMEOUT"] = 1
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(1024)  # accepts (the kernel does) and never answers
+    healthy = Receiver().start()
+    try:
+        hole_id, _ = add_endpoint(app, f"http://127.0.0.1:{hole.getsockname()[1]}/hook")
+        client = app.test_client()
+        for number in range(200):
+            assert client.post("/api/v1/subscriptions", json={"email": f"backlog{number}@example.org",
+                                                              "newsletters": ["daily-briefing"]}).status_code == 202
+        with app.app_context():
+            webhook_sender.dispatch(db.session)
+            db.session.remove()
+        healthy_id, secret = add_endpoint(app, healthy.url)
+        assert client.post("/api/v1/subscriptions", json={"email": "fresh@example.org",
+                                                          "newsletters": ["daily-briefing"]}).status_code == 202
+        with app.app_context():
+            sender = webhook_sender.WebhookSender(app.config)
+            try:
+                webhook_sender.dispatch(db.session)
+                sender.deliver_due(db.session, webhook_sender.DeliveryResult())  # one batch
+            finally:
+                sender.close()
+                db.session.remove()
+        assert [r.verify(secret)["data"]["reader"]["email"] for r in healthy.requests] == ["fresh@example.org"]
+        assert query(app, "SELECT count(*) FROM outbox_messages WHERE endpoint_id = :e AND status = 'sent'",
+                     e=healthy_id) == [(1,)]
+        assert query(app, "SELECT count(*) FROM outbox_messages WHERE endpoint_id = :e AND status = 'pending'",
+                     e=hole_id) == [(201,)]  # none lost
+    finally:
+        healthy.stop()
+        hole.close()
