@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from newsletter import outbox, subscriptions, tokens
 from newsletter.extensions import db
-from newsletter.models import Reader
+from newsletter.models import Reader, Subscription, utcnow
 
 from .conftest import SECRET, query
 
@@ -148,6 +148,9 @@ def test_two_workers_send_each_message_exactly_once(app, smtp, tmp_path):
             reader = Reader(email=f"reader{number}@example.org")
             db.session.add(reader)
             db.session.flush()
+            # Pending: the sender checks at send time that a confirmation still has something to confirm.
+            db.session.add(Subscription(reader_id=reader.id, newsletter_id=daily, status="pending",
+                                        created_at=utcnow(), pending_since=utcnow()))
             outbox.enqueue(db.session, kind="confirmation", reader_id=reader.id, newsletter_ids=[daily], locale="en")
         db.session.commit()
         db.session.remove()
